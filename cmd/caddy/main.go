@@ -1,0 +1,19 @@
+// Command caddy is a Caddy binary with the standard modules and the
+// docker_proxy plugin, for development, tests and benchmarks:
+//
+//	go build ./cmd/caddy
+//
+// Users build their own with xcaddy (see README.md).
+package main
+
+import (
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/caddy-dockerproxy/dockerproxy"
+)
+
+func main() {
+	caddycmd.Main()
+}

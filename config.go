@@ -1,0 +1,34 @@
+package dockerproxy
+
+import (
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Credential is an identity the proxy uses towards one upstream for clients
+// that bring none of their own (for example a Docker Hub access token, which
+// lifts the anonymous pull limit for everyone behind the proxy).
+type Credential struct {
+	// Upstream is the name or URL of the upstream the credential is for.
+	// Empty means the handler's default upstream.
+	Upstream string `json:"upstream,omitempty"`
+	Username string `json:"username"`
+	// Secret is a password or access token. Placeholders such as
+	// {env.DOCKERHUB_TOKEN} are expanded at provision time.
+	Secret string `json:"secret"`
+}
+
+// CacheConfig configures the content-addressed cache.
+type CacheConfig struct {
+	// Disabled turns the cache off: every request is proxied.
+	Disabled bool `json:"disabled,omitempty"`
+	// Dir is the cache directory. Default: "docker_proxy" under Caddy's
+	// data directory. Every handler naming the same directory shares one
+	// store.
+	Dir string `json:"dir,omitempty"`
+	// MaxSize bounds the bytes on disk; least recently used entries are
+	// evicted beyond it. Zero means unbounded.
+	MaxSize int64 `json:"max_size,omitempty"`
+	// TagTTL is how long a tag's digest is served without asking the
+	// upstream. Default 5m.
+	TagTTL caddy.Duration `json:"tag_ttl,omitempty"`
+}
