@@ -8,9 +8,24 @@
 package dockerproxy
 
 import (
+	"crypto/rand"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+
+	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
+	"github.com/caddy-dockerproxy/dockerproxy/registry"
+	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
 func init() {
@@ -56,6 +71,10 @@ type Handler struct {
 	// TransportRaw is the upstream transport, an
 	// http.reverse_proxy.transport module (default: http).
 	TransportRaw json.RawMessage `json:"transport,omitempty" caddy:"namespace=http.reverse_proxy.transport inline_key=protocol"`
+
+	proxy    *registry.Proxy
+	cacheDir string // the store this handler holds in the pool, if any
+	logger   *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -65,3 +84,223 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 		New: func() caddy.Module { return new(Handler) },
 	}
 }
+
+// stores holds one blobcache.Store per directory, shared by every handler
+// that names it and kept across config reloads: a reload provisions the new
+// handlers (taking a reference) before the old ones are cleaned up.
+var stores = caddy.NewUsagePool()
+
+type storeDestructor struct{ *blobcache.Store }
+
+func (s storeDestructor) Destruct() error { return s.Store.Close() }
+
+// defaultTagTTL is how long a tag is served from the cache unasked.
+const defaultTagTTL = 5 * time.Minute
+
+// Provision sets the handler up: routes, upstream client, credentials,
+// token sealing key and the shared cache.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+
+	router, err := registry.NewRouter(registry.RouterConfig{
+		Default:   h.Upstream,
+		Domain:    h.Domain,
+		Routes:    h.Routes,
+		Overrides: h.Upstreams,
+		Fallback:  h.Fallback,
+	})
+	if err != nil {
+		return err
+	}
+
+	transport, err := h.loadTransport(ctx)
+	if err != nil {
+		return err
+	}
+	const userAgent = "docker_proxy"
+	tokens := &tokenauth.Fetcher{Client: &http.Client{Transport: transport}, UserAgent: userAgent}
+	upstreamClient := &registry.Client{
+		HTTP: &http.Client{
+			Transport:     transport,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		Tokens:      tokens,
+		Credentials: map[string]*tokenauth.Credentials{},
+		UserAgent:   userAgent,
+	}
+	for _, c := range h.Credentials {
+		name := c.Upstream
+		if name == "" {
+			name = h.Upstream
+		}
+		up, err := registry.ParseUpstream(name, h.Upstreams)
+		if err != nil {
+			return fmt.Errorf("credentials: %w", err)
+		}
+		upstreamClient.Credentials[up.Name] = &tokenauth.Credentials{
+			Username: repl.ReplaceKnown(c.Username, ""),
+			Secret:   repl.ReplaceKnown(c.Secret, ""),
+		}
+	}
+
+	var cache *registry.Cache
+	if h.Cache == nil || !h.Cache.Disabled {
+		cache, err = h.provisionCache()
+		if err != nil {
+			return err
+		}
+	}
+
+	key, err := h.authKey(repl)
+	if err != nil {
+		return err
+	}
+	sealer, err := tokenauth.NewSealer(key)
+	if err != nil {
+		return fmt.Errorf("auth_key: %w", err)
+	}
+
+	h.proxy = &registry.Proxy{
+		Router:   router,
+		Upstream: upstreamClient,
+		Auth:     &tokenauth.Endpoint{Sealer: sealer, Fetcher: tokens},
+		Cache:    cache,
+		Logger:   h.logger,
+		Scheme:   clientScheme,
+	}
+	return nil
+}
+
+// loadTransport loads the configured reverse_proxy transport, or Caddy's
+// HTTP transport with its defaults (keep-alive, HTTP/2).
+func (h *Handler) loadTransport(ctx caddy.Context) (http.RoundTripper, error) {
+	if h.TransportRaw != nil {
+		mod, err := ctx.LoadModule(h, "TransportRaw")
+		if err != nil {
+			return nil, fmt.Errorf("loading transport: %v", err)
+		}
+		rt, ok := mod.(http.RoundTripper)
+		if !ok {
+			return nil, fmt.Errorf("transport module %T is not an http.RoundTripper", mod)
+		}
+		return rt, nil
+	}
+	ht := new(reverseproxy.HTTPTransport)
+	if err := ht.Provision(ctx); err != nil {
+		return nil, fmt.Errorf("provisioning transport: %v", err)
+	}
+	return ht, nil
+}
+
+func (h *Handler) cacheDirectory() string {
+	if h.Cache != nil && h.Cache.Dir != "" {
+		return h.Cache.Dir
+	}
+	return filepath.Join(caddy.AppDataDir(), "docker_proxy", "cache")
+}
+
+func (h *Handler) provisionCache() (*registry.Cache, error) {
+	dir, err := filepath.Abs(h.cacheDirectory())
+	if err != nil {
+		return nil, fmt.Errorf("cache directory: %v", err)
+	}
+	var maxSize int64
+	ttl := defaultTagTTL
+	if h.Cache != nil {
+		maxSize = h.Cache.MaxSize
+		if h.Cache.TagTTL > 0 {
+			ttl = time.Duration(h.Cache.TagTTL)
+		}
+	}
+	val, loaded, err := stores.LoadOrNew(dir, func() (caddy.Destructor, error) {
+		s, err := blobcache.Open(blobcache.Options{Dir: dir, MaxSize: maxSize, Logger: h.logger.Named("cache")})
+		if err != nil {
+			return nil, err
+		}
+		return storeDestructor{s}, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("opening cache %s: %v", dir, err)
+	}
+	h.cacheDir = dir
+	if loaded && maxSize != 0 {
+		h.logger.Debug("cache directory already open: its first configuration's max_size applies", zap.String("dir", dir))
+	}
+	return &registry.Cache{Store: val.(storeDestructor).Store, TagTTL: ttl}, nil
+}
+
+// authKey returns the configured key, or a random one kept in Caddy's data
+// directory, so that tokens outlive restarts and every instance sharing
+// that directory accepts the others' tokens.
+func (h *Handler) authKey(repl *caddy.Replacer) ([]byte, error) {
+	if h.AuthKey != "" {
+		return []byte(repl.ReplaceKnown(h.AuthKey, "")), nil
+	}
+	path := filepath.Join(caddy.AppDataDir(), "docker_proxy", "auth.key")
+	if key, err := os.ReadFile(path); err == nil && len(key) >= 32 {
+		return key, nil
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("reading auth key: %v", err)
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("storing auth key: %v", err)
+	}
+	// Create exclusively: if another instance won the race, use its key.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return os.ReadFile(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("storing auth key: %v", err)
+	}
+	_, werr := f.Write(key)
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return nil, fmt.Errorf("storing auth key: %v", werr)
+	}
+	return key, nil
+}
+
+// clientScheme is the scheme the client used: TLS on this connection, or
+// X-Forwarded-Proto from a proxy listed in the server's trusted_proxies.
+func clientScheme(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	if trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool); trusted {
+		switch p := r.Header.Get("X-Forwarded-Proto"); p {
+		case "http", "https":
+			return p
+		}
+	}
+	return "http"
+}
+
+// ServeHTTP serves the registry API; it is a terminal handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	h.proxy.ServeHTTP(w, r)
+	return nil
+}
+
+// Cleanup releases the handler's reference to the shared cache.
+func (h *Handler) Cleanup() error {
+	if h.cacheDir != "" {
+		_, err := stores.Delete(h.cacheDir)
+		return err
+	}
+	return nil
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,592 @@
+package blobcache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// copyBufSize is the chunk of one upstream read and one temp file write.
+// Readers are woken once per chunk, so it also sets the wakeup rate.
+const copyBufSize = 128 << 10
+
+// copyBufs bounds fill memory: one buffer per running fill, whatever the
+// blob size and number of readers (readers read into their callers' buffers).
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// Source is the upstream response a leader hands to Start.
+type Source struct {
+	Body      io.ReadCloser // closed by the fill; Close may come concurrently with Read (to abort it)
+	Size      int64         // Content-Length, -1 if unknown
+	MediaType string
+}
+
+type fillState int
+
+const (
+	stateWaiting fillState = iota // joined, leader has not Started or Failed yet
+	stateRunning                  // bytes are being copied
+	stateDone                     // committed or failed; see Fill.err
+)
+
+// Fill is one upstream fetch of a digest that any number of readers stream
+// from while it is written. Get one with Store.Join.
+type Fill struct {
+	s       *Store
+	d       digest.Digest
+	started chan struct{} // closed when the state leaves stateWaiting
+
+	scopes map[string]struct{} // guarded by s.mu (Allow during the fill)
+
+	mu        sync.Mutex // lock order: s.mu before mu
+	cond      sync.Cond  // on mu; broadcast on every write and state change
+	state     fillState
+	err       error // why the fill failed; wraps ErrFillFailed
+	committed bool  // bytes verified (and stored, unless too big for the cache)
+	entry     *entry
+	size      int64 // -1 while unknown
+	mediaType string
+	body      io.ReadCloser
+	file      *os.File // shared by readers through ReadAt; nil once nobody uses it
+	fileRefs  int      // the copy goroutine + open readers on file
+	tmpPath   string   // "" once renamed or removed
+	written   int64
+	readers   int // open Readers attached to file
+	lingerGen int // invalidates linger timers that lost a race
+	linger    *time.Timer
+	leader    *time.Timer
+}
+
+// Join returns the fill for d. Exactly one caller per digest at a time gets
+// leader=true and must then call Start or Fail; the others get the same fill
+// and call Reader.
+//
+// Intended call order: Get (a hit needs no fill), then Join. If d was
+// committed between the two, Join returns a finished fill whose Reader reads
+// the committed entry (leader=false). For an invalid digest or a closed
+// store Join returns a failed fill (leader=false) whose Reader returns the
+// error, so the caller falls back to its own upstream request.
+func (s *Store) Join(d digest.Digest) (f *Fill, leader bool) {
+	if err := checkDigest(d); err != nil {
+		return s.endedFill(d, fmt.Errorf("%w: %w", ErrFillFailed, err)), false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return s.endedFill(d, fmt.Errorf("%w: %w", ErrFillFailed, ErrClosed)), false
+	}
+	if f := s.fills[d]; f != nil {
+		return f, false
+	}
+	if s.entries[d] != nil {
+		f := s.endedFill(d, nil)
+		f.committed = true
+		return f, false
+	}
+	f = &Fill{s: s, d: d, started: make(chan struct{}), size: -1}
+	f.cond.L = &f.mu
+	f.leader = time.AfterFunc(s.opts.LeaderTimeout, func() {
+		f.fail(fmt.Errorf("%w: leader neither started nor failed within %v", ErrFillFailed, s.opts.LeaderTimeout),
+			func() bool { return f.state == stateWaiting })
+	})
+	s.fills[d] = f
+	return f, true
+}
+
+func (s *Store) endedFill(d digest.Digest, err error) *Fill {
+	f := &Fill{s: s, d: d, started: make(chan struct{}), state: stateDone, err: err, size: -1}
+	f.cond.L = &f.mu
+	close(f.started)
+	return f
+}
+
+// Digest returns the digest being filled.
+func (f *Fill) Digest() digest.Digest { return f.d }
+
+// Start (leader only, after a 200 from upstream) creates the temp file and
+// copies src.Body into it in a background goroutine that is detached from
+// the leader's request: it goes on while any reader is open and for
+// Options.Linger after the last one closed.
+//
+// Any error means src.Body was NOT read (nor closed) and the fill failed for
+// followers: the leader should stream src.Body to its client directly. The
+// error wraps ErrUnavailable (disk unwritable or full, store closed, or the
+// fill already ended, e.g. after LeaderTimeout).
+func (f *Fill) Start(src Source) error {
+	s := f.s
+	if err := s.checkAvailable(); err != nil {
+		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, err), func() bool { return f.state == stateWaiting })
+		return err
+	}
+	file, err := os.CreateTemp(s.tmpDir, "fill-*")
+	if err != nil {
+		s.diskError(err)
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, err), func() bool { return f.state == stateWaiting })
+		return err
+	}
+	f.mu.Lock()
+	if f.state != stateWaiting {
+		ferr := f.err
+		f.mu.Unlock()
+		file.Close()
+		os.Remove(file.Name())
+		if ferr == nil {
+			ferr = errors.New("fill already started")
+		}
+		return fmt.Errorf("%w: %w", ErrUnavailable, ferr)
+	}
+	f.leader.Stop()
+	size := src.Size
+	if size < 0 {
+		size = -1
+	}
+	f.state = stateRunning
+	f.size = size
+	f.mediaType = src.MediaType
+	f.body = &onceCloser{ReadCloser: src.Body}
+	f.file = file
+	f.fileRefs = 1 // the copy goroutine's
+	f.tmpPath = file.Name()
+	if f.readers == 0 {
+		f.armLingerLocked()
+	}
+	// Added while the fill is still in s.fills and running: Store.Close
+	// fails it (under f.mu, after us) before waiting, so Add precedes Wait.
+	s.wg.Add(1)
+	body := f.body
+	close(f.started)
+	f.cond.Broadcast()
+	f.mu.Unlock()
+	go f.run(body, file, size)
+	return nil
+}
+
+// Fail (leader only) reports that upstream did not give the bytes (401, 404,
+// network error). Followers' Reader calls return an error wrapping
+// ErrFillFailed and err; the next Join makes a new leader. After Start, Fail
+// is a no-op, so a leader may `defer f.Fail(...)` as a safety net.
+func (f *Fill) Fail(err error) {
+	if err == nil {
+		err = errors.New("leader failed")
+	}
+	f.fail(fmt.Errorf("%w: %w", ErrFillFailed, err), func() bool { return f.state == stateWaiting })
+}
+
+// fail ends the fill with err (which wraps ErrFillFailed), if it has not
+// ended and cond (called with f.mu held; nil = always) agrees. Readers wake
+// and return err, the temp file goes, upstream is closed, and the digest is
+// free for a new leader. State only ever becomes done with s.mu held, which
+// orders fail against commit.
+func (f *Fill) fail(err error, cond func() bool) bool {
+	s := f.s
+	s.mu.Lock()
+	f.mu.Lock()
+	if f.state == stateDone || (cond != nil && !cond()) {
+		f.mu.Unlock()
+		s.mu.Unlock()
+		return false
+	}
+	if s.fills[f.d] == f {
+		delete(s.fills, f.d)
+	}
+	if f.state == stateWaiting {
+		close(f.started)
+	}
+	f.state = stateDone
+	f.err = err
+	f.stopTimersLocked()
+	body, tmp := f.body, f.tmpPath
+	f.tmpPath = ""
+	f.cond.Broadcast()
+	f.mu.Unlock()
+	s.mu.Unlock()
+	if tmp != "" {
+		os.Remove(tmp) // open descriptors stay valid; readers get err anyway
+	}
+	if body != nil {
+		body.Close() // unblocks the copy goroutine's Read
+	}
+	return true
+}
+
+// endCommittedLocked ends the fill as committed (s.mu held). e is nil when
+// the entry was verified but not kept (bigger than MaxSize). Readers still
+// open pin the entry from now on, as a Blob would.
+func (f *Fill) endCommittedLocked(e *entry, size int64) {
+	s := f.s
+	if s.fills[f.d] == f {
+		delete(s.fills, f.d)
+	}
+	f.mu.Lock()
+	f.state = stateDone
+	f.committed = true
+	f.entry = e
+	f.size = size
+	f.tmpPath = ""
+	if e != nil {
+		e.pins += f.readers
+	}
+	f.stopTimersLocked()
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+func (f *Fill) stopTimersLocked() {
+	if f.leader != nil {
+		f.leader.Stop()
+	}
+	f.lingerGen++
+	if f.linger != nil {
+		f.linger.Stop()
+	}
+}
+
+// armLingerLocked starts the countdown after which a fill nobody reads is
+// abandoned. The generation check makes a timer that fired while a reader
+// was attaching harmless.
+func (f *Fill) armLingerLocked() {
+	f.lingerGen++
+	gen := f.lingerGen
+	if f.linger != nil {
+		f.linger.Stop()
+	}
+	f.linger = time.AfterFunc(f.s.opts.Linger, func() {
+		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, ErrAbandoned), func() bool {
+			return f.state == stateRunning && f.readers == 0 && f.lingerGen == gen
+		})
+	})
+}
+
+// run is the copy goroutine: upstream -> temp file, hashing as bytes pass.
+func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
+	s := f.s
+	defer s.wg.Done()
+	defer f.releaseFile()
+	n, err := f.copy(body, file, size)
+	body.Close()
+	if err == nil && !s.opts.NoSync {
+		// Before the rename: a committed entry must survive a power loss
+		// with the bytes its name promises.
+		if err = file.Sync(); err != nil {
+			s.diskError(err)
+			err = fmt.Errorf("%w: syncing cache file: %w", ErrUnavailable, err)
+		}
+	}
+	if err != nil {
+		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, err), nil)
+		return
+	}
+	f.mu.Lock()
+	tmp, mt := f.tmpPath, f.mediaType
+	f.mu.Unlock()
+	if tmp == "" { // failed meanwhile
+		return
+	}
+	if err := s.commit(Info{Digest: f.d, Size: n, MediaType: mt}, tmp, f); err != nil {
+		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, err), nil)
+	}
+}
+
+// copy moves bytes and publishes progress. It returns the byte count once
+// size and digest are verified.
+func (f *Fill) copy(body io.Reader, file *os.File, size int64) (int64, error) {
+	s := f.s
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	h := f.d.Algorithm().Hash()
+	var written int64
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if size >= 0 && written+int64(n) > size {
+				return 0, fmt.Errorf("%w: upstream sent more than the announced %d bytes", ErrDigestMismatch, size)
+			}
+			if _, werr := s.writeData(file, buf[:n]); werr != nil {
+				s.diskError(werr)
+				return 0, fmt.Errorf("%w: writing cache file: %w", ErrUnavailable, werr)
+			}
+			h.Write(buf[:n])
+			written += int64(n)
+			f.mu.Lock()
+			done, ferr := f.state == stateDone, f.err
+			f.written = written
+			f.cond.Broadcast()
+			f.mu.Unlock()
+			if done {
+				return 0, ferr
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			f.mu.Lock()
+			ferr := f.err
+			f.mu.Unlock()
+			if ferr != nil { // we were aborted: report why, not "read on closed body"
+				return 0, ferr
+			}
+			return 0, fmt.Errorf("reading upstream: %w", rerr)
+		}
+	}
+	if size >= 0 && written != size {
+		return 0, fmt.Errorf("%w: upstream sent %d bytes, announced %d", ErrDigestMismatch, written, size)
+	}
+	if got := digest.NewDigest(f.d.Algorithm(), h); got != f.d {
+		return 0, fmt.Errorf("%w: upstream bytes hash to %s", ErrDigestMismatch, got)
+	}
+	return written, nil
+}
+
+func (f *Fill) releaseFile() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fileRefs--
+	if f.fileRefs == 0 && f.file != nil {
+		f.file.Close()
+		f.file = nil
+	}
+}
+
+type onceCloser struct {
+	io.ReadCloser
+	once sync.Once
+	err  error
+}
+
+func (c *onceCloser) Close() error {
+	c.once.Do(func() { c.err = c.ReadCloser.Close() })
+	return c.err
+}
+
+// Reader waits (honouring ctx) until the leader Started or Failed and
+// returns a reader from byte 0. Errors wrap ErrFillFailed (leader failed,
+// fill abandoned, bad bytes, store closed) or are ctx.Err(); then the
+// caller should make its own upstream request. ctx also bounds the Reader's
+// blocking Read and Seek calls: once it is done they return ctx.Err().
+func (f *Fill) Reader(ctx context.Context) (*Reader, error) {
+	select {
+	case <-f.started:
+	default:
+		// Only wait if we must: a started fill is usable even with a done
+		// ctx, whose Reads then return what is already there.
+		select {
+		case <-f.started:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	s := f.s
+	s.mu.Lock()
+	f.mu.Lock()
+	if f.err != nil {
+		err := f.err
+		f.mu.Unlock()
+		s.mu.Unlock()
+		return nil, err
+	}
+	if f.file != nil {
+		// Attach to the shared descriptor: works while running and after
+		// the verdict, as long as someone still holds the file.
+		f.readers++
+		f.fileRefs++
+		f.lingerGen++ // a pending linger timer must not abandon us
+		if f.linger != nil {
+			f.linger.Stop()
+		}
+		if f.entry != nil {
+			f.entry.pins++
+		}
+		f.mu.Unlock()
+		s.mu.Unlock()
+		r := &Reader{f: f, ctx: ctx}
+		r.stop = context.AfterFunc(ctx, func() {
+			f.mu.Lock()
+			f.cond.Broadcast()
+			f.mu.Unlock()
+		})
+		return r, nil
+	}
+	committed := f.committed
+	f.mu.Unlock()
+	s.mu.Unlock()
+	if !committed {
+		return nil, fmt.Errorf("%w: fill ended", ErrFillFailed)
+	}
+	b, err := s.Get(f.d)
+	if err != nil {
+		// Committed but evicted or never kept (too big) before we came.
+		return nil, fmt.Errorf("%w: %w", ErrFillFailed, err)
+	}
+	return &Reader{blob: b}, nil
+}
+
+// Reader is an io.ReadSeekCloser over a fill, usable with http.ServeContent
+// for Range requests on a fill in progress. Each Reader reads from byte 0 at
+// the speed bytes arrive. It never returns io.EOF unless the bytes were
+// verified: the last byte is held back until the verdict, and a failed fill
+// makes every Read return an error wrapping ErrFillFailed (and the cause,
+// e.g. ErrDigestMismatch), so a server never ends a bad response cleanly.
+//
+// A Reader is for one goroutine, except Close, which may be called from
+// another to unblock a waiting Read.
+type Reader struct {
+	f      *Fill
+	blob   *Blob // set instead of f when the entry was already committed
+	ctx    context.Context
+	stop   func() bool
+	off    int64
+	closed bool // guarded by f.mu
+}
+
+// Info returns the digest, media type and size (-1 while unknown).
+func (r *Reader) Info() Info {
+	if r.blob != nil {
+		return r.blob.Info
+	}
+	r.f.mu.Lock()
+	defer r.f.mu.Unlock()
+	return Info{Digest: r.f.d, Size: r.f.size, MediaType: r.f.mediaType}
+}
+
+// Read reads from the current offset, blocking while the bytes there have
+// not arrived yet.
+func (r *Reader) Read(p []byte) (int, error) {
+	if r.blob != nil {
+		return r.blob.File.Read(p)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	f := r.f
+	f.mu.Lock()
+	var avail int64
+	for {
+		if r.closed {
+			f.mu.Unlock()
+			return 0, os.ErrClosed
+		}
+		if f.err != nil {
+			err := f.err
+			f.mu.Unlock()
+			return 0, err
+		}
+		avail = f.written
+		if !f.committed {
+			avail-- // the held-back byte: released only with the verdict
+		}
+		if r.off < avail {
+			break
+		}
+		if f.committed {
+			f.mu.Unlock()
+			return 0, io.EOF
+		}
+		// ctx only matters when we would block: bytes already there are
+		// delivered regardless.
+		if err := r.ctx.Err(); err != nil {
+			f.mu.Unlock()
+			return 0, err
+		}
+		f.cond.Wait()
+	}
+	file := f.file
+	f.mu.Unlock()
+	if int64(len(p)) > avail-r.off {
+		p = p[:avail-r.off]
+	}
+	n, err := file.ReadAt(p, r.off)
+	r.off += int64(n)
+	if err == io.EOF && n == len(p) {
+		err = nil
+	}
+	if err == io.EOF {
+		// The file is shorter than what was written to it: never a clean end.
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// Seek sets the offset for the next Read. Offsets beyond the bytes written so
+// far are allowed (Reads then wait). io.SeekEnd needs the size: it is known
+// when upstream announced it; otherwise Seek waits for the verdict.
+func (r *Reader) Seek(offset int64, whence int) (int64, error) {
+	if r.blob != nil {
+		return r.blob.File.Seek(offset, whence)
+	}
+	var abs int64
+	switch whence {
+	case io.SeekStart:
+		abs = offset
+	case io.SeekCurrent:
+		abs = r.off + offset
+	case io.SeekEnd:
+		size, err := r.waitSize()
+		if err != nil {
+			return 0, err
+		}
+		abs = size + offset
+	default:
+		return 0, errors.New("blobcache: invalid whence")
+	}
+	if abs < 0 {
+		return 0, errors.New("blobcache: negative position")
+	}
+	r.off = abs
+	return abs, nil
+}
+
+func (r *Reader) waitSize() (int64, error) {
+	f := r.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for {
+		switch {
+		case r.closed:
+			return 0, os.ErrClosed
+		case f.err != nil:
+			return 0, f.err
+		case f.size >= 0:
+			return f.size, nil
+		case r.ctx.Err() != nil:
+			return 0, r.ctx.Err()
+		}
+		f.cond.Wait()
+	}
+}
+
+// Close releases the reader. When the last reader of a running fill closes,
+// the fill goes on for Options.Linger, then is abandoned.
+func (r *Reader) Close() error {
+	if r.blob != nil {
+		return r.blob.Close()
+	}
+	f := r.f
+	f.mu.Lock()
+	if r.closed {
+		f.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	f.readers--
+	e := f.entry
+	if f.readers == 0 && f.state == stateRunning {
+		f.armLingerLocked()
+	}
+	f.cond.Broadcast() // wakes our own Read if it waits in another goroutine
+	f.mu.Unlock()
+	r.stop()
+	if e != nil {
+		f.s.unpin(e)
+	}
+	f.releaseFile()
+	return nil
+}

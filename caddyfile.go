@@ -1,0 +1,386 @@
+package dockerproxy
+
+import (
+	"math"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+
+	"github.com/caddy-dockerproxy/dockerproxy/registry"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("docker_proxy", parseCaddyfile)
+	// docker_proxy answers requests itself, like reverse_proxy. Ordering
+	// it just before reverse_proxy puts it after the directives that
+	// prepare or guard a request (basic_auth, forward_auth, header,
+	// encode, request_body, rewrite, ...) and before the other terminal
+	// handlers (reverse_proxy, php_fastcgi, file_server, ...), so that no
+	// "order" global option or route block is needed.
+	httpcaddyfile.RegisterDirectiveOrder("docker_proxy", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// parseCaddyfile sets up a Handler from the docker_proxy directive. The
+// directive takes the usual optional matcher in front of its arguments,
+// which httpcaddyfile strips before this runs.
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	dp := new(Handler)
+	if err := dp.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return dp, nil
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	docker_proxy [<matcher>] [<upstream>] {
+//		domain <domain>
+//		route <host> <upstream>
+//		upstream <name> <url>
+//		fallback <upstream>
+//		credentials [<upstream>] <username> <secret>
+//		auth_key <key>
+//		cache off
+//		cache [<dir>] {
+//			max_size <size>
+//			tag_ttl <duration>
+//		}
+//		transport <module> {
+//			...
+//		}
+//	}
+//
+// An <upstream> is a well-known registry name (docker.io, ghcr.io, quay.io,
+// gcr.io, k8s.gcr.io, registry.k8s.io, docker.cloudsmith.io, public.ecr.aws,
+// nvcr.io, mcr.microsoft.com, or an alias such as index.docker.io) or an
+// http(s) URL with nothing but scheme and host, e.g. http://127.0.0.1:5000.
+// The argument of the directive is the default upstream: the one for hosts
+// that have no route of their own.
+//
+//   - domain adds the host table of cloudflare-docker-proxy on <domain>:
+//     docker.<domain> to Docker Hub, ghcr.<domain> to ghcr.io, and so on.
+//     <domain> must be a DNS name (letters, digits, hyphens, dots).
+//   - route sends requests for <host> (a host name or IP address, without a
+//     port) to <upstream>. Repeatable, once per host.
+//   - upstream points the well-known registry <name> at another <url>, for
+//     example a private mirror; the name keeps its rules (Docker Hub's
+//     library/ prefix). Repeatable, once per name.
+//   - fallback is the upstream for hosts that match no route. Debug only: in
+//     production an unknown host should get the list of routes.
+//   - credentials are used towards <upstream> (default: the directive's
+//     upstream) for clients that bring none. Repeatable, once per upstream.
+//     Placeholders such as {env.DOCKERHUB_TOKEN} are kept and expanded when
+//     the handler is provisioned.
+//   - auth_key seals the tokens that /v2/auth hands out; every instance
+//     behind one load balancer needs the same key. Placeholders are kept.
+//   - cache off proxies every request. Otherwise the cache is on; <dir> is
+//     its directory, max_size bounds it (50GiB, 500MB, 1073741824; 0 means
+//     unbounded) and tag_ttl (5m, 1h, 1d; must be positive) is how long a
+//     tag's digest is served without asking the upstream.
+//   - transport configures the connection to the upstreams with an
+//     http.reverse_proxy.transport module, as in reverse_proxy, e.g.
+//     "transport http { dial_timeout 5s }".
+//
+// At least one of the default upstream, domain, route or fallback is
+// required. Every subdirective other than route, upstream and credentials
+// may appear only once.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+
+	switch args := d.RemainingArgs(); len(args) {
+	case 0:
+	case 1:
+		if _, err := h.parseUpstreamArg(d); err != nil {
+			return err
+		}
+		h.Upstream = args[0]
+	default:
+		return d.ArgErr()
+	}
+
+	// Upstreams are validated where they are read, so that errors point
+	// at their line. That is sound even before a later "upstream" line
+	// overrides a name: a well-known name is valid with or without an
+	// override, and every override URL is validated on its own line.
+	credentialsFor := make(map[string]bool) // canonical upstream names
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch sub := d.Val(); sub {
+		case "domain":
+			if h.Domain != "" {
+				return d.Errf("domain already specified")
+			}
+			if len(d.RemainingArgs()) != 1 {
+				return d.ArgErr()
+			}
+			domain := strings.ToLower(d.Val())
+			if !isDNSName(domain) {
+				return d.Errf("invalid domain '%s': want a DNS name such as example.com", d.Val())
+			}
+			h.Domain = domain
+
+		case "route":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			d.Prev() // back to the host, for error messages
+			host, upstream := strings.ToLower(args[0]), args[1]
+			if !isHostName(host) {
+				return d.Errf("invalid route host '%s': want a host name or IP address without port", d.Val())
+			}
+			if _, ok := h.Routes[host]; ok {
+				return d.Errf("duplicate route for host '%s'", d.Val())
+			}
+			d.NextArg()
+			if _, err := h.parseUpstreamArg(d); err != nil {
+				return err
+			}
+			if h.Routes == nil {
+				h.Routes = make(map[string]string)
+			}
+			h.Routes[host] = upstream
+
+		case "upstream":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			name, rawURL := args[0], args[1]
+			d.Prev() // back to the name, for error messages
+			up, err := registry.ParseUpstream(name, nil)
+			if err != nil || strings.Contains(name, "://") {
+				return d.Errf("upstream '%s' is not a well-known registry name; want one of %s",
+					name, strings.Join(registry.WellKnownNames(), ", "))
+			}
+			if _, ok := h.Upstreams[up.Name]; ok {
+				return d.Errf("upstream '%s' already specified", name)
+			}
+			d.NextArg()
+			if _, err := registry.ParseUpstream(up.Name, map[string]string{up.Name: rawURL}); err != nil {
+				return d.Errf("%v", err)
+			}
+			if h.Upstreams == nil {
+				h.Upstreams = make(map[string]string)
+			}
+			h.Upstreams[up.Name] = rawURL
+
+		case "fallback":
+			if h.Fallback != "" {
+				return d.Errf("fallback already specified")
+			}
+			if len(d.RemainingArgs()) != 1 {
+				return d.ArgErr()
+			}
+			if _, err := h.parseUpstreamArg(d); err != nil {
+				return err
+			}
+			h.Fallback = d.Val()
+
+		case "credentials":
+			var cred Credential
+			var name string // canonical name of the upstream
+			switch d.CountRemainingArgs() {
+			case 2:
+				if h.Upstream == "" {
+					return d.Errf("credentials without an upstream argument are for the default upstream, " +
+						"but there is none: write credentials <upstream> <username> <secret>")
+				}
+				up, _ := registry.ParseUpstream(h.Upstream, h.Upstreams)
+				name = up.Name
+			case 3:
+				d.NextArg()
+				up, err := h.parseUpstreamArg(d)
+				if err != nil {
+					return err
+				}
+				cred.Upstream = d.Val()
+				name = up.Name
+			default:
+				d.RemainingArgs()
+				return d.ArgErr()
+			}
+			d.AllArgs(&cred.Username, &cred.Secret)
+			if cred.Username == "" || cred.Secret == "" {
+				return d.Errf("credentials need a non-empty username and secret")
+			}
+			if credentialsFor[name] {
+				return d.Errf("credentials for upstream '%s' already specified", name)
+			}
+			credentialsFor[name] = true
+			h.Credentials = append(h.Credentials, cred)
+
+		case "auth_key":
+			if h.AuthKey != "" {
+				return d.Errf("auth_key already specified")
+			}
+			if len(d.RemainingArgs()) != 1 {
+				return d.ArgErr()
+			}
+			if d.Val() == "" {
+				return d.Errf("auth_key must not be empty")
+			}
+			h.AuthKey = d.Val()
+
+		case "cache":
+			if h.Cache != nil {
+				return d.Errf("cache already specified")
+			}
+			cache, err := parseCache(d)
+			if err != nil {
+				return err
+			}
+			h.Cache = cache
+
+		case "transport":
+			if h.TransportRaw != nil {
+				return d.Errf("transport already specified")
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			modID := "http.reverse_proxy.transport." + name
+			unm, err := caddyfile.UnmarshalModule(d, modID)
+			if err != nil {
+				return err
+			}
+			if _, ok := unm.(http.RoundTripper); !ok {
+				return d.Errf("module %s (%T) is not a RoundTripper", modID, unm)
+			}
+			h.TransportRaw = caddyconfig.JSONModuleObject(unm, "protocol", name, nil)
+
+		case "{":
+			return d.Errf("unexpected block: subdirectives other than cache and transport take none")
+		default:
+			return d.Errf("unknown subdirective '%s'", sub)
+		}
+	}
+
+	if h.Upstream == "" && h.Domain == "" && len(h.Routes) == 0 && h.Fallback == "" {
+		d.Reset()
+		d.Next() // point the error at the directive
+		return d.Errf("docker_proxy needs an upstream: give a default upstream (docker_proxy <upstream>), " +
+			"or a domain, route or fallback subdirective")
+	}
+	return nil
+}
+
+// parseUpstreamArg validates the upstream in the current token.
+func (h *Handler) parseUpstreamArg(d *caddyfile.Dispenser) (registry.Upstream, error) {
+	up, err := registry.ParseUpstream(d.Val(), h.Upstreams)
+	if err != nil {
+		return up, d.Errf("%v", err)
+	}
+	return up, nil
+}
+
+// parseCache parses "cache off" or "cache [<dir>] { ... }"; the current
+// token is "cache".
+func parseCache(d *caddyfile.Dispenser) (*CacheConfig, error) {
+	cache := new(CacheConfig)
+	args := d.RemainingArgs()
+	switch {
+	case len(args) > 1:
+		return nil, d.ArgErr()
+	case len(args) == 1 && args[0] == "off":
+		// NextBlock also consumes an empty block ("{ }"), leaving the
+		// cursor on its closing brace. Either way the cursor is then
+		// two tokens past "off", where the error belongs.
+		if d.NextBlock(d.Nesting()) || d.Val() != "off" {
+			d.Prev()
+			d.Prev()
+			return nil, d.Errf("cache off takes no block")
+		}
+		cache.Disabled = true
+		return cache, nil
+	case len(args) == 1:
+		if args[0] == "" {
+			return nil, d.Errf("cache directory must not be empty")
+		}
+		cache.Dir = args[0]
+	}
+
+	var haveMaxSize, haveTagTTL bool
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch sub := d.Val(); sub {
+		case "max_size":
+			if haveMaxSize {
+				return nil, d.Errf("max_size already specified")
+			}
+			haveMaxSize = true
+			if len(d.RemainingArgs()) != 1 {
+				return nil, d.ArgErr()
+			}
+			size, err := humanize.ParseBytes(d.Val())
+			if err != nil {
+				return nil, d.Errf("invalid max_size '%s': %v", d.Val(), err)
+			}
+			if size > math.MaxInt64 {
+				return nil, d.Errf("invalid max_size '%s': too large", d.Val())
+			}
+			cache.MaxSize = int64(size)
+
+		case "tag_ttl":
+			if haveTagTTL {
+				return nil, d.Errf("tag_ttl already specified")
+			}
+			haveTagTTL = true
+			if len(d.RemainingArgs()) != 1 {
+				return nil, d.ArgErr()
+			}
+			ttl, err := caddy.ParseDuration(d.Val())
+			if err != nil {
+				return nil, d.Errf("invalid tag_ttl '%s': %v", d.Val(), err)
+			}
+			if ttl <= 0 {
+				return nil, d.Errf("invalid tag_ttl '%s': must be positive", d.Val())
+			}
+			cache.TagTTL = caddy.Duration(ttl)
+
+		case "{":
+			return nil, d.Errf("unexpected block: cache subdirectives take none")
+		default:
+			return nil, d.Errf("unknown cache subdirective '%s'", sub)
+		}
+	}
+	return cache, nil
+}
+
+// isDNSName reports whether s is a plausible DNS name: dot-separated labels
+// of 1 to 63 letters, digits and inner hyphens, 253 characters at most, and
+// not a dotted number (an IPv4 address is no domain).
+func isDNSName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	labels := strings.Split(s, ".")
+	for _, label := range labels {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '-' {
+				return false
+			}
+		}
+	}
+	last := labels[len(labels)-1]
+	return strings.Trim(last, "0123456789") != ""
+}
+
+// isHostName reports whether s is a DNS name or an IP address (no port, no
+// brackets).
+func isHostName(s string) bool {
+	return isDNSName(s) || net.ParseIP(s) != nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,281 @@
+// Package testupstream is a test upstream that behaves like Docker Hub: a
+// real registry (go-containerregistry's pkg/registry, in memory) behind a
+// front that demands bearer tokens from a separate realm listener, keeps
+// public and private repositories apart, sends blob GETs with a 307 to a
+// separate "object store" listener that rejects any Authorization header
+// (as S3/CloudFront do), adds Docker Hub's ratelimit headers, negotiates
+// manifest lists the way distribution does, counts what it serves and can
+// be told to misbehave (Faults).
+//
+// It exists so that the proxy's tests can assert what a user of a pull-
+// through cache would see against an upstream with Docker Hub's quirks,
+// without the network.
+//
+// Typical use:
+//
+//	u := testupstream.Start(t, testupstream.Options{})
+//	img := u.PushRandomImage(t, "library/alpine", "latest", 2, 1<<10)
+//	// point the proxy at u.URL; it learns u.Realm from the 401 challenge
+//	... pull through the proxy ...
+//	if u.Counters.ManifestGETsFor("library/alpine") != 1 { ... }
+//
+// Things worth knowing:
+//   - Content is written with the Put*/Push* helpers straight into the
+//     in-memory registry: nothing can be pushed through the front (401), and
+//     setup does not move the Counters.
+//   - Anonymous tokens grant pull on every repository that is not private,
+//     including ones that do not exist (which then answer 404), so a 401 on
+//     a repository request always means "private, wrong or missing token".
+//   - Blobs are linked per repository: a blob asked through a repository
+//     that does not hold it is 404, as on Docker Hub.
+//   - The realm advertised in challenges is http://127.0.0.1:PORT/token
+//     unless Options.RealmHost is set (needed only for direct ggcr clients).
+package testupstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+)
+
+// Options configure an Upstream. The zero value is usable.
+type Options struct {
+	// Service is the token service name in challenges; default "registry.test".
+	Service string
+	// RealmHost, if set, replaces 127.0.0.1 as the host name of the realm
+	// URL advertised in WWW-Authenticate (the port stays the realm
+	// listener's). go-containerregistry >= v0.22 refuses a realm on a private
+	// IP literal other than the registry's own host:port, so tests that pull
+	// with ggcr directly set this to a made-up name (e.g. "auth.test") and
+	// dial it with HostMapTransport. Leave it empty for the proxy's tests.
+	RealmHost string
+	// Fixed listen addresses ("127.0.0.1:PORT"); empty means a random port
+	// on 127.0.0.1.
+	RegistryAddr, RealmAddr, ObjectStoreAddr string
+	// TokenTTL is the life of issued tokens (and expires_in); default 300s.
+	TokenTTL time.Duration
+	// RedirectTTL is the life of signed object-store URLs; default 10m.
+	RedirectTTL time.Duration
+	// RateLimit is the limit advertised in ratelimit-limit; default 100.
+	RateLimit int
+	// EnforceRateLimit makes manifest GETs answer 429 once RateLimit GETs
+	// were made since the last Counters.Reset, as Docker Hub does. Off by
+	// default so that long tests are not surprised.
+	EnforceRateLimit bool
+	// Logf, if set, receives one line per request and the inner registry's
+	// log. Default: silent.
+	Logf func(format string, args ...any)
+}
+
+// Upstream is a running Docker-Hub-like registry. Create it with Start or New.
+type Upstream struct {
+	// URL is the registry base URL, "http://127.0.0.1:PORT" (no trailing slash).
+	URL string
+	// Host is the registry's "127.0.0.1:PORT".
+	Host string
+	// RealmURL is the realm base URL, "http://127.0.0.1:PORT"; tokens are at
+	// RealmURL+"/token".
+	RealmURL string
+	// RealmAddr is the realm listener's "127.0.0.1:PORT".
+	RealmAddr string
+	// Realm is the realm advertised in challenges (uses Options.RealmHost).
+	Realm string
+	// ObjectStoreURL is the object store base URL, "http://127.0.0.1:PORT".
+	ObjectStoreURL string
+	// Service is the token service name.
+	Service string
+	// Counters counts requests; Faults injects failures.
+	Counters *Counters
+	Faults   *Faults
+
+	opts     Options
+	inner    http.Handler // ggcr registry, no auth
+	blobs    *blobStore
+	auth     *authState
+	signKey  []byte
+	registry *listener
+	realm    *listener
+	objects  *listener
+}
+
+// Start starts an Upstream for a test and closes it with t.Cleanup. It calls
+// t.Fatal if it cannot start.
+func Start(t testing.TB, opts Options) *Upstream {
+	t.Helper()
+	u, err := New(opts)
+	if err != nil {
+		t.Fatalf("testupstream: %v", err)
+	}
+	t.Cleanup(u.Close)
+	return u
+}
+
+// New starts an Upstream outside of a test (benchmark harnesses). Call Close.
+func New(opts Options) (*Upstream, error) {
+	if opts.Service == "" {
+		opts.Service = "registry.test"
+	}
+	if opts.TokenTTL <= 0 {
+		opts.TokenTTL = 300 * time.Second
+	}
+	if opts.RedirectTTL <= 0 {
+		opts.RedirectTTL = 10 * time.Minute
+	}
+	if opts.RateLimit <= 0 {
+		opts.RateLimit = 100
+	}
+	u := &Upstream{
+		Service:  opts.Service,
+		Counters: &Counters{},
+		opts:     opts,
+		blobs:    newBlobStore(),
+		auth:     newAuthState(),
+		signKey:  randomBytes(32),
+	}
+	u.Faults = newFaults(u)
+	logger := log.New(io.Discard, "", 0)
+	if opts.Logf != nil {
+		logger = log.New(logfWriter(opts.Logf), "registry: ", 0)
+	}
+	u.inner = registry.New(
+		registry.Logger(logger),
+		registry.WithBlobHandler(registryHandler{u.blobs}),
+		registry.WithReferrersSupport(true),
+	)
+	u.registry = &listener{addr: orLocal(opts.RegistryAddr), handler: u.countingHandler(&u.Counters.registryReqs, http.HandlerFunc(u.serveRegistry))}
+	u.realm = &listener{addr: orLocal(opts.RealmAddr), handler: u.countingHandler(&u.Counters.realmReqs, http.HandlerFunc(u.serveRealm))}
+	u.objects = &listener{addr: orLocal(opts.ObjectStoreAddr), handler: u.countingHandler(&u.Counters.objectReqs, http.HandlerFunc(u.serveObject))}
+	for _, l := range []*listener{u.registry, u.realm, u.objects} {
+		if err := l.start(); err != nil {
+			u.Close()
+			return nil, err
+		}
+	}
+	u.Host = u.registry.addr
+	u.URL = "http://" + u.registry.addr
+	u.RealmAddr = u.realm.addr
+	u.RealmURL = "http://" + u.realm.addr
+	u.ObjectStoreURL = "http://" + u.objects.addr
+	realmHost := u.realm.addr
+	if opts.RealmHost != "" {
+		_, port, _ := net.SplitHostPort(u.realm.addr)
+		realmHost = net.JoinHostPort(opts.RealmHost, port)
+	}
+	u.Realm = "http://" + realmHost + "/token"
+	return u, nil
+}
+
+// Close stops all listeners and releases held blob bodies. Safe to call twice.
+func (u *Upstream) Close() {
+	u.Faults.releaseAll()
+	for _, l := range []*listener{u.registry, u.realm, u.objects} {
+		if l != nil {
+			l.stop()
+		}
+	}
+}
+
+func orLocal(addr string) string {
+	if addr == "" {
+		return "127.0.0.1:0"
+	}
+	return addr
+}
+
+func (u *Upstream) countingHandler(c interface{ Add(int64) int64 }, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.Add(1)
+		if u.opts.Logf != nil {
+			u.opts.Logf("testupstream: %s %s%s", r.Method, r.Host, r.URL.RequestURI())
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+type logfWriter func(string, ...any)
+
+func (f logfWriter) Write(p []byte) (int, error) {
+	f("%s", p)
+	return len(p), nil
+}
+
+// listener is one HTTP server that can be stopped and started again on the
+// same port, which is how "down" refuses connections instead of accepting
+// and dropping them.
+type listener struct {
+	mu      sync.Mutex
+	addr    string
+	handler http.Handler
+	srv     *http.Server
+	ln      net.Listener
+}
+
+func (l *listener) start() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.srv != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", l.addr)
+	if err != nil {
+		return fmt.Errorf("testupstream: listen %s: %w", l.addr, err)
+	}
+	l.addr = ln.Addr().String()
+	srv := &http.Server{
+		Handler:           l.handler,
+		ReadHeaderTimeout: 30 * time.Second,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+	l.srv, l.ln = srv, ln
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			_ = err // the listener was closed under us; nothing to report
+		}
+	}()
+	return nil
+}
+
+func (l *listener) stop() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.srv == nil {
+		return
+	}
+	// Close the socket here, not only through srv.Close: if Serve has not
+	// registered the listener yet, srv.Close would miss it and the port
+	// would keep accepting (then resetting) connections for a moment.
+	_ = l.ln.Close()
+	_ = l.srv.Close()
+	l.srv, l.ln = nil, nil
+}
+
+// HostMapTransport returns an http.Transport that dials made-up host names
+// to real addresses: hosts maps "name" or "name:port" to "127.0.0.1:PORT".
+// Unmapped hosts are dialed as is. Tests that pull with ggcr directly use it
+// to reach a realm advertised under Options.RealmHost.
+func HostMapTransport(hosts map[string]string) *http.Transport {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil
+	t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if to, ok := hosts[addr]; ok {
+			return d.DialContext(ctx, network, to)
+		}
+		if h, _, err := net.SplitHostPort(addr); err == nil {
+			if to, ok := hosts[h]; ok {
+				return d.DialContext(ctx, network, to)
+			}
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+	return t
+}

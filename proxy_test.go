@@ -1,0 +1,437 @@
+package dockerproxy_test
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
+)
+
+// domainBlock is one site block serving the seeds' host table on
+// example.test, with Docker Hub and ghcr.io pointed at the test upstream.
+const domainBlock = `http://:{PORT} {
+	docker_proxy {
+		domain example.test
+		upstream docker.io {UPSTREAM}
+		upstream ghcr.io {UPSTREAM}
+		cache off
+	}
+}`
+
+func TestRootRedirectsToV2AndUnknownHostListsRoutes(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	e := startProxy(t, up, domainBlock)
+
+	resp, _ := e.do("GET", "docker.example.test", "/", nil)
+	if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "/v2/" {
+		t.Errorf("GET / = %d Location %q, want 301 /v2/", resp.StatusCode, resp.Header.Get("Location"))
+	}
+
+	before := up.Counters.RegistryRequests()
+	for _, path := range []string{"/", "/v2/", "/v2/library/alpine/manifests/latest"} {
+		resp, body := e.do("GET", "unknown.example.test", path, nil)
+		if resp.StatusCode != http.StatusNotFound || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+			t.Fatalf("unknown host %s: %d %s", path, resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		var got struct {
+			Routes  map[string]string `json:"routes"`
+			Message string            `json:"message"`
+		}
+		if err := json.Unmarshal([]byte(body), &got); err != nil {
+			t.Fatalf("route list is not JSON: %v: %s", err, body)
+		}
+		if got.Message != "Available registry routes" || got.Routes["docker.example.test"] != up.URL || got.Routes["ghcr.example.test"] != up.URL {
+			t.Errorf("route list = %+v", got)
+		}
+		if got.Routes["quay.example.test"] != "https://quay.io" || got.Routes["k8s.example.test"] != "https://registry.k8s.io" {
+			t.Errorf("seed table missing from route list: %+v", got.Routes)
+		}
+	}
+	if n := up.Counters.RegistryRequests() - before; n != 0 {
+		t.Errorf("unknown host reached the upstream %d times", n)
+	}
+}
+
+func TestBaseChallengePointsAtProxyRealm(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{Service: "registry.docker.io"})
+	e := startProxy(t, up, domainBlock)
+
+	resp, body := e.do("GET", "docker.example.test", "/v2/", nil)
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("/v2/ = %d %s, want 401", resp.StatusCode, body)
+	}
+	want := `Bearer realm="http://docker.example.test:` + e.port + `/v2/auth",service="registry.docker.io"`
+	if got := resp.Header.Get("Www-Authenticate"); got != want {
+		t.Errorf("challenge = %s\nwant        %s", got, want)
+	}
+	if strings.Contains(resp.Header.Get("Www-Authenticate"), up.RealmURL) {
+		t.Error("the upstream's realm leaked to the client")
+	}
+
+	// Every 401 is rewritten, not only /v2/'s: a private repository.
+	up.SetPrivate("team/secret", "alice", "s3cret")
+	up.PushRandomImage(t, "team/secret", "v1", 1, 1024)
+	resp, _ = e.do("GET", "docker.example.test", "/v2/team/secret/manifests/v1", nil)
+	ch := resp.Header.Get("Www-Authenticate")
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(ch, `realm="http://docker.example.test:`+e.port+`/v2/auth"`) ||
+		!strings.Contains(ch, `scope="repository:team/secret:pull"`) {
+		t.Errorf("private manifest = %d, challenge %q", resp.StatusCode, ch)
+	}
+}
+
+func TestRealmSchemeFromTrustedProxyOnly(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	e := startProxy(t, up, domainBlock)
+	// The test client connects from 127.0.0.1, which is not in
+	// trusted_proxies (127.0.0.2/32): X-Forwarded-Proto is ignored.
+	resp, _ := e.do("GET", "docker.example.test", "/v2/", http.Header{"X-Forwarded-Proto": {"https"}})
+	if ch := resp.Header.Get("Www-Authenticate"); !strings.Contains(ch, `realm="http://`) {
+		t.Errorf("untrusted X-Forwarded-Proto changed the realm: %s", ch)
+	}
+
+	// From a trusted proxy it counts.
+	tr := e.transport.Clone()
+	dialer := &netDialer{local: "127.0.0.2"}
+	tr.DialContext = dialer.dialTo("127.0.0.1:" + e.port)
+	req, _ := http.NewRequest("GET", e.url("docker.example.test", "/v2/"), nil)
+	req.Header.Set("X-Forwarded-Proto", "https")
+	resp2, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp2.Body.Close()
+	if ch := resp2.Header.Get("Www-Authenticate"); !strings.Contains(ch, `realm="https://docker.example.test:`+e.port+`/v2/auth"`) {
+		t.Errorf("trusted X-Forwarded-Proto ignored: %s", ch)
+	}
+}
+
+func TestDockerHubOneComponentNamesRedirectToLibrary(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	e := startProxy(t, up, domainBlock)
+	resp, _ := e.do("GET", "docker.example.test", "/v2/busybox/manifests/latest?foo=bar", nil)
+	if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "/v2/library/busybox/manifests/latest?foo=bar" {
+		t.Errorf("= %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	// Not on other upstreams.
+	resp, _ = e.do("GET", "ghcr.example.test", "/v2/busybox/manifests/latest", nil)
+	if resp.StatusCode == http.StatusMovedPermanently {
+		t.Error("ghcr route redirected a one-component name")
+	}
+
+	// A real client pulls a one-component name through the redirect.
+	img := up.PushRandomImage(t, "library/busybox", "latest", 2, 4096)
+	if err := e.pullImage(e.ref("docker.example.test", "busybox:latest"), nil, img); err != nil {
+		t.Fatalf("pull busybox: %v", err)
+	}
+}
+
+func TestTokenEndpointKeepsScopesAndAddsLibrary(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	e := startProxy(t, up, domainBlock)
+	resp, body := e.do("GET", "docker.example.test",
+		"/v2/auth?service=registry.test&scope=repository:busybox:pull&scope=repository:team/app:pull,push", nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("auth = %d %s", resp.StatusCode, body)
+	}
+	var tr struct {
+		Token, AccessToken, Scope string
+		ExpiresIn                 int `json:"expires_in"`
+	}
+	if err := json.Unmarshal([]byte(body), &tr); err != nil {
+		t.Fatal(err)
+	}
+	if tr.Token == "" || tr.ExpiresIn <= 0 {
+		t.Errorf("token response %s", body)
+	}
+	if tr.Scope != "repository:library/busybox:pull repository:team/app:pull,push" {
+		t.Errorf("scopes = %q", tr.Scope)
+	}
+
+	// Malformed scopes never reach the upstream realm.
+	before := up.Counters.RealmRequests()
+	for _, q := range []string{"scope=repository:UPPER:pull", "scope=repository::pull", "scope=nonsense", `scope=repository:a:pull"`} {
+		resp, body := e.do("GET", "docker.example.test", "/v2/auth?"+q, nil)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "invalid_scope") {
+			t.Errorf("%s = %d %s", q, resp.StatusCode, body)
+		}
+	}
+	if up.Counters.RealmRequests() != before {
+		t.Error("a malformed scope reached the upstream realm")
+	}
+
+	// A token is bound to its upstream: a docker.example.test token is
+	// refused on a route to another upstream.
+	other := testupstream.Start(t, testupstream.Options{})
+	_ = other
+	resp, _ = e.do("GET", "docker.example.test", "/v2/library/busybox/manifests/latest", http.Header{"Authorization": {"Bearer " + tr.Token}})
+	if resp.StatusCode == http.StatusUnauthorized && strings.Contains(resp.Header.Get("Www-Authenticate"), "invalid_token") {
+		t.Errorf("own token refused: %v", resp.Header)
+	}
+	resp, _ = e.do("GET", "docker.example.test", "/v2/library/busybox/manifests/latest", http.Header{"Authorization": {"Bearer forged.token"}})
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(resp.Header.Get("Www-Authenticate"), `error="invalid_token"`) {
+		t.Errorf("forged token = %d %v", resp.StatusCode, resp.Header)
+	}
+}
+
+func TestPullsThroughDomainAndSubdomainBlocks(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 3, 64<<10)
+	idx := up.PushRandomIndex(t, "team/multi", "v1",
+		v1.Platform{OS: "linux", Architecture: "amd64"}, v1.Platform{OS: "linux", Architecture: "arm64"})
+
+	t.Run("domain block", func(t *testing.T) {
+		e := startProxy(t, up, domainBlock)
+		for _, host := range []string{"docker.example.test", "ghcr.example.test", "registry.docker.example.test", "hub.example.test"} {
+			if err := e.pullImage(e.ref(host, "team/app:1"), nil, img); err != nil {
+				t.Errorf("%s: %v", host, err)
+			}
+		}
+		pullIndex(t, e, e.ref("ghcr.example.test", "team/multi:v1"), idx)
+	})
+	t.Run("per-subdomain block", func(t *testing.T) {
+		e := startProxy(t, up, `http://:{PORT} {
+	docker_proxy {UPSTREAM} {
+		cache off
+	}
+}`)
+		if err := e.pullImage(e.ref("ghcr.example.test", "team/app:1"), nil, img); err != nil {
+			t.Error(err)
+		}
+		pullIndex(t, e, e.ref("ghcr.example.test", "team/multi:v1"), idx)
+	})
+}
+
+func pullIndex(t *testing.T, e *proxyEnv, ref interface{ String() string }, want v1.ImageIndex) {
+	t.Helper()
+	r := e.ref(strings.SplitN(ref.String(), ":", 2)[0], strings.SplitN(ref.String(), "/", 2)[1])
+	got, err := remote.Index(r, e.remoteOptions(nil)...)
+	if err != nil {
+		t.Fatalf("index: %v", err)
+	}
+	gd, _ := got.Digest()
+	wd, _ := want.Digest()
+	if gd != wd {
+		t.Fatalf("index digest %s, want %s", gd, wd)
+	}
+	wm, _ := want.IndexManifest()
+	for _, desc := range wm.Manifests {
+		wi, _ := want.Image(desc.Digest)
+		gi, err := got.Image(desc.Digest)
+		if err != nil {
+			t.Fatalf("child %s: %v", desc.Digest, err)
+		}
+		if err := sameImage(gi, wi); err != nil {
+			t.Fatalf("child %s (%s): %v", desc.Digest, desc.Platform, err)
+		}
+	}
+}
+
+func TestPrivateRepositoryWithClientCredentials(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	up.SetPrivate("team/secret", "alice", "s3cret-pass")
+	up.AddUser("mallory", "other-pass")
+	img := up.PushRandomImage(t, "team/secret", "v1", 2, 32<<10)
+	e := startProxy(t, up, domainBlock)
+	ref := e.ref("docker.example.test", "team/secret:v1")
+
+	if err := e.pullImage(ref, &authn.Basic{Username: "alice", Password: "s3cret-pass"}, img); err != nil {
+		t.Fatalf("logged-in pull: %v", err)
+	}
+	err := e.pullImage(ref, nil, img)
+	if !isStatus(err, http.StatusUnauthorized) {
+		t.Errorf("anonymous pull of a private repo: %v, want 401", err)
+	}
+	err = e.pullImage(ref, &authn.Basic{Username: "alice", Password: "wrong"}, img)
+	if !isStatus(err, http.StatusUnauthorized) {
+		t.Errorf("wrong password: %v, want 401", err)
+	}
+	err = e.pullImage(ref, &authn.Basic{Username: "mallory", Password: "other-pass"}, img)
+	if !isStatus(err, http.StatusUnauthorized) && !isStatus(err, http.StatusForbidden) {
+		t.Errorf("another user: %v, want refused", err)
+	}
+	// Secrets stay out of the logs, ours and the upstream tokens alike.
+	if e.logContains("s3cret-pass") || e.logContains("other-pass") {
+		t.Error("a password is in Caddy's log")
+	}
+	if e.logContains("Bearer ") {
+		t.Error("a bearer token is in Caddy's log")
+	}
+}
+
+func TestConfiguredCredentialsServeAnonymousClients(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	up.SetPrivate("team/secret", "robot", "robot-token")
+	img := up.PushRandomImage(t, "team/secret", "v1", 2, 16<<10)
+	t.Setenv("TEST_ROBOT_TOKEN", "robot-token")
+	e := startProxy(t, up, `http://:{PORT} {
+	docker_proxy {UPSTREAM} {
+		credentials robot {env.TEST_ROBOT_TOKEN}
+		cache off
+	}
+}`)
+	if err := e.pullImage(e.ref("docker.example.test", "team/secret:v1"), nil, img); err != nil {
+		t.Fatalf("anonymous pull with configured credentials: %v", err)
+	}
+	if e.logContains("robot-token") {
+		t.Error("the configured secret is in Caddy's log")
+	}
+}
+
+func TestBlobRedirectFollowedWithoutCredentials(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	up.SetPrivate("team/secret", "alice", "pw")
+	img := up.PushRandomImage(t, "team/secret", "v1", 1, 256<<10)
+	e := startProxy(t, up, domainBlock)
+	before, beforeReqs := up.Counters.ObjectStoreGETs(), up.Counters.ObjectStoreRequests()
+	// The object store fails any request with Authorization: the pull
+	// works only if the proxy followed the 307 with a clean GET.
+	if err := e.pullImage(e.ref("docker.example.test", "team/secret:v1"), &authn.Basic{Username: "alice", Password: "pw"}, img); err != nil {
+		t.Fatal(err)
+	}
+	if up.Counters.ObjectStoreGETs() == before {
+		t.Error("blobs did not come through the object store redirect")
+	}
+	served, reqs := up.Counters.ObjectStoreGETs()-before, up.Counters.ObjectStoreRequests()-beforeReqs
+	if served != reqs {
+		t.Errorf("object store refused %d of %d requests (credentials sent to the redirect target?)", reqs-served, reqs)
+	}
+}
+
+func TestRangeAndTagsPagination(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 1, 10000)
+	for _, tag := range []string{"2", "3", "4"} {
+		up.PushImage(t, "team/app", tag, img)
+	}
+	e := startProxy(t, up, domainBlock)
+	tok := anonymousToken(t, e, "docker.example.test", "team/app")
+	auth := http.Header{"Authorization": {"Bearer " + tok}}
+
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	rc, _ := layers[0].Compressed()
+	all, _ := io.ReadAll(rc)
+	h := auth.Clone()
+	h.Set("Range", "bytes=100-199")
+	resp, body := e.do("GET", "docker.example.test", "/v2/team/app/blobs/"+ld.String(), h)
+	if resp.StatusCode != http.StatusPartialContent || body != string(all[100:200]) {
+		t.Errorf("Range = %d, %d bytes", resp.StatusCode, len(body))
+	}
+
+	resp, body = e.do("GET", "docker.example.test", "/v2/team/app/tags/list?n=2", auth)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `"1"`) || !strings.Contains(body, `"2"`) || strings.Contains(body, `"3"`) {
+		t.Fatalf("tags page 1 = %d %s", resp.StatusCode, body)
+	}
+	link := resp.Header.Get("Link")
+	if !strings.HasPrefix(link, "</v2/team/app/tags/list?") || !strings.Contains(link, `rel="next"`) {
+		t.Fatalf("Link = %q", link)
+	}
+	next := link[1:strings.IndexByte(link, '>')]
+	resp, body = e.do("GET", "docker.example.test", next, auth)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `"3"`) {
+		t.Errorf("tags page 2 = %d %s", resp.StatusCode, body)
+	}
+}
+
+// anonymousToken gets a token from the proxy's endpoint, as clients do.
+func anonymousToken(t *testing.T, e *proxyEnv, host, repo string) string {
+	t.Helper()
+	resp, body := e.do("GET", host, "/v2/auth?scope=repository:"+repo+":pull", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("token: %d %s", resp.StatusCode, body)
+	}
+	var tr struct{ Token string }
+	_ = json.Unmarshal([]byte(body), &tr)
+	return tr.Token
+}
+
+func TestInvalidInputNeverReachesUpstream(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	e := startProxy(t, up, domainBlock)
+	cases := []struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		{"GET", "/v2/Team/App/manifests/latest", 400, "NAME_INVALID"},
+		{"GET", "/v2/team/app-/manifests/latest", 400, "NAME_INVALID"},
+		{"GET", "/v2/team//app/manifests/latest", 400, "NAME_INVALID"},
+		{"GET", "/v2/" + strings.Repeat("a/", 130) + "b/manifests/latest", 400, "NAME_INVALID"},
+		{"GET", "/v2/team/app/manifests/bad..tag!", 400, "TAG_INVALID"},
+		{"GET", "/v2/team/app/manifests/sha256:abc", 400, "DIGEST_INVALID"},
+		{"GET", "/v2/team/app/blobs/sha256:" + strings.Repeat("z", 64), 400, "DIGEST_INVALID"},
+		{"GET", "/v2/team/app/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", 400, "DIGEST_INVALID"},
+		{"GET", "/v2/team/app/blobs/latest", 400, "DIGEST_INVALID"},
+		{"POST", "/v2/team/app/blobs/uploads/", 405, "UNSUPPORTED"},
+		{"PUT", "/v2/team/app/manifests/latest", 405, "UNSUPPORTED"},
+		{"DELETE", "/v2/team/app/blobs/sha256:" + strings.Repeat("a", 64), 405, "UNSUPPORTED"},
+		{"GET", "/v2/_catalog", 404, "UNSUPPORTED"},
+		{"GET", "/v2/team/app/nothing", 404, "UNSUPPORTED"},
+		{"GET", "/v2/team/app/manifests/latest?ns=evil.example.com", 404, "NAME_UNKNOWN"},
+	}
+	before := up.Counters.RegistryRequests()
+	for _, c := range cases {
+		resp, body := e.do(c.method, "docker.example.test", c.path, nil)
+		var got struct {
+			Errors []struct{ Code, Message string }
+		}
+		if err := json.Unmarshal([]byte(body), &got); err != nil || len(got.Errors) != 1 {
+			t.Errorf("%s %s: not a registry error: %d %s", c.method, c.path, resp.StatusCode, body)
+			continue
+		}
+		if resp.StatusCode != c.status || got.Errors[0].Code != c.code {
+			t.Errorf("%s %s = %d %s, want %d %s", c.method, c.path, resp.StatusCode, got.Errors[0].Code, c.status, c.code)
+		}
+	}
+	if n := up.Counters.RegistryRequests() - before; n != 0 {
+		t.Errorf("invalid requests reached the upstream %d times", n)
+	}
+}
+
+func TestUnreachableUpstreamIs502JSON(t *testing.T) {
+	e := startProxy(t, nil, `http://:{PORT} {
+	docker_proxy http://127.0.0.1:`+freePort(t)+` {
+		cache off
+	}
+}`)
+	tok := anonymousToken(t, e, "docker.example.test", "team/app")
+	resp, body := e.do("GET", "docker.example.test", "/v2/team/app/manifests/latest", http.Header{"Authorization": {"Bearer " + tok}})
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, `"UNAVAILABLE"`) {
+		t.Errorf("= %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestBodyFailureAbortsClientConnection(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 1, 1<<20)
+	e := startProxy(t, up, domainBlock)
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	tok := anonymousToken(t, e, "docker.example.test", "team/app")
+	up.Faults.CutBlobsAfter(300 << 10)
+	req, _ := http.NewRequest("GET", e.url("docker.example.test", "/v2/team/app/blobs/"+ld.String()), nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := (&http.Client{Transport: e.transport}).Do(req)
+	if err != nil {
+		t.Fatalf("headers should arrive: %v", err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Errorf("a cut blob ended cleanly after %d bytes (status %d)", n, resp.StatusCode)
+	}
+}
+
+func isStatus(err error, status int) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && te.StatusCode == status
+}

@@ -1,0 +1,414 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
+)
+
+// Proxy is the registry request path: route, validate, authenticate, then
+// the cache, then the upstream.
+type Proxy struct {
+	Router   *Router
+	Upstream *Client
+	Auth     *tokenauth.Endpoint
+	// Cache is nil when caching is off.
+	Cache  *Cache
+	Logger *zap.Logger
+	// Scheme tells the scheme the client used (https, or http), for the
+	// realm the proxy gives clients.
+	Scheme func(*http.Request) string
+}
+
+// target is where a request goes: the upstream, and how the client
+// addressed it (so redirects and realms keep the client's form).
+type target struct {
+	up Upstream
+	// prefix is the client's path before the repository name: "/v2/", or
+	// "/v2/ghcr.io/" when the registry was named in the path.
+	prefix string
+	// ns is containerd's ?ns= value, kept in realms and links.
+	ns string
+}
+
+// ServeHTTP serves one registry API request.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// 1. Route: ?ns=, a registry host as the first path component, Host.
+	t, routed, rerr := p.route(r)
+	if rerr != nil {
+		WriteError(w, rerr)
+		return
+	}
+	if !routed {
+		p.writeRoutes(w)
+		return
+	}
+	if r.URL.Path == "/" || r.URL.Path == "" {
+		http.Redirect(w, r, "/v2/", http.StatusMovedPermanently)
+		return
+	}
+
+	// 2. Validate before anything goes upstream.
+	req, perr := ParsePath(r.Method, "/v2/"+strings.TrimPrefix(r.URL.Path, t.prefix))
+	if perr != nil {
+		WriteError(w, perr)
+		return
+	}
+
+	// 3. Docker Hub keeps official images under library/.
+	if t.up.IsDockerHub() && req.Name != "" && !strings.Contains(req.Name, "/") {
+		p.redirectToLibrary(w, r, t, req)
+		return
+	}
+
+	// 4. Authentication: the proxy's token endpoint, then the caller's grant.
+	if req.Kind == KindAuth {
+		p.serveToken(w, r, t)
+		return
+	}
+	grant, err := p.Auth.Identify(r, t.up.String())
+	if err != nil {
+		p.writeChallenge(w, r, t, req, "invalid_token")
+		return
+	}
+	if req.Kind == KindBase {
+		p.serveBase(w, r, t)
+		return
+	}
+
+	// 5. The cache, then the upstream.
+	switch req.Kind {
+	case KindManifest:
+		p.serveManifest(w, r, t, req, grant)
+	case KindBlob:
+		p.serveBlob(w, r, t, req, grant)
+	default: // tags/list, referrers: always fresh from the upstream
+		p.forward(w, r, t, req, grant, "")
+	}
+}
+
+// route finds the upstream of r. An ns= or path registry that is not
+// configured here is an error (never an open proxy to any registry); an
+// unknown host is routed=false.
+func (p *Proxy) route(r *http.Request) (t target, routed bool, _ *Error) {
+	t.prefix = "/v2/"
+	if ns := r.URL.Query().Get("ns"); ns != "" {
+		up, ok := p.Router.ByName(ns)
+		if !ok {
+			return t, false, &Error{Status: http.StatusNotFound, Code: CodeNameUnknown,
+				Message: "registry " + ns + " is not proxied here", Detail: map[string]any{"registries": p.Router.Names()}}
+		}
+		t.up, t.ns = up, ns
+		return t, true, nil
+	}
+	if rest, ok := strings.CutPrefix(r.URL.Path, "/v2/"); ok {
+		if first, _, ok := strings.Cut(rest, "/"); ok && looksLikeRegistryHost(first) {
+			if up, ok := p.Router.ByName(first); ok {
+				t.up, t.prefix = up, "/v2/"+first+"/"
+				return t, true, nil
+			}
+		}
+	}
+	up, known := p.Router.ForHost(r.Host)
+	if !known && up.URL == nil {
+		return t, false, nil
+	}
+	t.up = up
+	return t, true, nil
+}
+
+// looksLikeRegistryHost tells a registry host (ghcr.io, localhost:5000)
+// from the first component of a repository name, which has neither dots
+// before a slash in Docker Hub names nor a port.
+func looksLikeRegistryHost(s string) bool {
+	return strings.ContainsAny(s, ".:") || s == "localhost"
+}
+
+// writeRoutes answers a request for a host this proxy does not serve.
+func (p *Proxy) writeRoutes(w http.ResponseWriter) {
+	body, _ := json.Marshal(map[string]any{
+		"routes":  p.Router.Table(),
+		"message": "Available registry routes",
+	})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusNotFound)
+	_, _ = w.Write(body)
+}
+
+func (p *Proxy) redirectToLibrary(w http.ResponseWriter, r *http.Request, t target, req Request) {
+	rest := strings.TrimPrefix(r.URL.Path, t.prefix+req.Name)
+	loc := t.prefix + "library/" + req.Name + rest
+	if r.URL.RawQuery != "" {
+		loc += "?" + r.URL.RawQuery
+	}
+	w.Header().Set("Location", loc)
+	w.WriteHeader(http.StatusMovedPermanently)
+}
+
+// realm is the URL of the proxy's token endpoint as this client reaches it.
+func (p *Proxy) realm(r *http.Request, t target) string {
+	u := url.URL{Scheme: p.Scheme(r), Host: r.Host, Path: "/v2/auth"}
+	if t.prefix != "/v2/" {
+		u.Path = t.prefix + "auth"
+	}
+	if t.ns != "" {
+		u.RawQuery = url.Values{"ns": {t.ns}}.Encode()
+	}
+	return u.String()
+}
+
+// writeChallenge answers 401 with the proxy's realm and the upstream's
+// service name, so clients fetch their token from the proxy.
+func (p *Proxy) writeChallenge(w http.ResponseWriter, r *http.Request, t target, req Request, errParam string) {
+	ch := p.challengeFor(r, t, req, errParam)
+	w.Header().Set("Www-Authenticate", ch.String())
+	WriteError(w, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthorized, Message: "authentication required"})
+}
+
+func (p *Proxy) challengeFor(r *http.Request, t target, req Request, errParam string) tokenauth.Challenge {
+	params := map[string]string{"realm": p.realm(r, t), "service": t.up.Name}
+	if ch := p.Upstream.learnt(t.up); ch != nil && ch.Service() != "" {
+		params["service"] = ch.Service()
+	}
+	if req.Name != "" {
+		params["scope"] = "repository:" + req.Name + ":pull"
+	}
+	if errParam != "" {
+		params["error"] = errParam
+	}
+	return tokenauth.Challenge{Scheme: "Bearer", Params: params}
+}
+
+// serveBase answers GET /v2/. Without credentials the client gets the
+// upstream's challenge pointing at the proxy's realm (so that docker login
+// and pulls ask the proxy for tokens); with a valid token, 200.
+func (p *Proxy) serveBase(w http.ResponseWriter, r *http.Request, t target) {
+	if r.Header.Get("Authorization") == "" {
+		ch, err := p.Upstream.Challenge(r.Context(), t.up)
+		if err != nil {
+			// Offline: still point the client at our realm; the
+			// cache can serve anonymous pulls.
+			p.Logger.Debug("upstream challenge unavailable", zap.String("upstream", t.up.Name), zap.Error(err))
+		}
+		if err != nil || ch != nil {
+			p.writeChallenge(w, r, t, Request{}, "")
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+	w.Header().Set("Content-Length", "2")
+	w.WriteHeader(http.StatusOK)
+	_, _ = io.WriteString(w, "{}")
+}
+
+// serveToken runs the proxy's token endpoint for t's upstream.
+func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request, t target) {
+	up := tokenauth.Upstream{ID: t.up.String()}
+	ch, err := p.Upstream.Challenge(r.Context(), t.up)
+	if err != nil {
+		up.Unreachable = err
+	}
+	up.Challenge = ch
+	if t.up.IsDockerHub() {
+		up.NormalizeScope = func(s tokenauth.Scope) tokenauth.Scope {
+			if strings.HasPrefix(s.Type, "repository") && !strings.Contains(s.Name, "/") {
+				s.Name = "library/" + s.Name
+			}
+			return s
+		}
+	}
+	up.CheckBasic = func(ctx context.Context, authorization string) error {
+		return p.Upstream.CheckBasic(ctx, t.up, authorization)
+	}
+	p.Auth.ServeHTTP(w, r, up)
+}
+
+// forward sends the request upstream as grant's identity and relays the
+// answer. cacheStatus, if set, is reported in Cache-Status.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, cacheStatus string) {
+	o := outbound{
+		method: r.Method,
+		path:   upstreamPath(req) + upstreamQuery(r, req),
+		header: forwardHeaders(r, req),
+		scope:  "repository:" + req.Name + ":pull",
+		// Blobs are followed to their CDN; nothing else should redirect.
+		followRedirects: req.Kind == KindBlob,
+	}
+	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	if err != nil {
+		p.writeUpstreamError(w, t, err)
+		return
+	}
+	p.relay(w, r, t, req, resp, cacheStatus)
+}
+
+// upstreamPath is the request's path on the upstream.
+func upstreamPath(req Request) string {
+	switch req.Kind {
+	case KindManifest:
+		return "/v2/" + req.Name + "/manifests/" + req.Reference()
+	case KindBlob:
+		return "/v2/" + req.Name + "/blobs/" + req.Digest.String()
+	case KindTags:
+		return "/v2/" + req.Name + "/tags/list"
+	case KindReferrers:
+		return "/v2/" + req.Name + "/referrers/" + req.Digest.String()
+	}
+	return "/v2/"
+}
+
+// upstreamQuery keeps the query parameters the API defines for the kind
+// (pagination, artifact filters); ns= is the proxy's, not the upstream's.
+func upstreamQuery(r *http.Request, req Request) string {
+	var keep []string
+	switch req.Kind {
+	case KindTags:
+		keep = []string{"n", "last"}
+	case KindReferrers:
+		keep = []string{"artifactType"}
+	default:
+		return ""
+	}
+	in := r.URL.Query()
+	out := url.Values{}
+	for _, k := range keep {
+		if v, ok := in[k]; ok {
+			out[k] = v
+		}
+	}
+	if len(out) == 0 {
+		return ""
+	}
+	return "?" + out.Encode()
+}
+
+// forwardHeaders are the client headers an upstream needs: Accept for
+// manifests and referrers, Range for blobs, the client's User-Agent, and
+// conditional headers. Never the client's Authorization: the identity
+// decides that.
+func forwardHeaders(r *http.Request, req Request) http.Header {
+	h := http.Header{}
+	if ua := r.Header.Get("User-Agent"); ua != "" {
+		h.Set("User-Agent", ua)
+	}
+	switch req.Kind {
+	case KindManifest, KindReferrers:
+		for _, v := range r.Header.Values("Accept") {
+			h.Add("Accept", v)
+		}
+	case KindBlob:
+		if v := r.Header.Get("Range"); v != "" {
+			h.Set("Range", v)
+		}
+	}
+	return h
+}
+
+// hopHeaders are removed from relayed responses (RFC 9110, 7.6.1), with
+// the ones the proxy rewrites or must not pass on.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+	"Set-Cookie", "Www-Authenticate", "Location", "Alt-Svc", "Strict-Transport-Security",
+}
+
+// relay writes an upstream response to the client: 401s get the proxy's
+// challenge, Link headers keep the client's form, the body streams.
+func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, t target, req Request, resp *http.Response, cacheStatus string) {
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized {
+		drain(resp.Body)
+		errParam := ""
+		if ch := pickChallenge(resp.Header); ch != nil {
+			errParam = ch.Params["error"]
+		}
+		p.writeChallenge(w, r, t, req, errParam)
+		return
+	}
+	h := w.Header()
+	for k, vs := range resp.Header {
+		h[k] = vs
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+	if c := resp.Header.Get("Connection"); c != "" {
+		for _, k := range strings.Split(c, ",") {
+			h.Del(strings.TrimSpace(k))
+		}
+	}
+	if links := resp.Header.Values("Link"); len(links) > 0 {
+		h.Del("Link")
+		for _, l := range links {
+			h.Add("Link", rewriteLink(l, t))
+		}
+	}
+	if cacheStatus != "" {
+		h.Set("Cache-Status", cacheStatus)
+	}
+	w.WriteHeader(resp.StatusCode)
+	if r.Method == http.MethodHead {
+		return
+	}
+	copyBody(w, resp.Body)
+}
+
+// rewriteLink makes a pagination Link point at the proxy in the client's
+// form: relative, with the client's path prefix and ns=.
+func rewriteLink(link string, t target) string {
+	start, end := strings.IndexByte(link, '<'), strings.IndexByte(link, '>')
+	if start < 0 || end < start {
+		return link
+	}
+	u, err := url.Parse(link[start+1 : end])
+	if err != nil {
+		return link
+	}
+	rel := url.URL{Path: u.Path, RawQuery: u.RawQuery}
+	if t.prefix != "/v2/" {
+		rel.Path = t.prefix + strings.TrimPrefix(u.Path, "/v2/")
+	}
+	if t.ns != "" {
+		q := rel.Query()
+		q.Set("ns", t.ns)
+		rel.RawQuery = q.Encode()
+	}
+	return link[:start+1] + rel.String() + link[end:]
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// copyBody streams body to w. When the body fails after the header went
+// out, the client's connection is aborted: a clean end would look like a
+// complete response.
+func copyBody(w http.ResponseWriter, body io.Reader) {
+	buf := bufPool.Get().(*[]byte)
+	defer bufPool.Put(buf)
+	if _, err := io.CopyBuffer(w, body, *buf); err != nil {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// writeUpstreamError answers for an upstream that failed to answer.
+func (p *Proxy) writeUpstreamError(w http.ResponseWriter, t target, err error) {
+	p.Logger.Warn("upstream request failed", zap.String("upstream", t.up.Name), zap.Error(err))
+	var se *upstreamStatusError
+	status := http.StatusBadGateway
+	if errors.As(err, &se) {
+		status = se.status
+	}
+	WriteError(w, &Error{Status: status, Code: CodeUnavailable,
+		Message: "upstream registry " + t.up.Name + " is unavailable: " + err.Error()})
+}

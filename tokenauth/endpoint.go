@@ -1,0 +1,224 @@
+package tokenauth
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Upstream is what the token endpoint needs to know of the upstream a
+// request was routed to.
+type Upstream struct {
+	// ID binds issued tokens to this upstream (its base URL).
+	ID string
+	// Challenge is the upstream's own challenge, learnt from its 401 (never
+	// from the request). Nil when the upstream needs no authentication or
+	// could not be asked.
+	Challenge *Challenge
+	// NormalizeScope rewrites a scope's repository name for the upstream
+	// (Docker Hub's library/ prefix). Nil leaves names as they are.
+	NormalizeScope func(Scope) Scope
+	// CheckBasic asks the upstream whether it accepts a Basic
+	// Authorization header value; used for upstreams that challenge with
+	// Basic instead of a token service.
+	CheckBasic func(ctx context.Context, authorization string) error
+	// Unreachable is set when the upstream could not be asked for its
+	// challenge: anonymous clients still get a token (the cache may serve
+	// them), clients with credentials are told to try later.
+	Unreachable error
+}
+
+// Endpoint is the proxy's token service, served at /v2/auth.
+type Endpoint struct {
+	Sealer  *Sealer
+	Fetcher *Fetcher
+	// AnonymousLifetime is how long a token without client credentials
+	// lives. Default 1h.
+	AnonymousLifetime time.Duration
+}
+
+// Identify returns the grant of a registry request: anonymous without an
+// Authorization header (and for Basic credentials sent without a challenge,
+// which the proxy does not use), the opened grant for one of the proxy's
+// tokens, or ErrInvalidToken for any other or expired bearer token or a
+// token issued for another upstream.
+func (e *Endpoint) Identify(r *http.Request, upstreamID string) (Grant, error) {
+	h := r.Header.Get("Authorization")
+	scheme, value, _ := strings.Cut(h, " ")
+	if h == "" || !strings.EqualFold(scheme, "Bearer") {
+		return Grant{Upstream: upstreamID}, nil
+	}
+	g, err := e.Sealer.Open(strings.TrimSpace(value), time.Now())
+	if err != nil {
+		return Grant{}, err
+	}
+	if g.Upstream != upstreamID {
+		return Grant{}, ErrInvalidToken
+	}
+	return g, nil
+}
+
+// ServeHTTP answers a token request (GET with Basic credentials, or an
+// OAuth2 password-grant POST as containerd sends) for the upstream up.
+func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request, up Upstream) {
+	treq, err := parseTokenRequest(r)
+	if err != nil {
+		writeOAuthError(w, http.StatusBadRequest, "invalid_request", err.Error())
+		return
+	}
+	scopes := make([]string, 0, len(treq.scopes))
+	for _, raw := range treq.scopes {
+		s, err := ParseScope(raw)
+		if err != nil {
+			writeOAuthError(w, http.StatusBadRequest, "invalid_scope", err.Error())
+			return
+		}
+		if up.NormalizeScope != nil {
+			s = up.NormalizeScope(s)
+		}
+		scopes = append(scopes, s.String())
+	}
+
+	now := time.Now()
+	grant := Grant{Upstream: up.ID, Scopes: scopes}
+	switch {
+	case treq.creds == nil || up.Challenge == nil && up.Unreachable == nil:
+		// No credentials, or an upstream that asks for none: the proxy
+		// serves this client with its own identity.
+		lifetime := e.AnonymousLifetime
+		if lifetime <= 0 {
+			lifetime = time.Hour
+		}
+		grant.Expiry = now.Add(lifetime)
+	case up.Unreachable != nil:
+		writeOAuthError(w, http.StatusServiceUnavailable, "temporarily_unavailable",
+			"the upstream registry cannot be reached to check these credentials; try again later")
+		return
+	case up.Challenge.IsBearer():
+		tok, err := e.Fetcher.Fetch(r.Context(), *up.Challenge, scopes, treq.creds)
+		if errors.Is(err, ErrRefused) {
+			writeOAuthError(w, http.StatusUnauthorized, "invalid_grant", "the upstream registry refused these credentials")
+			return
+		}
+		if err != nil {
+			writeOAuthError(w, http.StatusBadGateway, "temporarily_unavailable", "the upstream token service failed: "+err.Error())
+			return
+		}
+		grant.Authorization = "Bearer " + tok.Value
+		grant.Expiry = tok.Expiry
+	case up.Challenge.IsBasic() && up.CheckBasic != nil:
+		basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(treq.creds.Username+":"+treq.creds.Secret))
+		if err := up.CheckBasic(r.Context(), basic); err != nil {
+			if errors.Is(err, ErrRefused) {
+				writeOAuthError(w, http.StatusUnauthorized, "invalid_grant", "the upstream registry refused these credentials")
+			} else {
+				writeOAuthError(w, http.StatusBadGateway, "temporarily_unavailable", "the upstream registry failed: "+err.Error())
+			}
+			return
+		}
+		grant.Authorization = basic
+		grant.Expiry = now.Add(time.Hour)
+	default:
+		writeOAuthError(w, http.StatusBadGateway, "temporarily_unavailable",
+			fmt.Sprintf("the upstream registry asks for %s authentication, which the proxy does not support", up.Challenge.Scheme))
+		return
+	}
+
+	token, err := e.Sealer.Seal(grant)
+	if err != nil {
+		writeOAuthError(w, http.StatusInternalServerError, "server_error", "could not issue a token")
+		return
+	}
+	expiresIn := int64(grant.Expiry.Sub(now) / time.Second)
+	body, _ := json.Marshal(map[string]any{
+		"token":        token,
+		"access_token": token,
+		"expires_in":   expiresIn,
+		"issued_at":    now.UTC().Format(time.RFC3339),
+		"scope":        strings.Join(scopes, " "),
+	})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
+type tokenRequest struct {
+	scopes []string
+	creds  *Credentials
+}
+
+// maxScopes bounds the scopes of one token request.
+const maxScopes = 64
+
+func parseTokenRequest(r *http.Request) (tokenRequest, error) {
+	var treq tokenRequest
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		for _, s := range r.URL.Query()["scope"] {
+			treq.scopes = append(treq.scopes, strings.Fields(s)...)
+		}
+		if user, pass, ok := r.BasicAuth(); ok {
+			treq.creds = &Credentials{Username: user, Secret: pass}
+		} else if r.Header.Get("Authorization") != "" {
+			return treq, errors.New("the Authorization header is not Basic credentials")
+		}
+	case http.MethodPost:
+		r.Body = http.MaxBytesReader(nil, r.Body, 64<<10)
+		if err := r.ParseForm(); err != nil {
+			return treq, fmt.Errorf("bad form: %v", err)
+		}
+		for _, s := range r.PostForm["scope"] {
+			treq.scopes = append(treq.scopes, strings.Fields(s)...)
+		}
+		switch gt := r.PostForm.Get("grant_type"); gt {
+		case "password":
+			treq.creds = &Credentials{Username: r.PostForm.Get("username"), Secret: r.PostForm.Get("password")}
+		case "":
+			// Anonymous.
+		default:
+			return treq, fmt.Errorf("unsupported grant_type %q: use password", gt)
+		}
+	default:
+		return treq, fmt.Errorf("method %s not allowed", r.Method)
+	}
+	if len(treq.scopes) > maxScopes {
+		return treq, fmt.Errorf("too many scopes (%d, at most %d)", len(treq.scopes), maxScopes)
+	}
+	if treq.creds != nil && (strings.ContainsAny(treq.creds.Username, "\x00\r\n:") || treq.creds.Username == "") {
+		return treq, errors.New("invalid username")
+	}
+	return treq, nil
+}
+
+func writeOAuthError(w http.ResponseWriter, status int, code, description string) {
+	body, _ := json.Marshal(map[string]any{
+		"error":             code,
+		"error_description": description,
+		// The registry error format too, which docker prints.
+		"errors": []map[string]string{{"code": registryCode(status), "message": description}},
+	})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+func registryCode(status int) string {
+	switch status {
+	case http.StatusUnauthorized:
+		return "UNAUTHORIZED"
+	case http.StatusBadRequest:
+		return "UNSUPPORTED"
+	default:
+		return "UNAVAILABLE"
+	}
+}
