@@ -148,7 +148,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Cache == nil || !h.Cache.Disabled {
 		cache, err = h.provisionCache()
 		if err != nil {
-			return err
+			// An unwritable or broken cache directory must not take the
+			// registry down: serve from the upstream and say why.
+			h.logger.Error("cache unavailable: serving every request from the upstream", zap.Error(err))
+			cache = nil
 		}
 	}
 

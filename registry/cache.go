@@ -497,7 +497,10 @@ func (p *Proxy) mayRead(w http.ResponseWriter, r *http.Request, t target, req Re
 	case ok:
 		return true
 	case resp != nil:
-		p.relay(w, r, t, req, resp, statusHit)
+		// The upstream's answer was to a HEAD: answer this request
+		// with the registry error that status means.
+		drain(resp.Body)
+		p.writeDenied(w, r, t, req, resp)
 	default:
 		WriteError(w, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
 			Message: "the upstream registry cannot confirm access to " + req.Name + " right now: " + err.Error()})
@@ -668,4 +671,24 @@ func (e *errorRecorder) Seek(offset int64, whence int) (int64, error) {
 		e.err = err
 	}
 	return n, err
+}
+
+// writeDenied answers a request the upstream refused for this identity.
+func (p *Proxy) writeDenied(w http.ResponseWriter, r *http.Request, t target, req Request, resp *http.Response) {
+	switch resp.StatusCode {
+	case http.StatusUnauthorized:
+		errParam := ""
+		if ch := pickChallenge(resp.Header); ch != nil {
+			errParam = ch.Params["error"]
+		}
+		p.writeChallenge(w, r, t, req, errParam)
+	case http.StatusForbidden:
+		WriteError(w, &Error{Status: http.StatusForbidden, Code: CodeDenied, Message: "access to " + req.Name + " denied by the upstream registry"})
+	default:
+		code := CodeManifestUnknown
+		if req.Kind == KindBlob {
+			code = CodeBlobUnknown
+		}
+		WriteError(w, &Error{Status: http.StatusNotFound, Code: code, Message: req.Reference() + " is not in " + req.Name})
+	}
 }

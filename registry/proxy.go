@@ -405,10 +405,13 @@ func copyBody(w http.ResponseWriter, body io.Reader) {
 func (p *Proxy) writeUpstreamError(w http.ResponseWriter, t target, err error) {
 	p.Logger.Warn("upstream request failed", zap.String("upstream", t.up.Name), zap.Error(err))
 	var se *upstreamStatusError
-	status := http.StatusBadGateway
+	status, code := http.StatusBadGateway, CodeUnavailable
 	if errors.As(err, &se) {
 		status = se.status
+		if status == http.StatusTooManyRequests {
+			code = CodeTooManyRequests
+		}
 	}
-	WriteError(w, &Error{Status: status, Code: CodeUnavailable,
+	WriteError(w, &Error{Status: status, Code: code,
 		Message: "upstream registry " + t.up.Name + " is unavailable: " + err.Error()})
 }

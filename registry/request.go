@@ -86,57 +86,51 @@ func ParsePath(method, path string) (Request, *Error) {
 	if rest == "_catalog" {
 		return Request{}, &Error{Status: http.StatusNotFound, Code: CodeUnsupported, Message: "the catalog is not available through a registry proxy"}
 	}
-	// The name may contain slashes, so find the last API keyword.
-	for _, kw := range []string{"/manifests/", "/blobs/uploads", "/blobs/", "/tags/list", "/referrers/"} {
-		i := strings.LastIndex(rest, kw)
-		if i < 0 {
-			continue
+	// The name may contain slashes, and even components called
+	// "manifests" or "blobs": decide the kind from the end of the path,
+	// where the reference (a tag or a digest, never with a slash) is.
+	if method != http.MethodGet && method != http.MethodHead {
+		if strings.Contains(rest, "/blobs/uploads") {
+			return Request{}, errUnsupported("this registry is a read-only pull-through cache: pushes are not accepted")
 		}
-		name, arg := rest[:i], rest[i+len(kw):]
+		return Request{}, errUnsupported("this registry is a read-only pull-through cache: only GET and HEAD")
+	}
+	if name, ok := strings.CutSuffix(rest, "/tags/list"); ok {
 		if err := validateName(name); err != nil {
 			return Request{}, err
 		}
-		switch kw {
-		case "/blobs/uploads":
-			return Request{}, errUnsupported("this registry is a read-only pull-through cache: pushes are not accepted")
-		case "/manifests/":
-			if method != http.MethodGet && method != http.MethodHead {
-				return Request{}, errUnsupported("this registry is a read-only pull-through cache: only GET and HEAD of manifests")
-			}
-			if strings.Contains(arg, ":") {
-				d, err := parseDigest(arg)
-				if err != nil {
-					return Request{}, err
-				}
-				return Request{Kind: KindManifest, Name: name, Digest: d}, nil
-			}
-			if !anchoredTag.MatchString(arg) {
-				return Request{}, errTagInvalid(arg)
-			}
-			return Request{Kind: KindManifest, Name: name, Tag: arg}, nil
-		case "/blobs/":
-			d, err := parseDigest(arg)
-			if err != nil {
-				return Request{}, err
-			}
-			if method != http.MethodGet && method != http.MethodHead {
-				return Request{}, errUnsupported("this registry is a read-only pull-through cache: only GET and HEAD of blobs")
-			}
-			return Request{Kind: KindBlob, Name: name, Digest: d}, nil
-		case "/tags/list":
-			if arg != "" {
-				break
-			}
-			return Request{Kind: KindTags, Name: name}, nil
-		case "/referrers/":
-			d, err := parseDigest(arg)
-			if err != nil {
-				return Request{}, err
-			}
-			return Request{Kind: KindReferrers, Name: name, Digest: d}, nil
-		}
+		return Request{Kind: KindTags, Name: name}, nil
 	}
-	return Request{}, &Error{Status: http.StatusNotFound, Code: CodeUnsupported, Message: "unknown registry API path: " + path}
+	i := strings.LastIndexByte(rest, '/')
+	j := strings.LastIndexByte(rest[:max(i, 0)], '/')
+	if i < 0 || j < 0 {
+		return Request{}, &Error{Status: http.StatusNotFound, Code: CodeUnsupported, Message: "unknown registry API path: " + path}
+	}
+	name, keyword, arg := rest[:j], rest[j+1:i], rest[i+1:]
+	if keyword == "uploads" && strings.HasSuffix(name, "/blobs") || keyword == "blobs" && arg == "uploads" {
+		return Request{}, errUnsupported("this registry is a read-only pull-through cache: pushes are not accepted")
+	}
+	kind, ok := map[string]Kind{"manifests": KindManifest, "blobs": KindBlob, "referrers": KindReferrers}[keyword]
+	if !ok {
+		return Request{}, &Error{Status: http.StatusNotFound, Code: CodeUnsupported, Message: "unknown registry API path: " + path}
+	}
+	if err := validateName(name); err != nil {
+		return Request{}, err
+	}
+	req := Request{Kind: kind, Name: name}
+	if kind == KindManifest && !strings.Contains(arg, ":") {
+		if !anchoredTag.MatchString(arg) {
+			return Request{}, errTagInvalid(arg)
+		}
+		req.Tag = arg
+		return req, nil
+	}
+	d, err := parseDigest(arg)
+	if err != nil {
+		return Request{}, err
+	}
+	req.Digest = d
+	return req, nil
 }
 
 func validateName(name string) *Error {

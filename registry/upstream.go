@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -92,6 +93,10 @@ func ParseUpstream(s string, overrides map[string]string) (Upstream, error) {
 	if err != nil {
 		return Upstream{}, err
 	}
+	// Docker Hub given by its API URL keeps its name, and so its rules.
+	if canonical, ok := aliases[u.Hostname()]; ok && u.Port() == "" {
+		return Upstream{Name: canonical, URL: u}, nil
+	}
 	return Upstream{Name: u.Host, URL: u}, nil
 }
 
@@ -110,11 +115,12 @@ func parseBaseURL(s string) (*url.URL, error) {
 	case u.Path != "" && u.Path != "/", u.RawQuery != "", u.Fragment != "":
 		return nil, fmt.Errorf("invalid upstream URL %q: give only scheme and host (the registry API lives at /v2/)", s)
 	}
+	if strings.HasSuffix(u.Host, ":") {
+		return nil, fmt.Errorf("invalid upstream URL %q: empty port", s)
+	}
 	if port := u.Port(); port != "" {
-		for _, c := range port {
-			if c < '0' || c > '9' {
-				return nil, fmt.Errorf("invalid upstream URL %q: bad port", s)
-			}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("invalid upstream URL %q: port must be 1-65535", s)
 		}
 	}
 	return &url.URL{Scheme: u.Scheme, Host: strings.ToLower(u.Host)}, nil

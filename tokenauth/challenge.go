@@ -158,7 +158,7 @@ func (p *parser) value() string {
 	}
 	if p.s[p.i] != '"' {
 		start := p.i
-		for !p.done() && p.s[p.i] != ',' && p.s[p.i] != ' ' {
+		for !p.done() && p.s[p.i] != ',' && p.s[p.i] != ' ' && p.s[p.i] != '\t' {
 			p.i++
 		}
 		return p.s[start:p.i]

@@ -63,8 +63,18 @@ func (f *Fetcher) Fetch(ctx context.Context, ch Challenge, scopes []string, cred
 		return t, nil
 	}
 	f.mu.Unlock()
-	v, err, _ := f.flight.Do(key, func() (any, error) {
-		t, err := f.fetch(ctx, ch, scopes, creds)
+	// The shared fetch must not die with the first caller's request: it
+	// runs on its own context, and each caller waits on its own.
+	done := f.flight.DoChan(key, func() (any, error) {
+		f.mu.Lock()
+		if t, ok := f.cache[key]; ok && time.Until(t.Expiry) > 0 {
+			f.mu.Unlock()
+			return t, nil
+		}
+		f.mu.Unlock()
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+		defer cancel()
+		t, err := f.fetch(fctx, ch, scopes, creds)
 		if err != nil {
 			return Token{}, err
 		}
@@ -81,8 +91,16 @@ func (f *Fetcher) Fetch(ctx context.Context, ch Challenge, scopes []string, cred
 		f.mu.Unlock()
 		return t, nil
 	})
-	return v.(Token), err
+	select {
+	case res := <-done:
+		return res.Val.(Token), res.Err
+	case <-ctx.Done():
+		return Token{}, ctx.Err()
+	}
 }
+
+// fetchTimeout bounds one request to a token service.
+const fetchTimeout = 30 * time.Second
 
 // Forget drops a cached token, after the upstream refused it.
 func (f *Fetcher) Forget(ch Challenge, scopes []string, creds *Credentials) {

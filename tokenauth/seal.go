@@ -88,7 +88,7 @@ func (s *Sealer) Open(token string, now time.Time) (Grant, error) {
 	if len(token) > maxTokenLength || len(token) <= len(tokenPrefix) || token[:len(tokenPrefix)] != tokenPrefix {
 		return Grant{}, ErrInvalidToken
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(token[len(tokenPrefix):])
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(token[len(tokenPrefix):])
 	if err != nil || len(raw) < s.aead.NonceSize()+s.aead.Overhead() {
 		return Grant{}, ErrInvalidToken
 	}

@@ -1,0 +1,562 @@
+package dockerproxy_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
+)
+
+// cachedBlock proxies the test upstream as Docker Hub with the cache on.
+func cachedBlock(options string) string {
+	return `http://:{PORT} {
+	docker_proxy docker.io {
+		upstream docker.io {UPSTREAM}
+		cache {DIR}/cache {
+			` + options + `
+		}
+	}
+}`
+}
+
+// get does an authenticated request with a token from the proxy.
+func (e *proxyEnv) get(method, path, token string, header http.Header) (*http.Response, string) {
+	e.t.Helper()
+	h := http.Header{}
+	for k, v := range header {
+		h[k] = v
+	}
+	if token != "" {
+		h.Set("Authorization", "Bearer "+token)
+	}
+	return e.do(method, "docker.example.test", path, h)
+}
+
+func layerDigests(t *testing.T, img v1.Image) []v1.Hash {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []v1.Hash
+	for _, l := range layers {
+		d, _ := l.Digest()
+		ds = append(ds, d)
+	}
+	return ds
+}
+
+func TestThousandPullsOfOneTagCostOneManifestGET(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 2, 8<<10)
+	cacheDir := t.TempDir()
+	// Each phase reloads Caddy with another tag_ttl over the same cache
+	// directory, so no phase depends on how fast this machine is.
+	withTTL := func(ttl string) *proxyEnv {
+		return startProxy(t, up, strings.Replace(cachedBlock("tag_ttl "+ttl), "{DIR}/cache", cacheDir, 1))
+	}
+	e := withTTL("1h")
+	ref := e.ref("docker.example.test", "team/app:1")
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 1000)
+	for c := 0; c < 20; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				desc, err := remote.Get(ref, e.remoteOptions(nil)...)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if want, _ := img.Digest(); desc.Digest != want {
+					errs <- fmt.Errorf("digest %s, want %s", desc.Digest, want)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := up.Counters.ManifestGETs(); n != 1 {
+		t.Errorf("1000 pulls within tag_ttl: %d manifest GETs upstream, want 1", n)
+	}
+	if n := up.Counters.ManifestHEADs(); n != 0 {
+		t.Errorf("1000 pulls within tag_ttl: %d manifest HEADs upstream, want 0", n)
+	}
+
+	// Once stale, the tag is revalidated with HEADs only while unchanged.
+	e = withTTL("1s")
+	ref = e.ref("docker.example.test", "team/app:1")
+	time.Sleep(1100 * time.Millisecond)
+	for i := 0; i < 5; i++ {
+		if err := e.pullImage(ref, nil, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if g, h := up.Counters.ManifestGETs(), up.Counters.ManifestHEADs(); g != 1 || h < 1 || h > 5 {
+		t.Errorf("after tag_ttl: %d GETs, %d HEADs upstream; want 1 GET and 1 to 5 HEADs", g, h)
+	}
+
+	// A changed tag is seen after tag_ttl, not before.
+	img2 := up.PushRandomImage(t, "team/app", "1", 2, 8<<10)
+	e = withTTL("1h")
+	if err := e.pullImage(e.ref("docker.example.test", "team/app:1"), nil, img); err != nil {
+		t.Fatalf("within tag_ttl the cached digest is served: %v", err)
+	}
+	e = withTTL("1s")
+	time.Sleep(1100 * time.Millisecond)
+	if err := e.pullImage(e.ref("docker.example.test", "team/app:1"), nil, img2); err != nil {
+		t.Fatalf("after tag_ttl the new digest is served: %v", err)
+	}
+	if g := up.Counters.ManifestGETs(); g != 2 {
+		t.Errorf("%d manifest GETs after the tag changed, want 2", g)
+	}
+}
+
+func TestManifestAcceptIsHonoured(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	idx := up.PushRandomIndex(t, "team/multi", "v1",
+		v1.Platform{OS: "linux", Architecture: "amd64"}, v1.Platform{OS: "linux", Architecture: "arm64"})
+	e := startProxy(t, up, cachedBlock("tag_ttl 5m"))
+	tok := anonymousToken(t, e, "docker.example.test", "team/multi")
+	idxDigest, _ := idx.Digest()
+	im, _ := idx.IndexManifest()
+	var amd64 v1.Hash
+	for _, m := range im.Manifests {
+		if m.Platform.Architecture == "amd64" {
+			amd64 = m.Digest
+		}
+	}
+	single := http.Header{"Accept": {"application/vnd.docker.distribution.manifest.v2+json"}}
+	both := http.Header{"Accept": {"application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"}}
+	for round := 0; round < 2; round++ {
+		for _, c := range []struct {
+			h    http.Header
+			want v1.Hash
+		}{{single, amd64}, {both, idxDigest}} {
+			for _, method := range []string{"GET", "HEAD"} {
+				resp, _ := e.get(method, "/v2/team/multi/manifests/v1", tok, c.h)
+				if got := resp.Header.Get("Docker-Content-Digest"); got != c.want.String() {
+					t.Errorf("round %d %s Accept %q: digest %s, want %s", round, method, c.h.Get("Accept"), got, c.want)
+				}
+			}
+		}
+	}
+	if n := up.Counters.ManifestGETs(); n != 2 {
+		t.Errorf("%d manifest GETs upstream, want 2 (one per Accept)", n)
+	}
+}
+
+func TestHitsNeverGoUpstreamAndSayHit(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 2, 100<<10)
+	e := startProxy(t, up, cachedBlock("tag_ttl 5m"))
+	if err := e.pullImage(e.ref("docker.example.test", "team/app:1"), nil, img); err != nil {
+		t.Fatal(err)
+	}
+	tok := anonymousToken(t, e, "docker.example.test", "team/app")
+	// Tag records are per Accept (the upstream's answer depends on it):
+	// warm the one these requests use.
+	if resp, _ := e.get("GET", "/v2/team/app/manifests/1", tok, nil); resp.StatusCode != 200 {
+		t.Fatalf("warming the tag: %d", resp.StatusCode)
+	}
+	before := up.Counters.RegistryRequests() + up.Counters.ObjectStoreRequests()
+	md, _ := img.Digest()
+	paths := []string{"/v2/team/app/manifests/1", "/v2/team/app/manifests/" + md.String()}
+	for _, d := range layerDigests(t, img) {
+		paths = append(paths, "/v2/team/app/blobs/"+d.String())
+	}
+	for _, p := range paths {
+		for _, method := range []string{"GET", "HEAD"} {
+			resp, _ := e.get(method, p, tok, nil)
+			if resp.StatusCode != 200 || resp.Header.Get("Cache-Status") != "docker_proxy; hit" {
+				t.Errorf("%s %s = %d Cache-Status %q", method, p, resp.StatusCode, resp.Header.Get("Cache-Status"))
+			}
+		}
+	}
+	// Conditional and Range requests on hits.
+	etag := `"` + layerDigests(t, img)[0].String() + `"`
+	resp, _ := e.get("GET", "/v2/team/app/blobs/"+layerDigests(t, img)[0].String(), tok, http.Header{"If-None-Match": {etag}})
+	if resp.StatusCode != http.StatusNotModified {
+		t.Errorf("If-None-Match on a hit = %d, want 304", resp.StatusCode)
+	}
+	resp, body := e.get("GET", "/v2/team/app/blobs/"+layerDigests(t, img)[0].String(), tok, http.Header{"Range": {"bytes=0-9"}})
+	if resp.StatusCode != http.StatusPartialContent || len(body) != 10 {
+		t.Errorf("Range on a hit = %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if n := up.Counters.RegistryRequests() + up.Counters.ObjectStoreRequests() - before; n != 0 {
+		t.Errorf("hits made %d upstream requests", n)
+	}
+}
+
+// readBlob GETs a blob and returns its sha256 and length, or the error
+// that ended the transfer.
+func (e *proxyEnv) readBlob(path, token string, header http.Header) (sum string, n int64, status string, err error) {
+	req, _ := http.NewRequest("GET", e.url("docker.example.test", path), nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	tr := e.transport.Clone()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return "", 0, "", err
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	n, err = io.Copy(h, resp.Body)
+	if err == nil && resp.StatusCode/100 != 2 {
+		err = fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), n, resp.Header.Get("Cache-Status"), err
+}
+
+func TestFiftyConcurrentColdPullsFetchOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("256 MiB x 50")
+	}
+	up := testupstream.Start(t, testupstream.Options{})
+	const size = 256 << 20
+	_, blob := up.PushGeneratedImage(t, "team/big", "1", 7, size)
+	e := startProxy(t, up, cachedBlock("tag_ttl 5m"))
+	tok := anonymousToken(t, e, "docker.example.test", "team/big")
+	path := "/v2/team/big/blobs/" + blob.Digest.String()
+
+	// Hold the upstream body after 64 MiB so that every client, including
+	// a late one and a Range request, joins a fill in progress.
+	hold := up.Faults.HoldBlobs(64 << 20)
+	type result struct {
+		sum    string
+		n      int64
+		status string
+		err    error
+	}
+	results := make(chan result, 52)
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sum, n, st, err := e.readBlob(path, tok, nil)
+			results <- result{sum, n, st, err}
+		}()
+	}
+	<-hold.Reached()
+	// A client that joins halfway, and a Range request on the fill.
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		sum, n, st, err := e.readBlob(path, tok, nil)
+		results <- result{sum, n, st, err}
+	}()
+	var rangeBody []byte
+	go func() {
+		defer wg.Done()
+		req, _ := http.NewRequest("GET", e.url("docker.example.test", path), nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Range", "bytes=100000000-100000099")
+		resp, err := (&http.Client{Transport: e.transport.Clone()}).Do(req)
+		if err == nil {
+			rangeBody, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusPartialContent {
+				err = fmt.Errorf("range status %d", resp.StatusCode)
+			}
+		}
+		results <- result{status: "range", err: err}
+	}()
+	time.Sleep(200 * time.Millisecond) // let the late ones reach the fill
+	hold.Release()
+	wg.Wait()
+	close(results)
+	joined := 0
+	for r := range results {
+		if r.err != nil {
+			t.Errorf("client failed: %v", r.err)
+			continue
+		}
+		if r.status == "range" {
+			continue
+		}
+		if r.sum != blob.Digest.String() || r.n != size {
+			t.Errorf("client got %d bytes hashing to %s", r.n, r.sum)
+		}
+		if strings.Contains(r.status, "collapsed") {
+			joined++
+		}
+	}
+	want := make([]byte, 100)
+	if _, err := blob.Open().ReadAt(want, 100000000); err != nil {
+		t.Fatal(err)
+	}
+	if string(rangeBody) != string(want) {
+		t.Error("Range on a fill in progress returned the wrong bytes")
+	}
+	if joined < 50 {
+		t.Errorf("%d clients joined the fill, want at least 50 of 51", joined)
+	}
+	if got := up.Counters.BlobBytes(); got != size {
+		t.Errorf("upstream sent %d blob bytes for a %d-byte blob (%.2fx)", got, size, float64(got)/size)
+	}
+	if n := up.Counters.ObjectStoreGETsFor(blob.Digest.String()); n != 1 {
+		t.Errorf("%d upstream fetches of the blob, want 1", n)
+	}
+}
+
+func TestBrokenUpstreamBlobsFailVisiblyAndAreNotKept(t *testing.T) {
+	for _, fault := range []string{"cut", "corrupt"} {
+		t.Run(fault, func(t *testing.T) {
+			up := testupstream.Start(t, testupstream.Options{})
+			const size = 4 << 20
+			_, blob := up.PushGeneratedImage(t, "team/big", "1", 3, size)
+			e := startProxy(t, up, cachedBlock("tag_ttl 5m"))
+			tok := anonymousToken(t, e, "docker.example.test", "team/big")
+			path := "/v2/team/big/blobs/" + blob.Digest.String()
+			switch fault {
+			case "cut":
+				up.Faults.CutBlobsAfter(size / 2)
+			case "corrupt":
+				up.Faults.CorruptBlobs(true)
+			}
+			hold := up.Faults.HoldBlobs(1 << 20)
+			var wg sync.WaitGroup
+			errs := make(chan error, 5)
+			for i := 0; i < 5; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					sum, n, _, err := e.readBlob(path, tok, nil)
+					if err == nil {
+						err = fmt.Errorf("transfer ended cleanly with %d bytes (sha %s)", n, sum)
+					} else {
+						err = nil
+					}
+					errs <- err
+				}()
+			}
+			<-hold.Reached()
+			time.Sleep(100 * time.Millisecond)
+			hold.Release()
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if err != nil {
+					t.Errorf("a client did not see the failure: %v", err)
+				}
+			}
+			up.Faults.Reset()
+			if files := filesUnder(t, filepath.Join(e.dataDirParent(), "cache")); len(files) != 0 {
+				t.Errorf("cache holds files after a failed fill: %v", files)
+			}
+			sum, n, status, err := e.readBlob(path, tok, nil)
+			if err != nil || sum != blob.Digest.String() || n != size {
+				t.Fatalf("next pull: %v, %d bytes, %s", err, n, sum)
+			}
+			if !strings.Contains(status, "fwd=miss") {
+				t.Errorf("next pull Cache-Status %q, want a miss", status)
+			}
+		})
+	}
+}
+
+func (e *proxyEnv) dataDirParent() string { return filepath.Dir(e.dataDir) }
+
+// filesUnder lists the data files under dir (blobs and temp files; tag
+// records and empty directories do not count).
+func filesUnder(t *testing.T, dir string) []string {
+	var files []string
+	_ = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && !strings.Contains(p, string(filepath.Separator)+"tags"+string(filepath.Separator)) {
+			files = append(files, strings.TrimPrefix(p, dir))
+		}
+		return nil
+	})
+	return files
+}
+
+func TestCachedImagesPullWhenUpstreamFails(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 2, 16<<10)
+	other := up.PushRandomImage(t, "team/other", "1", 1, 1024)
+	_ = other
+	e := startProxy(t, up, cachedBlock("tag_ttl 1s"))
+	ref := e.ref("docker.example.test", "team/app:1")
+	if err := e.pullImage(ref, nil, img); err != nil {
+		t.Fatal(err)
+	}
+	tok := anonymousToken(t, e, "docker.example.test", "team/app")
+	if resp, _ := e.get("GET", "/v2/team/app/manifests/1", tok, nil); resp.StatusCode != 200 {
+		t.Fatalf("warming the tag: %d", resp.StatusCode)
+	}
+
+	for _, fault := range []string{"429", "503", "down"} {
+		t.Run(fault, func(t *testing.T) {
+			time.Sleep(1100 * time.Millisecond) // stale again after the last subtest
+			switch fault {
+			case "429":
+				up.Faults.RateLimit(true, time.Minute)
+			case "503":
+				up.Faults.SetRegistryStatus(503)
+			case "down":
+				if err := up.Faults.SetDown(true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer up.Faults.Reset()
+			if err := e.pullImage(ref, nil, img); err != nil {
+				t.Errorf("cached image: %v", err)
+			}
+			tok := anonymousToken(t, e, "docker.example.test", "team/app")
+			resp, _ := e.get("GET", "/v2/team/app/manifests/1", tok, nil)
+			if fault != "429" && !strings.Contains(resp.Header.Get("Cache-Status"), "stale") {
+				t.Errorf("stale tag served with Cache-Status %q", resp.Header.Get("Cache-Status"))
+			}
+			tok = anonymousToken(t, e, "docker.example.test", "team/other")
+			resp, body := e.get("GET", "/v2/team/other/manifests/1", tok, nil)
+			if resp.StatusCode < 400 || !strings.Contains(body, `"errors"`) {
+				t.Errorf("uncached image with upstream %s = %d %s, want a JSON error", fault, resp.StatusCode, body)
+			}
+		})
+	}
+}
+
+func TestPrivateContentIsNotServedToOthers(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	up.SetPrivate("team/secret", "alice", "alice-pw")
+	up.AddUser("mallory", "mallory-pw")
+	img := up.PushRandomImage(t, "team/secret", "v1", 2, 32<<10)
+	// The same layers in a public repository are fine to serve there.
+	e := startProxy(t, up, cachedBlock("tag_ttl 5m"))
+	ref := e.ref("docker.example.test", "team/secret:v1")
+	alice := &authn.Basic{Username: "alice", Password: "alice-pw"}
+	if err := e.pullImage(ref, alice, img); err != nil {
+		t.Fatal(err)
+	}
+	fetched := up.Counters.ObjectStoreGETs()
+
+	if err := e.pullImage(ref, nil, img); !isStatus(err, http.StatusUnauthorized) {
+		t.Errorf("anonymous pull of cached private image: %v, want 401", err)
+	}
+	if err := e.pullImage(ref, &authn.Basic{Username: "mallory", Password: "mallory-pw"}, img); err == nil {
+		t.Error("a user the upstream refuses got the cached private image")
+	}
+	// By digest too: the manifest and each layer.
+	tok := anonymousToken(t, e, "docker.example.test", "team/secret")
+	md, _ := img.Digest()
+	for _, p := range append([]string{"/v2/team/secret/manifests/" + md.String()}, blobPaths("team/secret", layerDigests(t, img))...) {
+		resp, body := e.get("GET", p, tok, nil)
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("anonymous GET %s = %d (%d bytes), want 401", p, resp.StatusCode, len(body))
+		}
+	}
+	// Nor through a public repository's path.
+	up.PushRandomImage(t, "team/public", "1", 1, 1024)
+	tok = anonymousToken(t, e, "docker.example.test", "team/public")
+	for _, p := range blobPaths("team/public", layerDigests(t, img)) {
+		resp, _ := e.get("GET", p, tok, nil)
+		if resp.StatusCode == http.StatusOK {
+			t.Errorf("private layer served through a public repository: %s", p)
+		}
+	}
+
+	if err := e.pullImage(ref, alice, img); err != nil {
+		t.Errorf("accepted client: %v", err)
+	}
+	if n := up.Counters.ObjectStoreGETs() - fetched; n != 0 {
+		t.Errorf("the accepted client's second pull fetched %d blobs upstream, want 0 (served from cache)", n)
+	}
+}
+
+func blobPaths(repo string, ds []v1.Hash) []string {
+	var ps []string
+	for _, d := range ds {
+		ps = append(ps, "/v2/"+repo+"/blobs/"+d.String())
+	}
+	return ps
+}
+
+func TestMaxSizeEvictsLeastRecentlyUsed(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	var imgs []v1.Image
+	for i := 0; i < 6; i++ {
+		imgs = append(imgs, up.PushRandomImage(t, fmt.Sprintf("team/app%d", i), "1", 1, 300<<10))
+	}
+	e := startProxy(t, up, cachedBlock("tag_ttl 5m\n\t\t\tmax_size 1MiB"))
+	for i, img := range imgs {
+		if err := e.pullImage(e.ref("docker.example.test", fmt.Sprintf("team/app%d:1", i)), nil, img); err != nil {
+			t.Fatal(err)
+		}
+		// The server releases the entry just after the client has the
+		// last byte; eviction runs then.
+		used := dirSize(t, filepath.Join(e.dataDirParent(), "cache", "blobs"))
+		for wait := 0; used > 1<<20 && wait < 100; wait++ {
+			time.Sleep(20 * time.Millisecond)
+			used = dirSize(t, filepath.Join(e.dataDirParent(), "cache", "blobs"))
+		}
+		if used > 1<<20 {
+			t.Errorf("after %d images the cache holds %d bytes, max_size is 1 MiB", i+1, used)
+		}
+	}
+	// The most recent image is still a hit; the first one is gone.
+	last := len(imgs) - 1
+	tok := anonymousToken(t, e, "docker.example.test", fmt.Sprintf("team/app%d", last))
+	_, _, status, err := e.readBlob(blobPaths(fmt.Sprintf("team/app%d", last), layerDigests(t, imgs[last]))[0], tok, nil)
+	if err != nil || status != "docker_proxy; hit" {
+		t.Errorf("most recent layer: %v, Cache-Status %q", err, status)
+	}
+	tok = anonymousToken(t, e, "docker.example.test", "team/app0")
+	_, _, status, err = e.readBlob(blobPaths("team/app0", layerDigests(t, imgs[0]))[0], tok, nil)
+	if err != nil || status == "docker_proxy; hit" {
+		t.Errorf("least recent layer: %v, Cache-Status %q, want evicted", err, status)
+	}
+}
+
+func dirSize(t *testing.T, dir string) int64 {
+	var total int64
+	_ = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && !strings.HasSuffix(p, ".json") {
+			total += fi.Size()
+		}
+		return nil
+	})
+	return total
+}
+
+func TestUnwritableCacheFallsBackToUpstream(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 2, 64<<10)
+	dir := t.TempDir()
+	// A regular file where the cache directory should be: no write can
+	// succeed, even as root.
+	blocker := filepath.Join(dir, "cache")
+	if err := os.WriteFile(blocker, []byte("not a directory"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := startProxy(t, up, strings.Replace(cachedBlock("tag_ttl 5m"), "{DIR}/cache", blocker, 1))
+	for i := 0; i < 2; i++ {
+		if err := e.pullImage(e.ref("docker.example.test", "team/app:1"), nil, img); err != nil {
+			t.Fatalf("pull %d with an unwritable cache: %v", i, err)
+		}
+	}
+	if !e.logContains("cache unavailable") {
+		t.Error("the unusable cache was not logged")
+	}
+}
