@@ -560,3 +560,49 @@ func TestUnwritableCacheFallsBackToUpstream(t *testing.T) {
 		t.Error("the unusable cache was not logged")
 	}
 }
+
+func TestFillGoesOnWhenFirstClientLeaves(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	const size = 8 << 20
+	_, blob := up.PushGeneratedImage(t, "team/big", "1", 11, size)
+	e := startProxy(t, up, cachedBlock("tag_ttl 5m"))
+	tok := anonymousToken(t, e, "docker.example.test", "team/big")
+	path := "/v2/team/big/blobs/" + blob.Digest.String()
+	hold := up.Faults.HoldBlobs(1 << 20)
+
+	// The first client starts the fill, reads a little and hangs up.
+	req, _ := http.NewRequest("GET", e.url("docker.example.test", path), nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	first, err := (&http.Client{Transport: e.transport.Clone()}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-hold.Reached()
+	// A second client joins the fill in progress.
+	done := make(chan error, 1)
+	go func() {
+		sum, n, _, err := e.readBlob(path, tok, nil)
+		if err == nil && (sum != blob.Digest.String() || n != size) {
+			err = fmt.Errorf("got %d bytes hashing to %s", n, sum)
+		}
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if _, err := io.ReadFull(first.Body, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	first.Body.Close() // the first client leaves mid-transfer
+	time.Sleep(100 * time.Millisecond)
+	hold.Release()
+	if err := <-done; err != nil {
+		t.Fatalf("the joined client failed after the first one left: %v", err)
+	}
+	if n := up.Counters.ObjectStoreGETsFor(blob.Digest.String()); n != 1 {
+		t.Errorf("%d upstream fetches, want 1", n)
+	}
+	// And the entry was kept.
+	_, _, status, err := e.readBlob(path, tok, nil)
+	if err != nil || status != "docker_proxy; hit" {
+		t.Errorf("after the fill: %v, Cache-Status %q", err, status)
+	}
+}

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -57,6 +58,24 @@ func statusStale(upstreamStatus int) string {
 // maxManifestSize is the largest manifest the proxy reads into memory
 // (distribution's own limit).
 const maxManifestSize = 4 << 20
+
+// upstreamAnswerTimeout bounds the wait for an upstream's response headers
+// in requests shared by several clients; revalidationTimeout is shorter
+// because a stale answer is at hand.
+const (
+	upstreamAnswerTimeout = time.Minute
+	revalidationTimeout   = 10 * time.Second
+)
+
+// detached returns a context that keeps ctx's values but not its
+// cancellation, canceled after timeout unless stop is called first. Once
+// stop is called the context lives on, so a response body read after it
+// is not cut.
+func detached(ctx context.Context, timeout time.Duration) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	timer := time.AfterFunc(timeout, cancel)
+	return ctx, func() { timer.Stop() }
+}
 
 // verdictTTL is how long a client identity's access to a repository,
 // checked with the upstream, is remembered.
@@ -276,13 +295,29 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 			return
 		}
 	}
-	v, _, _ := c.tagFlight.Do(key+"\x00"+identityKey(grant)+"\x00"+r.Method, func() (any, error) {
+	flight := c.tagFlight.DoChan(key+"\x00"+identityKey(grant)+"\x00"+r.Method, func() (any, error) {
+		// Shared by every request of this identity for the tag: it must
+		// not end with the first one's. A revalidation that takes too
+		// long counts as an upstream failure (stale-if-error).
+		timeout := upstreamAnswerTimeout
 		if known {
-			return p.revalidateTag(r, t, req, grant, key, rec), nil
+			timeout = revalidationTimeout
 		}
-		return p.fetchTag(r, t, req, grant, key), nil
+		ctx, stop := detached(r.Context(), timeout)
+		defer stop()
+		shared := r.WithContext(ctx)
+		if known {
+			return p.revalidateTag(shared, t, req, grant, key, rec), nil
+		}
+		return p.fetchTag(shared, t, req, grant, key), nil
 	})
-	res := v.(tagResult)
+	var res tagResult
+	select {
+	case v := <-flight:
+		res = v.Val.(tagResult)
+	case <-r.Context().Done():
+		return
+	}
 	switch {
 	case res.reply != nil:
 		p.relay(w, r, t, req, res.reply.response(), statusMiss)
@@ -585,7 +620,12 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 	}
 	o := outbound{method: http.MethodGet, path: upstreamPath(req), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull", followRedirects: true}
 	o.header.Del("Range") // the fill fetches the whole blob; ranges are served from it
-	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	// The fill outlives this request (others join it, and it finishes the
+	// entry if they all leave), so the upstream request must not end with
+	// this client's; the store closes the body when the fill is abandoned.
+	ctx, stop := detached(r.Context(), upstreamAnswerTimeout)
+	resp, err := p.Upstream.Do(ctx, t.up, grant, o)
+	stop()
 	if err != nil {
 		fill.Fail(err)
 		p.writeUpstreamError(w, t, err)
