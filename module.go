@@ -230,7 +230,7 @@ func (h *Handler) provisionCache() (*registry.Cache, error) {
 	if loaded && maxSize != 0 {
 		h.logger.Debug("cache directory already open: its first configuration's max_size applies", zap.String("dir", dir))
 	}
-	return &registry.Cache{Store: val.(storeDestructor).Store, TagTTL: ttl}, nil
+	return registry.NewCache(val.(storeDestructor).Store, ttl), nil
 }
 
 // authKey returns the configured key, or a random one kept in Caddy's data

@@ -32,10 +32,55 @@ type Cache struct {
 	// upstream; after it, a HEAD revalidates it.
 	TagTTL time.Duration
 
+	memory    *memoryCache
 	tagFlight singleflight.Group
 
 	mu       sync.Mutex
 	verdicts map[string]time.Time // identity+scope+digest -> until
+}
+
+// memoryCacheSize bounds the small entries (manifests, configs) kept in
+// memory beside the store.
+const memoryCacheSize = 32 << 20
+
+// NewCache returns the registry cache over store.
+func NewCache(store *blobcache.Store, tagTTL time.Duration) *Cache {
+	return &Cache{Store: store, TagTTL: tagTTL, memory: newMemoryCache(memoryCacheSize)}
+}
+
+// hit is a cached entry ready to serve: small ones from memory, others
+// from their file (sendfile).
+type hit struct {
+	blobcache.Info
+	modTime time.Time
+	body    []byte
+	blob    *blobcache.Blob
+}
+
+func (h *hit) Close() {
+	if h.blob != nil {
+		h.blob.Close()
+	}
+}
+
+// lookup finds d in memory or in the store.
+func (c *Cache) lookup(d digest.Digest) (*hit, bool) {
+	if e, ok := c.memory.get(d); ok {
+		return &hit{Info: blobcache.Info{Digest: d, Size: int64(len(e.body)), MediaType: e.mediaType}, modTime: e.modTime, body: e.body}, true
+	}
+	b, err := c.Store.Get(d)
+	if err != nil {
+		return nil, false
+	}
+	if b.Size <= memoryEntryMax {
+		body := make([]byte, b.Size)
+		if _, err := b.File.ReadAt(body, 0); err == nil || (err == io.EOF && b.Size == 0) {
+			c.memory.add(&memoryEntry{digest: d, mediaType: b.MediaType, body: body, modTime: b.ModTime})
+			b.Close()
+			return &hit{Info: b.Info, modTime: b.ModTime, body: body}, true
+		}
+	}
+	return &hit{Info: b.Info, modTime: b.ModTime, blob: b}, true
 }
 
 // Cache-Status values (RFC 9211) of the proxy's responses.
@@ -108,10 +153,10 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, t target, 
 
 func (p *Proxy) serveManifestByDigest(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
 	c := p.Cache
-	if b, err := c.Store.Get(req.Digest); err == nil {
-		defer b.Close()
+	if h, ok := c.lookup(req.Digest); ok {
+		defer h.Close()
 		if p.mayRead(w, r, t, req, grant, req.Digest) {
-			serveEntry(w, r, b, statusHit)
+			serveHit(w, r, h, statusHit)
 		}
 		return
 	}
@@ -191,6 +236,7 @@ func (p *Proxy) storeManifest(t target, req Request, grant tokenauth.Grant, m ma
 		p.Logger.Debug("manifest not cached", zap.String("digest", m.digest.String()), zap.Error(err))
 		return
 	}
+	c.memory.add(&memoryEntry{digest: m.digest, mediaType: m.mediaType, body: m.body, modTime: time.Now()})
 	if grant.Anonymous() {
 		_ = c.Store.Allow(m.digest, accessScope(t, req.Name))
 	} else {
@@ -219,11 +265,15 @@ func setEntryHeaders(h http.Header, d digest.Digest, mediaType, cacheStatus stri
 	h.Set("Cache-Status", cacheStatus)
 }
 
-// serveEntry serves a cached entry from its file: Range, If-None-Match
-// and sendfile come from http.ServeContent.
-func serveEntry(w http.ResponseWriter, r *http.Request, b *blobcache.Blob, cacheStatus string) {
-	setEntryHeaders(w.Header(), b.Digest, b.MediaType, cacheStatus)
-	http.ServeContent(w, r, "", b.ModTime, b.File)
+// serveHit serves a cached entry: Range, If-None-Match and (from a file)
+// sendfile come from http.ServeContent.
+func serveHit(w http.ResponseWriter, r *http.Request, h *hit, cacheStatus string) {
+	setEntryHeaders(w.Header(), h.Digest, h.MediaType, cacheStatus)
+	if h.blob != nil {
+		http.ServeContent(w, r, "", h.modTime, h.blob.File)
+		return
+	}
+	http.ServeContent(w, r, "", h.modTime, bytes.NewReader(h.body))
 }
 
 // tagKey names a tag record. The client's Accept is part of it because
@@ -468,8 +518,8 @@ func manifestHeader(m manifest) http.Header {
 // needs and the identity may read it; false means "not answered".
 func (p *Proxy) serveTagRecord(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, tag blobcache.Tag, cacheStatus string) bool {
 	c := p.Cache
-	b, err := c.Store.Get(tag.Digest)
-	if err != nil {
+	h, ok := c.lookup(tag.Digest)
+	if !ok {
 		if r.Method != http.MethodHead || tag.Size <= 0 || !p.mayReadQuiet(r, t, req, grant, tag.Digest) {
 			return false
 		}
@@ -479,9 +529,9 @@ func (p *Proxy) serveTagRecord(w http.ResponseWriter, r *http.Request, t target,
 		w.WriteHeader(http.StatusOK)
 		return true
 	}
-	defer b.Close()
+	defer h.Close()
 	if p.mayRead(w, r, t, req, grant, tag.Digest) {
-		serveEntry(w, r, b, cacheStatus)
+		serveHit(w, r, h, cacheStatus)
 	}
 	return true
 }
@@ -591,10 +641,10 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 		p.forward(w, r, t, req, grant, statusBypass)
 		return
 	}
-	if b, err := c.Store.Get(req.Digest); err == nil {
-		defer b.Close()
+	if h, ok := c.lookup(req.Digest); ok {
+		defer h.Close()
 		if p.mayRead(w, r, t, req, grant, req.Digest) {
-			serveEntry(w, r, b, statusHit)
+			serveHit(w, r, h, statusHit)
 		}
 		return
 	}
