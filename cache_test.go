@@ -606,3 +606,39 @@ func TestFillGoesOnWhenFirstClientLeaves(t *testing.T) {
 		t.Errorf("after the fill: %v, Cache-Status %q", err, status)
 	}
 }
+
+func TestMetricsCountCacheOutcomes(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 1, 4096)
+	e := startProxy(t, up, `http://:{PORT} {
+	handle /metrics {
+		metrics
+	}
+	handle {
+		docker_proxy {UPSTREAM} {
+			cache {DIR}/cache
+		}
+	}
+}`)
+	for i := 0; i < 2; i++ {
+		if err := e.pullImage(e.ref("docker.example.test", "team/app:1"), nil, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, body := e.do("GET", "docker.example.test", "/metrics", nil)
+	for _, want := range []string{`caddy_docker_proxy_responses_total{cache="hit"} 3`, `caddy_docker_proxy_responses_total{cache="miss"} 3`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grepLines(body, "docker_proxy"))
+		}
+	}
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

@@ -66,9 +66,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //   - domain adds the host table of cloudflare-docker-proxy on <domain>:
 //     docker.<domain> to Docker Hub, ghcr.<domain> to ghcr.io, and so on.
-//     <domain> must be a DNS name (letters, digits, hyphens, dots).
+//     <domain> must be a DNS name (letters, digits, hyphens, dots), not an
+//     IP address; it is stored in lower case.
 //   - route sends requests for <host> (a host name or IP address, without a
-//     port) to <upstream>. Repeatable, once per host.
+//     port; stored in lower case) to <upstream>. Repeatable, once per host.
 //   - upstream points the well-known registry <name> at another <url>, for
 //     example a private mirror; the name keeps its rules (Docker Hub's
 //     library/ prefix). Repeatable, once per name.
@@ -84,15 +85,18 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //     its directory, max_size bounds it (50GiB, 500MB, 1073741824; 0 means
 //     unbounded) and tag_ttl (5m, 1h, 1d; must be positive) is how long a
 //     tag's digest is served without asking the upstream.
-//   - transport configures the connection to the upstreams with an
-//     http.reverse_proxy.transport module, as in reverse_proxy, e.g.
-//     "transport http { dial_timeout 5s }".
+//   - transport configures the connections to the upstreams with an
+//     http.reverse_proxy.transport module and its block, exactly as in
+//     reverse_proxy: "transport http" with dial_timeout, versions, tls_*,
+//     keepalive and so on.
 //
 // At least one of the default upstream, domain, route or fallback is
 // required. Every subdirective other than route, upstream and credentials
 // may appear only once.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume directive name
+	if !d.Next() { // consume directive name
+		return d.Err("expected the docker_proxy directive")
+	}
 
 	switch args := d.RemainingArgs(); len(args) {
 	case 0:

@@ -75,6 +75,7 @@ type Handler struct {
 	proxy    *registry.Proxy
 	cacheDir string // the store this handler holds in the pool, if any
 	logger   *zap.Logger
+	metrics  *metrics
 }
 
 // CaddyModule returns the Caddy module information.
@@ -102,6 +103,11 @@ const defaultTagTTL = 5 * time.Minute
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
+	m, err := registerMetrics(ctx.GetMetricsRegistry())
+	if err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
+	h.metrics = m
 
 	router, err := registry.NewRouter(registry.RouterConfig{
 		Default:   h.Upstream,
@@ -198,7 +204,7 @@ func (h *Handler) loadTransport(ctx caddy.Context) (http.RoundTripper, error) {
 
 func (h *Handler) cacheDirectory() string {
 	if h.Cache != nil && h.Cache.Dir != "" {
-		return h.Cache.Dir
+		return caddy.NewReplacer().ReplaceKnown(h.Cache.Dir, "")
 	}
 	return filepath.Join(caddy.AppDataDir(), "docker_proxy", "cache")
 }
@@ -289,6 +295,7 @@ func clientScheme(r *http.Request) string {
 // ServeHTTP serves the registry API; it is a terminal handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	h.proxy.ServeHTTP(w, r)
+	h.metrics.observe(w.Header().Get("Cache-Status"))
 	return nil
 }
 
