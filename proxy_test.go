@@ -435,3 +435,88 @@ func isStatus(err error, status int) bool {
 	var te *transport.Error
 	return errors.As(err, &te) && te.StatusCode == status
 }
+
+func TestMirrorHostRoutesByPathComponentAndNs(t *testing.T) {
+	hub := testupstream.Start(t, testupstream.Options{Service: "hub.test"})
+	ghcr := testupstream.Start(t, testupstream.Options{Service: "ghcr.test"})
+	hubImg := hub.PushRandomImage(t, "library/alpine", "3", 1, 2048)
+	ghcrImg := ghcr.PushRandomImage(t, "team/app", "1", 2, 2048)
+	e := startProxy(t, hub, strings.Replace(`http://:{PORT} {
+	docker_proxy {
+		domain example.test
+		upstream docker.io {UPSTREAM}
+		upstream ghcr.io GHCR
+		route mirror.example.test docker.io
+		cache off
+	}
+}`, "GHCR", ghcr.URL, 1))
+
+	// A registry host as the first path component: mirror/ghcr.io/team/app.
+	if err := e.pullImage(e.ref("mirror.example.test", "ghcr.io/team/app:1"), nil, ghcrImg); err != nil {
+		t.Errorf("path-style ghcr.io: %v", err)
+	}
+	if err := e.pullImage(e.ref("mirror.example.test", "docker.io/library/alpine:3"), nil, hubImg); err != nil {
+		t.Errorf("path-style docker.io: %v", err)
+	}
+	// Without one, the host's route.
+	if err := e.pullImage(e.ref("mirror.example.test", "library/alpine:3"), nil, hubImg); err != nil {
+		t.Errorf("mirror host default route: %v", err)
+	}
+
+	// containerd's ?ns=: the challenge's realm keeps it, so the token
+	// request reaches the same upstream.
+	resp, _ := e.do("GET", "mirror.example.test", "/v2/?ns=ghcr.io", nil)
+	ch := resp.Header.Get("Www-Authenticate")
+	if resp.StatusCode != 401 || !strings.Contains(ch, `realm="http://mirror.example.test:`+e.port+`/v2/auth?ns=ghcr.io"`) || !strings.Contains(ch, `service="ghcr.test"`) {
+		t.Fatalf("ns challenge = %d %s", resp.StatusCode, ch)
+	}
+	resp, body := e.do("GET", "mirror.example.test", "/v2/auth?ns=ghcr.io&scope=repository:team/app:pull&service=ghcr.test", nil)
+	var tr struct{ Token string }
+	if err := json.Unmarshal([]byte(body), &tr); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("ns token: %d %s", resp.StatusCode, body)
+	}
+	d, _ := ghcrImg.Digest()
+	resp, _ = e.do("GET", "mirror.example.test", "/v2/team/app/manifests/1?ns=ghcr.io",
+		http.Header{"Authorization": {"Bearer " + tr.Token}, "Accept": {"application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json"}})
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != d.String() {
+		t.Errorf("ns=ghcr.io manifest = %d %s, want %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), d)
+	}
+}
+
+func TestLoggedInTokenIsBoundToItsUpstream(t *testing.T) {
+	hub := testupstream.Start(t, testupstream.Options{})
+	ghcr := testupstream.Start(t, testupstream.Options{})
+	hub.SetPrivate("team/secret", "alice", "pw")
+	ghcr.PushRandomImage(t, "team/secret", "1", 1, 1024)
+	ghcr.SetPrivate("team/secret", "alice", "pw")
+	e := startProxy(t, hub, strings.Replace(`http://:{PORT} {
+	docker_proxy {
+		domain example.test
+		upstream docker.io {UPSTREAM}
+		upstream ghcr.io GHCR
+		cache off
+	}
+}`, "GHCR", ghcr.URL, 1))
+	req, _ := http.NewRequest("GET", e.url("docker.example.test", "/v2/auth?scope=repository:team/secret:pull"), nil)
+	req.SetBasicAuth("alice", "pw")
+	resp, err := (&http.Client{Transport: e.transport}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tr struct{ Token string }
+	_ = json.NewDecoder(resp.Body).Decode(&tr)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || tr.Token == "" {
+		t.Fatalf("login token: %d", resp.StatusCode)
+	}
+	// Alice's Docker Hub token must not be sent to ghcr: the grant is
+	// refused on the ghcr route.
+	before := ghcr.Counters.RegistryRequests()
+	r2, _ := e.do("GET", "ghcr.example.test", "/v2/team/secret/manifests/1", http.Header{"Authorization": {"Bearer " + tr.Token}})
+	if r2.StatusCode != 401 || !strings.Contains(r2.Header.Get("Www-Authenticate"), "invalid_token") {
+		t.Errorf("docker.io login token on the ghcr route = %d %s", r2.StatusCode, r2.Header.Get("Www-Authenticate"))
+	}
+	if n := ghcr.Counters.RegistryRequests() - before; n != 0 {
+		t.Errorf("the refused token still reached ghcr %d times", n)
+	}
+}

@@ -47,7 +47,7 @@ type Endpoint struct {
 // Authorization header (and for Basic credentials sent without a challenge,
 // which the proxy does not use), the opened grant for one of the proxy's
 // tokens, or ErrInvalidToken for any other or expired bearer token or a
-// token issued for another upstream.
+// token with client credentials issued for another upstream.
 func (e *Endpoint) Identify(r *http.Request, upstreamID string) (Grant, error) {
 	h := r.Header.Get("Authorization")
 	scheme, value, _ := strings.Cut(h, " ")
@@ -58,9 +58,14 @@ func (e *Endpoint) Identify(r *http.Request, upstreamID string) (Grant, error) {
 	if err != nil {
 		return Grant{}, err
 	}
-	if g.Upstream != upstreamID {
+	// A grant carrying a client's upstream credentials is good for its
+	// upstream only. An anonymous one carries nothing to protect, and a
+	// mirror host serves several upstreams (ghcr.io/... in the path) to a
+	// client that got its token from the host's default route.
+	if g.Upstream != upstreamID && !g.Anonymous() {
 		return Grant{}, ErrInvalidToken
 	}
+	g.Upstream = upstreamID
 	return g, nil
 }
 
