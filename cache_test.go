@@ -625,7 +625,15 @@ func TestMetricsCountCacheOutcomes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_, body := e.do("GET", "docker.example.test", "/metrics", nil)
+	// A response is counted just after the client has it: poll a little.
+	var body string
+	for try := 0; try < 50; try++ {
+		_, body = e.do("GET", "docker.example.test", "/metrics", nil)
+		if strings.Contains(body, `caddy_docker_proxy_responses_total{cache="hit"} 3`) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	for _, want := range []string{`caddy_docker_proxy_responses_total{cache="hit"} 3`, `caddy_docker_proxy_responses_total{cache="miss"} 3`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s:\n%s", want, grepLines(body, "docker_proxy"))
