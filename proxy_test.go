@@ -520,3 +520,36 @@ func TestLoggedInTokenIsBoundToItsUpstream(t *testing.T) {
 		t.Errorf("the refused token still reached ghcr %d times", n)
 	}
 }
+
+func TestReferrersPassThrough(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 1, 1024)
+	subject, _ := img.Digest()
+	// An artifact (e.g. a signature) whose subject is the image.
+	sig := up.PushRandomImage(t, "team/app", "", 1, 512)
+	sigManifest, _ := sig.Manifest()
+	sigManifest.Subject = &v1.Descriptor{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: subject, Size: mustSize(t, img)}
+	sigManifest.MediaType = "application/vnd.oci.image.manifest.v1+json"
+	sigManifest.Config.MediaType = "application/vnd.example.signature"
+	raw, _ := json.Marshal(sigManifest)
+	if err := up.PutRawManifest("team/app", "sig", "application/vnd.oci.image.manifest.v1+json", raw); err != nil {
+		t.Fatal(err)
+	}
+	e := startProxy(t, up, domainBlock)
+	tok := anonymousToken(t, e, "docker.example.test", "team/app")
+	resp, body := e.do("GET", "docker.example.test", "/v2/team/app/referrers/"+subject.String(), http.Header{"Authorization": {"Bearer " + tok}})
+	if resp.StatusCode != 200 || !strings.Contains(body, "application/vnd.example.signature") {
+		t.Fatalf("referrers = %d %s", resp.StatusCode, body)
+	}
+	if up.Counters.ReferrersRequests() != 1 {
+		t.Errorf("%d referrers requests upstream, want 1", up.Counters.ReferrersRequests())
+	}
+}
+
+func mustSize(t *testing.T, img v1.Image) int64 {
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int64(len(raw))
+}

@@ -33,6 +33,12 @@ func (u *Upstream) putManifest(repo, ref string, mt types.MediaType, raw []byte)
 	return nil
 }
 
+// PutRawManifest stores a manifest as given (artifacts, manifests with a
+// subject) under repo:ref. Its blobs must already be in repo.
+func (u *Upstream) PutRawManifest(repo, ref string, mediaType string, raw []byte) error {
+	return u.putManifest(repo, ref, types.MediaType(mediaType), raw)
+}
+
 // PutImage stores img (all its blobs, then its manifest) under repo:tag.
 // tag may be a digest or "" to store it by digest only.
 func (u *Upstream) PutImage(repo, tag string, img v1.Image) error {
