@@ -1,0 +1,129 @@
+package registry
+
+// Access: the cache never widens what an identity may read.
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
+)
+
+// grantRead records that grant's identity may read d in scope.
+func (p *Proxy) grantRead(grant tokenauth.Grant, scope string, d digest.Digest) {
+	if grant.Anonymous() {
+		_ = p.Cache.Store.Allow(d, scope)
+	} else {
+		p.Cache.remember(grant, scope, d)
+	}
+}
+
+func (c *Cache) remember(grant tokenauth.Grant, scope string, d digest.Digest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.verdicts == nil {
+		c.verdicts = map[string]time.Time{}
+	}
+	now := time.Now()
+	if len(c.verdicts) > 10000 {
+		for k, until := range c.verdicts {
+			if now.After(until) {
+				delete(c.verdicts, k)
+			}
+		}
+	}
+	c.verdicts[identityKey(grant)+"\x00"+scope+"\x00"+d.String()] = now.Add(verdictTTL)
+}
+
+func (c *Cache) remembered(grant tokenauth.Grant, scope string, d digest.Digest) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	until, ok := c.verdicts[identityKey(grant)+"\x00"+scope+"\x00"+d.String()]
+	return ok && time.Now().Before(until)
+}
+
+// mayRead decides whether grant's identity may read cached content d of
+// req's repository, and if not, answers the request (401 with the proxy's
+// challenge, the upstream's 404, or 503 when the upstream cannot be asked).
+// The cache never widens access: content is served to every client of a
+// route only if the proxy's own identity could read it in that repository;
+// anything else needs the upstream to accept this identity (a HEAD, which
+// Docker Hub does not count).
+func (p *Proxy) mayRead(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) bool {
+	ok, resp, err := p.checkAccess(r, t, req, grant, d)
+	switch {
+	case ok:
+		return true
+	case resp != nil:
+		// The upstream's answer was to a HEAD: answer this request
+		// with the registry error that status means.
+		drain(resp.Body)
+		p.writeDenied(w, r, t, req, resp)
+	default:
+		WriteError(w, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
+			Message: "the upstream registry cannot confirm access to " + req.Name + " right now: " + err.Error()})
+	}
+	return false
+}
+
+func (p *Proxy) mayReadQuiet(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) bool {
+	ok, resp, _ := p.checkAccess(r, t, req, grant, d)
+	if resp != nil {
+		drain(resp.Body)
+	}
+	return ok
+}
+
+func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (bool, *http.Response, error) {
+	c := p.Cache
+	scope := accessScope(t, req.Name)
+	if c.Store.Allowed(d, scope) || c.remembered(grant, scope, d) {
+		return true, nil, nil
+	}
+	check := req
+	check.Tag, check.Digest = "", d
+	if req.Kind != KindBlob {
+		check.Kind = KindManifest
+	}
+	o := outbound{method: http.MethodHead, path: upstreamPath(check), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull", followRedirects: false}
+	if o.header.Get("Accept") == "" && check.Kind == KindManifest {
+		o.header.Set("Accept", "*/*")
+	}
+	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	if err != nil {
+		return false, nil, err
+	}
+	switch {
+	case resp.StatusCode < 400:
+		drain(resp.Body)
+		p.grantRead(grant, scope, d)
+		return true, nil, nil
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusNotFound:
+		return false, resp, nil
+	default:
+		drain(resp.Body)
+		return false, nil, &upstreamStatusError{status: resp.StatusCode}
+	}
+}
+
+// writeDenied answers a request the upstream refused for this identity.
+func (p *Proxy) writeDenied(w http.ResponseWriter, r *http.Request, t target, req Request, resp *http.Response) {
+	switch resp.StatusCode {
+	case http.StatusUnauthorized:
+		errParam := ""
+		if ch := pickChallenge(resp.Header); ch != nil {
+			errParam = ch.Params["error"]
+		}
+		p.writeChallenge(w, r, t, req, errParam)
+	case http.StatusForbidden:
+		WriteError(w, &Error{Status: http.StatusForbidden, Code: CodeDenied, Message: "access to " + req.Name + " denied by the upstream registry"})
+	default:
+		code := CodeManifestUnknown
+		if req.Kind == KindBlob {
+			code = CodeBlobUnknown
+		}
+		WriteError(w, &Error{Status: http.StatusNotFound, Code: code, Message: req.Reference() + " is not in " + req.Name})
+	}
+}

@@ -1,0 +1,395 @@
+package registry
+
+// Manifests: by digest from the cache or the upstream; by tag through a
+// tag record that is fresh for tag_ttl, then revalidated with a HEAD.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+
+	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
+	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
+)
+
+// serveManifest answers GET and HEAD of a manifest by tag or digest.
+func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
+	if p.Cache == nil {
+		p.forward(w, r, t, req, grant, statusBypass)
+		return
+	}
+	if req.Tag != "" {
+		p.serveTag(w, r, t, req, grant)
+		return
+	}
+	p.serveManifestByDigest(w, r, t, req, grant)
+}
+
+func (p *Proxy) serveManifestByDigest(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
+	if p.serveCached(w, r, t, req, grant) {
+		return
+	}
+	if r.Method == http.MethodHead {
+		// A HEAD needs no bytes: ask the upstream rather than fill.
+		p.forward(w, r, t, req, grant, statusMiss)
+		return
+	}
+	m, reply, err := p.fetchManifest(r, t, req, grant, req.Digest.String())
+	if err != nil {
+		p.writeUpstreamError(w, t, err)
+		return
+	}
+	if reply != nil {
+		p.relay(w, r, t, req, reply, statusMiss)
+		return
+	}
+	if m.digest != req.Digest {
+		p.writeUpstreamError(w, t, fmt.Errorf("manifest %s: upstream sent content with digest %s", req.Digest, m.digest))
+		return
+	}
+	p.storeManifest(t, req, grant, m)
+	writeManifest(w, r, m, statusMiss)
+}
+
+// manifest is a manifest read from the upstream.
+type manifest struct {
+	digest    digest.Digest
+	mediaType string
+	body      []byte
+}
+
+// fetchManifest GETs a manifest by tag or digest. A non-200 answer comes
+// back as reply (for relaying); the digest is computed from the bytes and
+// checked against the upstream's Docker-Content-Digest.
+func (p *Proxy) fetchManifest(r *http.Request, t target, req Request, grant tokenauth.Grant, ref string) (manifest, *http.Response, error) {
+	get := req
+	get.Tag, get.Digest = "", ""
+	if d, err := digest.Parse(ref); err == nil {
+		get.Digest = d
+	} else {
+		get.Tag = ref
+	}
+	o := outbound{method: http.MethodGet, path: upstreamPath(get), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull"}
+	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	if err != nil {
+		return manifest{}, nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return manifest{}, resp, nil
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+	if err != nil {
+		return manifest{}, nil, fmt.Errorf("reading manifest: %w", err)
+	}
+	if len(body) > maxManifestSize {
+		return manifest{}, nil, fmt.Errorf("manifest larger than %d bytes", maxManifestSize)
+	}
+	alg := digest.Canonical
+	if get.Digest != "" {
+		alg = get.Digest.Algorithm()
+	}
+	m := manifest{digest: alg.FromBytes(body), mediaType: resp.Header.Get("Content-Type"), body: body}
+	if claimed := resp.Header.Get("Docker-Content-Digest"); claimed != "" {
+		if cd, err := digest.Parse(claimed); err == nil && cd.Algorithm() == alg && cd != m.digest {
+			return manifest{}, nil, fmt.Errorf("manifest %s: upstream's Docker-Content-Digest %s does not match the bytes (%s)", ref, cd, m.digest)
+		}
+	}
+	return m, nil, nil
+}
+
+// storeManifest keeps m; what the proxy fetched with its own identity is
+// readable by every client of the route.
+func (p *Proxy) storeManifest(t target, req Request, grant tokenauth.Grant, m manifest) {
+	c := p.Cache
+	if err := c.Store.Put(m.digest, m.mediaType, m.body); err != nil {
+		p.Logger.Debug("manifest not cached", zap.String("digest", m.digest.String()), zap.Error(err))
+		return
+	}
+	c.memory.add(&memoryEntry{digest: m.digest, mediaType: m.mediaType, body: m.body, modTime: time.Now()})
+	if grant.Anonymous() {
+		_ = c.Store.Allow(m.digest, accessScope(t, req.Name))
+	} else {
+		c.remember(grant, accessScope(t, req.Name), m.digest)
+	}
+}
+
+func writeManifest(w http.ResponseWriter, r *http.Request, m manifest, cacheStatus string) {
+	h := w.Header()
+	setEntryHeaders(h, m.digest, m.mediaType, cacheStatus)
+	h.Set("Content-Length", strconv.Itoa(len(m.body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(m.body)
+	}
+}
+
+// tagKey names a tag record. The client's Accept is part of it because
+// the upstream's answer depends on it (an index, or one platform's
+// manifest for clients that do not accept indexes).
+func tagKey(t target, req Request, r *http.Request) string {
+	return t.up.String() + "\x00" + req.Name + "\x00" + req.Tag + "\x00" + acceptKey(r.Header.Values("Accept"))
+}
+
+// acceptKey normalises Accept values: media types without parameters,
+// lower case, sorted, de-duplicated.
+func acceptKey(values []string) string {
+	seen := map[string]bool{}
+	var types []string
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
+			if err != nil || seen[mt] {
+				continue
+			}
+			seen[mt] = true
+			types = append(types, mt)
+		}
+	}
+	sort.Strings(types)
+	return strings.Join(types, ",")
+}
+
+// tagResult is what one upstream round for a tag produced, shared by all
+// requests that waited for it.
+type tagResult struct {
+	tag blobcache.Tag
+	// reply is the upstream's non-200 answer (status, headers, small body).
+	reply *storedReply
+	// upstreamStatus is set when the upstream failed (429, 5xx): callers
+	// fall back to the stale record.
+	upstreamStatus int
+	err            error
+}
+
+// storedReply is an upstream answer kept in memory so that every request
+// that shared the upstream round can relay it.
+type storedReply struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (s *storedReply) response() *http.Response {
+	return &http.Response{StatusCode: s.status, Header: s.header.Clone(), Body: io.NopCloser(bytes.NewReader(s.body))}
+}
+
+func keepReply(resp *http.Response) *storedReply {
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return &storedReply{status: resp.StatusCode, header: resp.Header.Clone(), body: body}
+}
+
+// serveTag answers a manifest request by tag: from the tag record while
+// it is fresh, after a HEAD once it is stale (stale-if-error when the
+// upstream fails), from the upstream on a miss. Concurrent requests of one
+// identity share one upstream round.
+func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
+	c := p.Cache
+	key := tagKey(t, req, r)
+	rec, known := c.Store.Tag(key)
+	if known && time.Since(rec.Checked) < c.TagTTL {
+		if p.serveTagRecord(w, r, t, req, grant, rec, statusHit) {
+			return
+		}
+	}
+	flight := c.tagFlight.DoChan(key+"\x00"+identityKey(grant)+"\x00"+r.Method, func() (any, error) {
+		// Shared by every request of this identity for the tag: it must
+		// not end with the first one's. A revalidation that takes too
+		// long counts as an upstream failure (stale-if-error).
+		timeout := upstreamAnswerTimeout
+		if known {
+			timeout = revalidationTimeout
+		}
+		ctx, stop := detached(r.Context(), timeout)
+		defer stop()
+		shared := r.WithContext(ctx)
+		if known {
+			return p.revalidateTag(shared, t, req, grant, key, rec), nil
+		}
+		return p.fetchTag(shared, t, req, grant, key), nil
+	})
+	var res tagResult
+	select {
+	case v := <-flight:
+		res = v.Val.(tagResult)
+	case <-r.Context().Done():
+		return
+	}
+	switch {
+	case res.reply != nil:
+		p.relay(w, r, t, req, res.reply.response(), statusMiss)
+	case res.err != nil || res.upstreamStatus != 0:
+		if known && p.serveTagRecord(w, r, t, req, grant, rec, statusStale(res.upstreamStatus)) {
+			p.Logger.Info("served a stale tag: upstream failed",
+				zap.String("upstream", t.up.Name), zap.String("repository", req.Name), zap.String("tag", req.Tag),
+				zap.Int("upstream_status", res.upstreamStatus), zap.Error(res.err))
+			return
+		}
+		if res.err == nil {
+			res.err = &upstreamStatusError{status: res.upstreamStatus}
+		}
+		p.writeUpstreamError(w, t, res.err)
+	default:
+		status := statusMiss
+		if known && res.tag.Digest == rec.Digest {
+			status = statusRevalided
+		}
+		if !p.serveTagRecord(w, r, t, req, grant, res.tag, status) {
+			p.writeUpstreamError(w, t, errors.New("manifest vanished from the cache"))
+		}
+	}
+}
+
+// revalidateTag asks the upstream with a HEAD (which Docker Hub does not
+// count) whether the tag still points at rec's digest.
+func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant tokenauth.Grant, key string, rec blobcache.Tag) tagResult {
+	o := outbound{method: http.MethodHead, path: upstreamPath(req), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull"}
+	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	if err != nil {
+		return tagResult{err: err}
+	}
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+		drain(resp.Body)
+		return tagResult{upstreamStatus: resp.StatusCode}
+	case resp.StatusCode != http.StatusOK:
+		return tagResult{reply: keepReply(resp)}
+	}
+	drain(resp.Body)
+	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+	if err != nil {
+		// No usable digest in the HEAD: fetch the tag itself.
+		return p.fetchTag(r, t, req, grant, key)
+	}
+	scope := accessScope(t, req.Name)
+	if d == rec.Digest || p.Cache.Store.Contains(d) {
+		// Unchanged, or changed to something already cached: no GET.
+		// The HEAD just proved this identity may read the tag.
+		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
+		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
+		if d == rec.Digest {
+			tag.MediaType, tag.Size = rec.MediaType, rec.Size
+		}
+		p.grantRead(grant, scope, d)
+		_ = p.Cache.Store.SetTag(key, tag)
+		return tagResult{tag: tag}
+	}
+	if r.Method == http.MethodHead {
+		// A HEAD needs no body: answer from the upstream's headers and
+		// leave the GET (which Docker Hub counts) to a GET.
+		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
+		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
+		p.grantRead(grant, scope, d)
+		_ = p.Cache.Store.SetTag(key, tag)
+		return tagResult{tag: tag}
+	}
+	return p.fetchTagByDigest(r, t, req, grant, key, d)
+}
+
+// fetchTag resolves a tag the cache does not know: GET (HEAD for a HEAD).
+func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth.Grant, key string) tagResult {
+	if r.Method == http.MethodHead {
+		o := outbound{method: http.MethodHead, path: upstreamPath(req), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull"}
+		resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+		if err != nil {
+			return tagResult{err: err}
+		}
+		if resp.StatusCode != http.StatusOK {
+			return tagResult{reply: keepReply(resp)}
+		}
+		drain(resp.Body)
+		d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+		if err != nil {
+			return tagResult{err: fmt.Errorf("upstream HEAD of %s:%s has no valid Docker-Content-Digest", req.Name, req.Tag)}
+		}
+		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
+		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
+		p.grantRead(grant, accessScope(t, req.Name), d)
+		_ = p.Cache.Store.SetTag(key, tag)
+		return tagResult{tag: tag}
+	}
+	m, reply, err := p.fetchManifest(r, t, req, grant, req.Tag)
+	if err != nil {
+		return tagResult{err: err}
+	}
+	if reply != nil {
+		if reply.StatusCode == http.StatusTooManyRequests || reply.StatusCode >= 500 {
+			drain(reply.Body)
+			return tagResult{upstreamStatus: reply.StatusCode}
+		}
+		return tagResult{reply: keepReply(reply)}
+	}
+	return p.keepTag(t, req, grant, key, m)
+}
+
+func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req Request, grant tokenauth.Grant, key string, d digest.Digest) tagResult {
+	m, reply, err := p.fetchManifest(r, t, req, grant, d.String())
+	if err != nil {
+		return tagResult{err: err}
+	}
+	if reply != nil {
+		if reply.StatusCode == http.StatusTooManyRequests || reply.StatusCode >= 500 {
+			drain(reply.Body)
+			return tagResult{upstreamStatus: reply.StatusCode}
+		}
+		return tagResult{reply: keepReply(reply)}
+	}
+	if m.digest != d {
+		return tagResult{err: fmt.Errorf("manifest %s: upstream sent content with digest %s", d, m.digest)}
+	}
+	return p.keepTag(t, req, grant, key, m)
+}
+
+func (p *Proxy) keepTag(t target, req Request, grant tokenauth.Grant, key string, m manifest) tagResult {
+	p.storeManifest(t, req, grant, m)
+	tag := blobcache.Tag{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(m.body)), Checked: time.Now()}
+	if !p.Cache.Store.Contains(m.digest) {
+		// The store could not keep it (disk full, unwritable): still
+		// answer this round from memory.
+		return tagResult{tag: tag, err: nil, reply: &storedReply{status: http.StatusOK, header: manifestHeader(m), body: m.body}}
+	}
+	if err := p.Cache.Store.SetTag(key, tag); err != nil {
+		p.Logger.Debug("tag not recorded", zap.Error(err))
+	}
+	return tagResult{tag: tag}
+}
+
+func manifestHeader(m manifest) http.Header {
+	h := http.Header{}
+	setEntryHeaders(h, m.digest, m.mediaType, statusNoStore)
+	h.Set("Content-Length", strconv.Itoa(len(m.body)))
+	return h
+}
+
+// serveTagRecord answers from a tag record if the cache has what it
+// needs and the identity may read it; false means "not answered".
+func (p *Proxy) serveTagRecord(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, tag blobcache.Tag, cacheStatus string) bool {
+	c := p.Cache
+	h, ok := c.lookup(tag.Digest)
+	if !ok {
+		if r.Method != http.MethodHead || tag.Size <= 0 || !p.mayReadQuiet(r, t, req, grant, tag.Digest) {
+			return false
+		}
+		// A HEAD is answered from the record alone.
+		setEntryHeaders(w.Header(), tag.Digest, tag.MediaType, cacheStatus)
+		w.Header().Set("Content-Length", strconv.FormatInt(tag.Size, 10))
+		w.WriteHeader(http.StatusOK)
+		return true
+	}
+	defer h.Close()
+	if p.mayRead(w, r, t, req, grant, tag.Digest) {
+		serveHit(w, r, h, cacheStatus)
+	}
+	return true
+}
