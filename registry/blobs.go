@@ -115,7 +115,7 @@ func serveReader(w http.ResponseWriter, r *http.Request, rd *blobcache.Reader, c
 		copyBody(w, er)
 		return
 	}
-	http.ServeContent(w, r, "", time.Time{}, er)
+	http.ServeContent(bodyWriter{w}, r, "", time.Time{}, er)
 	if er.err != nil {
 		panic(http.ErrAbortHandler)
 	}

@@ -157,13 +157,58 @@ func setEntryHeaders(h http.Header, d digest.Digest, mediaType, cacheStatus stri
 	h.Set("Cache-Status", cacheStatus)
 }
 
-// serveHit serves a cached entry: Range, If-None-Match and (from a file)
-// sendfile come from http.ServeContent.
+// serveHit serves a cached entry. A plain GET of a file over HTTP/1.1
+// without TLS goes to the connection with sendfile; everything else (Range,
+// conditional requests, TLS, HTTP/2, entries in memory) through
+// http.ServeContent.
 func serveHit(w http.ResponseWriter, r *http.Request, h *hit, cacheStatus string) {
 	setEntryHeaders(w.Header(), h.Digest, h.MediaType, cacheStatus)
-	if h.blob != nil {
-		http.ServeContent(w, r, "", h.modTime, h.blob.File)
+	if h.blob == nil {
+		http.ServeContent(bodyWriter{w}, r, "", h.modTime, bytes.NewReader(h.body))
 		return
 	}
-	http.ServeContent(w, r, "", h.modTime, bytes.NewReader(h.body))
+	if wholeFileRequest(r) {
+		if rf, ok := w.(io.ReaderFrom); ok {
+			hdr := w.Header()
+			hdr.Set("Accept-Ranges", "bytes")
+			hdr.Set("Last-Modified", h.modTime.UTC().Format(http.TimeFormat))
+			hdr.Set("Content-Length", strconv.FormatInt(h.Size, 10))
+			w.WriteHeader(http.StatusOK)
+			// The file itself, not a reader around it: the
+			// connection copies it with sendfile. A failure here
+			// is the client's (the file is complete).
+			_, _ = rf.ReadFrom(h.blob.File)
+			return
+		}
+	}
+	http.ServeContent(bodyWriter{w}, r, "", h.modTime, h.blob.File)
 }
+
+// wholeFileRequest reports whether r is a plain GET of a whole entry over
+// a connection that can use sendfile (HTTP/1.1 without TLS).
+func wholeFileRequest(r *http.Request) bool {
+	if r.Method != http.MethodGet || r.TLS != nil || r.ProtoMajor != 1 {
+		return false
+	}
+	for _, k := range []string{"Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Range"} {
+		if r.Header.Get(k) != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// bodyWriter is a ResponseWriter whose ReadFrom copies with a pooled
+// buffer. Caddy's idle-timeout writer splits ReadFrom into chunks, and for
+// any source but a file on a plain connection the standard library's
+// fallback allocates a new buffer per chunk: half a byte per byte served.
+type bodyWriter struct{ http.ResponseWriter }
+
+func (w bodyWriter) ReadFrom(r io.Reader) (int64, error) {
+	buf := bufPool.Get().(*[]byte)
+	defer bufPool.Put(buf)
+	return io.CopyBuffer(writeOnly{w.ResponseWriter}, r, *buf)
+}
+
+// writeOnly hides every method of a writer but Write.
+type writeOnly struct{ io.Writer }

@@ -396,7 +396,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }
 func copyBody(w http.ResponseWriter, body io.Reader) {
 	buf := bufPool.Get().(*[]byte)
 	defer bufPool.Put(buf)
-	if _, err := io.CopyBuffer(w, body, *buf); err != nil {
+	if _, err := io.CopyBuffer(writeOnly{w}, body, *buf); err != nil {
 		panic(http.ErrAbortHandler)
 	}
 }
