@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -76,6 +77,7 @@ type Handler struct {
 	cacheDir string // the store this handler holds in the pool, if any
 	logger   *zap.Logger
 	metrics  *metrics
+	inFlight *inFlight
 }
 
 // CaddyModule returns the Caddy module information.
@@ -102,6 +104,7 @@ const defaultTagTTL = 5 * time.Minute
 // token sealing key and the shared cache.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.inFlight = new(inFlight)
 	repl := caddy.NewReplacer()
 	m, err := registerMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
@@ -294,18 +297,67 @@ func clientScheme(r *http.Request) string {
 
 // ServeHTTP serves the registry API; it is a terminal handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	h.inFlight.begin()
+	defer h.inFlight.end()
 	h.proxy.ServeHTTP(w, r)
 	h.metrics.observe(w.Header().Get("Cache-Status"))
 	return nil
 }
 
-// Cleanup releases the handler's reference to the shared cache.
+// Cleanup releases the handler's reference to the shared cache. Caddy
+// cleans up an old config while the requests it accepted still run (a
+// reload is graceful), so the reference goes when the last of them ends:
+// a reload that moves the cache must not close the store under them.
 func (h *Handler) Cleanup() error {
-	if h.cacheDir != "" {
-		_, err := stores.Delete(h.cacheDir)
-		return err
+	if h.cacheDir == "" || h.inFlight == nil {
+		return nil
 	}
+	dir, logger := h.cacheDir, h.logger
+	h.inFlight.whenIdle(func() {
+		if _, err := stores.Delete(dir); err != nil {
+			logger.Error("closing cache", zap.String("dir", dir), zap.Error(err))
+		}
+	})
 	return nil
+}
+
+// inFlight counts a handler's requests in progress.
+type inFlight struct {
+	mu     sync.Mutex
+	n      int
+	onIdle func()
+}
+
+func (f *inFlight) begin() {
+	f.mu.Lock()
+	f.n++
+	f.mu.Unlock()
+}
+
+func (f *inFlight) end() {
+	f.mu.Lock()
+	f.n--
+	var run func()
+	if f.n == 0 {
+		run, f.onIdle = f.onIdle, nil
+	}
+	f.mu.Unlock()
+	if run != nil {
+		run()
+	}
+}
+
+// whenIdle runs fn now if no request is in progress, else when the last
+// one ends.
+func (f *inFlight) whenIdle(fn func()) {
+	f.mu.Lock()
+	if f.n > 0 {
+		f.onIdle = fn
+		f.mu.Unlock()
+		return
+	}
+	f.mu.Unlock()
+	fn()
 }
 
 // Interface guards.
