@@ -650,3 +650,38 @@ func grepLines(s, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+func TestPrivateImageOfflineOnlyForConfirmedCredentials(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	up.SetPrivate("team/secret", "alice", "alice-pw")
+	up.AddUser("mallory", "mallory-pw")
+	img := up.PushRandomImage(t, "team/secret", "v1", 2, 16<<10)
+	e := startProxy(t, up, cachedBlock("tag_ttl 1s"))
+	ref := e.ref("docker.example.test", "team/secret:v1")
+	alice := &authn.Basic{Username: "alice", Password: "alice-pw"}
+	if err := e.pullImage(ref, alice, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.pullImage(ref, &authn.Basic{Username: "mallory", Password: "mallory-pw"}, img); err == nil {
+		t.Fatal("mallory pulled alice's image online")
+	}
+
+	// Registry and token service down, tag stale.
+	if err := up.Faults.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	defer up.Faults.Reset()
+	time.Sleep(1100 * time.Millisecond)
+	if err := e.pullImage(ref, alice, img); err != nil {
+		t.Errorf("alice, offline, credentials the upstream accepted before: %v", err)
+	}
+	if err := e.pullImage(ref, nil, img); err == nil {
+		t.Error("anonymous client pulled the private image offline")
+	}
+	if err := e.pullImage(ref, &authn.Basic{Username: "alice", Password: "guess"}, img); err == nil {
+		t.Error("a wrong password pulled the private image offline")
+	}
+	if err := e.pullImage(ref, &authn.Basic{Username: "mallory", Password: "mallory-pw"}, img); err == nil {
+		t.Error("mallory pulled the private image offline")
+	}
+}

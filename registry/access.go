@@ -14,10 +14,12 @@ import (
 // grantRead records that grant's identity may read d in scope.
 func (p *Proxy) grantRead(grant tokenauth.Grant, scope string, d digest.Digest) {
 	if grant.Anonymous() {
+		// The upstream served the proxy's own identity: every client
+		// of the route may read it.
 		_ = p.Cache.Store.Allow(d, scope)
-	} else {
-		p.Cache.remember(grant, scope, d)
+		return
 	}
+	p.Cache.remember(grant, scope, d)
 }
 
 func (c *Cache) remember(grant tokenauth.Grant, scope string, d digest.Digest) {
@@ -28,20 +30,22 @@ func (c *Cache) remember(grant tokenauth.Grant, scope string, d digest.Digest) {
 	}
 	now := time.Now()
 	if len(c.verdicts) > 10000 {
-		for k, until := range c.verdicts {
-			if now.After(until) {
+		for k, at := range c.verdicts {
+			if now.Sub(at) > offlineAccessWindow {
 				delete(c.verdicts, k)
 			}
 		}
 	}
-	c.verdicts[identityKey(grant)+"\x00"+scope+"\x00"+d.String()] = now.Add(verdictTTL)
+	c.verdicts[identityKey(grant)+"\x00"+scope+"\x00"+d.String()] = now
 }
 
-func (c *Cache) remembered(grant tokenauth.Grant, scope string, d digest.Digest) bool {
+// remembered reports whether the upstream confirmed grant's access to d in
+// scope within the last window.
+func (c *Cache) remembered(grant tokenauth.Grant, scope string, d digest.Digest, window time.Duration) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	until, ok := c.verdicts[identityKey(grant)+"\x00"+scope+"\x00"+d.String()]
-	return ok && time.Now().Before(until)
+	at, ok := c.verdicts[identityKey(grant)+"\x00"+scope+"\x00"+d.String()]
+	return ok && time.Since(at) < window
 }
 
 // mayRead decides whether grant's identity may read cached content d of
@@ -79,8 +83,13 @@ func (p *Proxy) mayReadQuiet(r *http.Request, t target, req Request, grant token
 func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (bool, *http.Response, error) {
 	c := p.Cache
 	scope := accessScope(t, req.Name)
-	if c.Store.Allowed(d, scope) || c.remembered(grant, scope, d) {
+	if c.Store.Allowed(d, scope) || c.remembered(grant, scope, d, c.verdictTTL) {
 		return true, nil, nil
+	}
+	// When the upstream cannot answer, what it confirmed for this client
+	// lately still holds; nothing it never confirmed does.
+	confirmedBefore := func() bool {
+		return grant.Subject != "" && c.remembered(grant, scope, d, offlineAccessWindow)
 	}
 	check := req
 	check.Tag, check.Digest = "", d
@@ -91,9 +100,11 @@ func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokena
 	if o.header.Get("Accept") == "" && check.Kind == KindManifest {
 		o.header.Set("Accept", "*/*")
 	}
-	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	ctx, stop := detached(r.Context(), revalidationTimeout)
+	defer stop()
+	resp, err := p.Upstream.Do(ctx, t.up, grant, o)
 	if err != nil {
-		return false, nil, err
+		return confirmedBefore(), nil, err
 	}
 	switch {
 	case resp.StatusCode < 400:
@@ -101,10 +112,16 @@ func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokena
 		p.grantRead(grant, scope, d)
 		return true, nil, nil
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusNotFound:
+		if grant.Anonymous() && confirmedBefore() {
+			// An offline grant asks with the proxy's identity, which
+			// the upstream may refuse what it confirmed for the client.
+			drain(resp.Body)
+			return true, nil, nil
+		}
 		return false, resp, nil
 	default:
 		drain(resp.Body)
-		return false, nil, &upstreamStatusError{status: resp.StatusCode}
+		return confirmedBefore(), nil, &upstreamStatusError{status: resp.StatusCode}
 	}
 }
 

@@ -28,9 +28,12 @@ type Cache struct {
 
 	memory    *memoryCache
 	tagFlight singleflight.Group
+	// verdictTTL is how long an access the upstream confirmed for a
+	// client is trusted without asking again (verdictTTL by default).
+	verdictTTL time.Duration
 
 	mu       sync.Mutex
-	verdicts map[string]time.Time // identity+scope+digest -> until
+	verdicts map[string]time.Time // identity+scope+digest -> when the upstream confirmed it
 }
 
 // memoryCacheSize bounds the small entries (manifests, configs) kept in
@@ -39,7 +42,7 @@ const memoryCacheSize = 32 << 20
 
 // NewCache returns the registry cache over store.
 func NewCache(store *blobcache.Store, tagTTL time.Duration) *Cache {
-	return &Cache{Store: store, TagTTL: tagTTL, memory: newMemoryCache(memoryCacheSize)}
+	return &Cache{Store: store, TagTTL: tagTTL, memory: newMemoryCache(memoryCacheSize), verdictTTL: verdictTTL}
 }
 
 // hit is a cached entry ready to serve: small ones from memory, others
@@ -117,15 +120,26 @@ func detached(ctx context.Context, timeout time.Duration) (context.Context, func
 }
 
 // verdictTTL is how long a client identity's access to a repository,
-// checked with the upstream, is remembered.
-const verdictTTL = time.Minute
+// checked with the upstream, is trusted without asking again;
+// offlineAccessWindow is how long it still counts when the upstream cannot
+// be asked (stale-if-error for access, as for tags). It matches the token
+// endpoint's offline window.
+const (
+	verdictTTL          = time.Minute
+	offlineAccessWindow = 24 * time.Hour
+)
 
 // accessScope names a repository of an upstream for access records.
 func accessScope(t target, name string) string { return t.up.String() + "/" + name }
 
 // identityKey names an identity without holding its secret.
 func identityKey(g tokenauth.Grant) string {
-	if g.Anonymous() {
+	switch {
+	case g.Subject != "":
+		// The client's credentials, whichever upstream token they
+		// were exchanged for this time.
+		return "sub:" + g.Subject
+	case g.Anonymous():
 		return "proxy"
 	}
 	sum := sha256.Sum256([]byte(g.Authorization))

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -41,6 +42,44 @@ type Endpoint struct {
 	// AnonymousLifetime is how long a token without client credentials
 	// lives. Default 1h.
 	AnonymousLifetime time.Duration
+	// OfflineWindow is how long credentials the upstream accepted stay
+	// good for a token while the upstream's token service cannot be
+	// reached (default 24h): such a client keeps the access the upstream
+	// confirmed for it, served from the cache, and nothing more.
+	OfflineWindow time.Duration
+
+	mu       sync.Mutex
+	accepted map[string]time.Time // Subject -> last time the upstream accepted it
+}
+
+func (e *Endpoint) offlineWindow() time.Duration {
+	if e.OfflineWindow > 0 {
+		return e.OfflineWindow
+	}
+	return 24 * time.Hour
+}
+
+func (e *Endpoint) recordAccepted(subject string, now time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.accepted == nil {
+		e.accepted = map[string]time.Time{}
+	}
+	if len(e.accepted) > 10000 {
+		for k, t := range e.accepted {
+			if now.Sub(t) > e.offlineWindow() {
+				delete(e.accepted, k)
+			}
+		}
+	}
+	e.accepted[subject] = now
+}
+
+func (e *Endpoint) acceptedRecently(subject string, now time.Time) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	t, ok := e.accepted[subject]
+	return ok && now.Sub(t) < e.offlineWindow()
 }
 
 // Identify returns the grant of a registry request: anonymous without an
@@ -92,19 +131,19 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request, up Upstream
 
 	now := time.Now()
 	grant := Grant{Upstream: up.ID, Scopes: scopes}
+	if treq.creds != nil {
+		grant.Subject = e.Sealer.Subject(up.ID, *treq.creds)
+	}
 	switch {
 	case treq.creds == nil || up.Challenge == nil && up.Unreachable == nil:
 		// No credentials, or an upstream that asks for none: the proxy
 		// serves this client with its own identity.
-		lifetime := e.AnonymousLifetime
-		if lifetime <= 0 {
-			lifetime = time.Hour
-		}
-		grant.Expiry = now.Add(lifetime)
+		grant.Subject = ""
+		grant.Expiry = now.Add(e.anonymousLifetime())
 	case up.Unreachable != nil:
-		writeOAuthError(w, http.StatusServiceUnavailable, "temporarily_unavailable",
-			"the upstream registry cannot be reached to check these credentials; try again later")
-		return
+		if !e.offlineGrant(w, &grant, now) {
+			return
+		}
 	case up.Challenge.IsBearer():
 		tok, err := e.Fetcher.Fetch(r.Context(), *up.Challenge, scopes, treq.creds)
 		if errors.Is(err, ErrRefused) {
@@ -112,9 +151,14 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request, up Upstream
 			return
 		}
 		if err != nil {
-			writeOAuthError(w, http.StatusBadGateway, "temporarily_unavailable", "the upstream token service failed: "+err.Error())
-			return
+			// The token service is down or failing: credentials it
+			// accepted lately still get what was confirmed for them.
+			if !e.offlineGrant(w, &grant, now) {
+				return
+			}
+			break
 		}
+		e.recordAccepted(grant.Subject, now)
 		grant.Authorization = "Bearer " + tok.Value
 		grant.Expiry = tok.Expiry
 	case up.Challenge.IsBasic() && up.CheckBasic != nil:
@@ -127,6 +171,7 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request, up Upstream
 			}
 			return
 		}
+		e.recordAccepted(grant.Subject, now)
 		grant.Authorization = basic
 		grant.Expiry = now.Add(time.Hour)
 	default:
@@ -153,6 +198,26 @@ func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request, up Upstream
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
+}
+
+func (e *Endpoint) anonymousLifetime() time.Duration {
+	if e.AnonymousLifetime > 0 {
+		return e.AnonymousLifetime
+	}
+	return time.Hour
+}
+
+// offlineGrant completes grant for credentials the upstream cannot check
+// now, if it accepted them within the offline window; otherwise it answers
+// the request and returns false.
+func (e *Endpoint) offlineGrant(w http.ResponseWriter, grant *Grant, now time.Time) bool {
+	if !e.acceptedRecently(grant.Subject, now) {
+		writeOAuthError(w, http.StatusServiceUnavailable, "temporarily_unavailable",
+			"the upstream registry cannot be reached to check these credentials; try again later")
+		return false
+	}
+	grant.Expiry = now.Add(5 * time.Minute)
+	return true
 }
 
 type tokenRequest struct {

@@ -187,8 +187,37 @@ func TestEndpointTokenServiceFails(t *testing.T) {
 	fx := newEndpointFixture(t)
 	fx.ts.setReply(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) })
 	a := serveToken(fx.e, fx.bearerUpstream(), withBasic(getToken(""), "alice", "pw"))
-	if a.status != http.StatusBadGateway || a.errorCode() != "temporarily_unavailable" {
-		t.Errorf("answer %d %s, want 502 temporarily_unavailable", a.status, a.raw)
+	if a.status != http.StatusServiceUnavailable || a.errorCode() != "temporarily_unavailable" {
+		t.Errorf("answer %d %s, want 503 temporarily_unavailable", a.status, a.raw)
+	}
+}
+
+// TestEndpointOfflineKnownCredentials: while the token service fails,
+// credentials it accepted lately get a token without upstream credentials
+// but with their subject; others, and wrong passwords, get none.
+func TestEndpointOfflineKnownCredentials(t *testing.T) {
+	fx := newEndpointFixture(t)
+	online := serveToken(fx.e, fx.bearerUpstream(), withBasic(getToken("scope=repository:team/secret:pull"), "carol", "pw"))
+	if online.status != http.StatusOK {
+		t.Fatalf("online login: %d %s", online.status, online.raw)
+	}
+	fx.ts.setReply(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) })
+	fx.e.Fetcher.cache = nil // force the token service to be asked
+	a := serveToken(fx.e, fx.bearerUpstream(), withBasic(getToken("scope=repository:team/secret:pull"), "carol", "pw"))
+	if a.status != http.StatusOK {
+		t.Fatalf("offline, known credentials: %d %s", a.status, a.raw)
+	}
+	req := httptest.NewRequest(http.MethodGet, "/v2/team/secret/manifests/1", nil)
+	req.Header.Set("Authorization", "Bearer "+a.body["token"].(string))
+	g, err := fx.e.Identify(req, hubID)
+	if err != nil || !g.Anonymous() || g.Subject == "" || g.Subject != fx.e.Sealer.Subject(hubID, Credentials{"carol", "pw"}) {
+		t.Errorf("offline grant %+v, %v", g, err)
+	}
+	for _, who := range [][2]string{{"carol", "wrong"}, {"dave", "pw"}} {
+		a := serveToken(fx.e, fx.bearerUpstream(), withBasic(getToken("scope=repository:team/secret:pull"), who[0], who[1]))
+		if a.status != http.StatusServiceUnavailable {
+			t.Errorf("offline, unknown credentials %s: %d %s", who[0], a.status, a.raw)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package tokenauth
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -27,15 +28,23 @@ type Grant struct {
 	Authorization string `json:"a,omitempty"`
 	// Expiry is when the token stops being accepted.
 	Expiry time.Time `json:"e"`
+	// Subject names the client's credentials (a keyed hash, never the
+	// secret), so that access the upstream confirmed for them is
+	// remembered across the short-lived upstream tokens. Empty for
+	// anonymous clients.
+	Subject string `json:"sub,omitempty"`
 }
 
-// Anonymous reports whether the grant carries no client credentials.
+// Anonymous reports whether the grant carries no upstream credentials, so
+// the proxy's own identity serves it upstream. A grant issued offline for
+// known credentials is anonymous upstream but keeps its Subject.
 func (g Grant) Anonymous() bool { return g.Authorization == "" }
 
 // Sealer seals and opens grants with AES-256-GCM under a key that every
 // proxy instance behind one load balancer shares.
 type Sealer struct {
-	aead cipher.AEAD
+	aead       cipher.AEAD
+	subjectKey [32]byte
 }
 
 // ErrInvalidToken is returned for tokens that do not open: forged,
@@ -62,7 +71,16 @@ func NewSealer(secret []byte) (*Sealer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Sealer{aead: aead}, nil
+	return &Sealer{aead: aead, subjectKey: sha256.Sum256(append([]byte("subject\x00"), secret...))}, nil
+}
+
+// Subject returns the name of a client's credentials for an upstream: an
+// HMAC under the sealing key, so it reveals nothing and cannot be computed
+// without the key.
+func (s *Sealer) Subject(upstream string, c Credentials) string {
+	m := hmac.New(sha256.New, s.subjectKey[:])
+	m.Write([]byte(upstream + "\x00" + c.Username + "\x00" + c.Secret))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:24])
 }
 
 // Seal encrypts and authenticates g into a token string.
