@@ -656,7 +656,10 @@ func TestPrivateImageOfflineOnlyForConfirmedCredentials(t *testing.T) {
 	up.SetPrivate("team/secret", "alice", "alice-pw")
 	up.AddUser("mallory", "mallory-pw")
 	img := up.PushRandomImage(t, "team/secret", "v1", 2, 16<<10)
-	e := startProxy(t, up, cachedBlock("tag_ttl 1s"))
+	cacheDir := t.TempDir()
+	config := strings.Replace(cachedBlock("tag_ttl 1s"), "{DIR}/cache", cacheDir, 1)
+	config = strings.Replace(config, "docker_proxy docker.io {", "docker_proxy docker.io {\n\t\tauth_key a-fixed-key-shared-by-instances", 1)
+	e := startProxy(t, up, config)
 	ref := e.ref("docker.example.test", "team/secret:v1")
 	alice := &authn.Basic{Username: "alice", Password: "alice-pw"}
 	if err := e.pullImage(ref, alice, img); err != nil {
@@ -665,6 +668,9 @@ func TestPrivateImageOfflineOnlyForConfirmedCredentials(t *testing.T) {
 	if err := e.pullImage(ref, &authn.Basic{Username: "mallory", Password: "mallory-pw"}, img); err == nil {
 		t.Fatal("mallory pulled alice's image online")
 	}
+	// A config reload keeps what the upstream confirmed, with the store.
+	e = startProxy(t, up, config)
+	ref = e.ref("docker.example.test", "team/secret:v1")
 
 	// Registry and token service down, tag stale.
 	if err := up.Faults.SetDown(true); err != nil {

@@ -93,9 +93,20 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // handlers (taking a reference) before the old ones are cleaned up.
 var stores = caddy.NewUsagePool()
 
-type storeDestructor struct{ *blobcache.Store }
+// sharedCache is what lives as long as a cache directory is in use: the
+// store and what the upstream confirmed (credentials, client access), which
+// the proxy needs to serve private content while the upstream is down.
+type sharedCache struct {
+	store    *blobcache.Store
+	verdicts *tokenauth.Confirmations
+	accepted *tokenauth.Confirmations
+}
 
-func (s storeDestructor) Destruct() error { return s.Store.Close() }
+func (s *sharedCache) Destruct() error { return s.store.Close() }
+
+// offlineWindow is how long what the upstream confirmed stays usable
+// while it cannot be asked.
+const offlineWindow = 24 * time.Hour
 
 // defaultTagTTL is how long a tag is served from the cache unasked.
 const defaultTagTTL = 5 * time.Minute
@@ -154,8 +165,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	var cache *registry.Cache
+	var accepted *tokenauth.Confirmations
 	if h.Cache == nil || !h.Cache.Disabled {
-		cache, err = h.provisionCache()
+		cache, accepted, err = h.provisionCache()
 		if err != nil {
 			// An unwritable or broken cache directory must not take the
 			// registry down: serve from the upstream and say why.
@@ -176,7 +188,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.proxy = &registry.Proxy{
 		Router:   router,
 		Upstream: upstreamClient,
-		Auth:     &tokenauth.Endpoint{Sealer: sealer, Fetcher: tokens},
+		Auth:     &tokenauth.Endpoint{Sealer: sealer, Fetcher: tokens, Accepted: accepted, OfflineWindow: offlineWindow},
 		Cache:    cache,
 		Logger:   h.logger,
 		Scheme:   clientScheme,
@@ -212,10 +224,10 @@ func (h *Handler) cacheDirectory() string {
 	return filepath.Join(caddy.AppDataDir(), "docker_proxy", "cache")
 }
 
-func (h *Handler) provisionCache() (*registry.Cache, error) {
+func (h *Handler) provisionCache() (*registry.Cache, *tokenauth.Confirmations, error) {
 	dir, err := filepath.Abs(h.cacheDirectory())
 	if err != nil {
-		return nil, fmt.Errorf("cache directory: %v", err)
+		return nil, nil, fmt.Errorf("cache directory: %v", err)
 	}
 	var maxSize int64
 	ttl := defaultTagTTL
@@ -230,16 +242,21 @@ func (h *Handler) provisionCache() (*registry.Cache, error) {
 		if err != nil {
 			return nil, err
 		}
-		return storeDestructor{s}, nil
+		return &sharedCache{
+			store:    s,
+			verdicts: tokenauth.NewConfirmations(offlineWindow),
+			accepted: tokenauth.NewConfirmations(offlineWindow),
+		}, nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("opening cache %s: %v", dir, err)
+		return nil, nil, fmt.Errorf("opening cache %s: %v", dir, err)
 	}
 	h.cacheDir = dir
 	if loaded && maxSize != 0 {
 		h.logger.Debug("cache directory already open: its first configuration's max_size applies", zap.String("dir", dir))
 	}
-	return registry.NewCache(val.(storeDestructor).Store, ttl), nil
+	shared := val.(*sharedCache)
+	return registry.NewCache(shared.store, ttl, shared.verdicts), shared.accepted, nil
 }
 
 // authKey returns the configured key, or a random one kept in Caddy's data

@@ -23,29 +23,17 @@ func (p *Proxy) grantRead(grant tokenauth.Grant, scope string, d digest.Digest) 
 }
 
 func (c *Cache) remember(grant tokenauth.Grant, scope string, d digest.Digest) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.verdicts == nil {
-		c.verdicts = map[string]time.Time{}
-	}
-	now := time.Now()
-	if len(c.verdicts) > 10000 {
-		for k, at := range c.verdicts {
-			if now.Sub(at) > offlineAccessWindow {
-				delete(c.verdicts, k)
-			}
-		}
-	}
-	c.verdicts[identityKey(grant)+"\x00"+scope+"\x00"+d.String()] = now
+	c.Verdicts.Confirm(verdictKey(grant, scope, d), time.Now())
 }
 
 // remembered reports whether the upstream confirmed grant's access to d in
 // scope within the last window.
 func (c *Cache) remembered(grant tokenauth.Grant, scope string, d digest.Digest, window time.Duration) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	at, ok := c.verdicts[identityKey(grant)+"\x00"+scope+"\x00"+d.String()]
-	return ok && time.Since(at) < window
+	return c.Verdicts.Within(verdictKey(grant, scope, d), window, time.Now())
+}
+
+func verdictKey(grant tokenauth.Grant, scope string, d digest.Digest) string {
+	return identityKey(grant) + "\x00" + scope + "\x00" + d.String()
 }
 
 // mayRead decides whether grant's identity may read cached content d of

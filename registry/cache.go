@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -32,17 +31,22 @@ type Cache struct {
 	// client is trusted without asking again (verdictTTL by default).
 	verdictTTL time.Duration
 
-	mu       sync.Mutex
-	verdicts map[string]time.Time // identity+scope+digest -> when the upstream confirmed it
+	// Verdicts are the accesses the upstream confirmed for client
+	// identities (identity, repository, digest); shared across reloads.
+	Verdicts *tokenauth.Confirmations
 }
 
 // memoryCacheSize bounds the small entries (manifests, configs) kept in
 // memory beside the store.
 const memoryCacheSize = 32 << 20
 
-// NewCache returns the registry cache over store.
-func NewCache(store *blobcache.Store, tagTTL time.Duration) *Cache {
-	return &Cache{Store: store, TagTTL: tagTTL, memory: newMemoryCache(memoryCacheSize), verdictTTL: verdictTTL}
+// NewCache returns the registry cache over store. verdicts may be shared
+// with other caches over the same store; nil makes a private one.
+func NewCache(store *blobcache.Store, tagTTL time.Duration, verdicts *tokenauth.Confirmations) *Cache {
+	if verdicts == nil {
+		verdicts = tokenauth.NewConfirmations(offlineAccessWindow)
+	}
+	return &Cache{Store: store, TagTTL: tagTTL, memory: newMemoryCache(memoryCacheSize), verdictTTL: verdictTTL, Verdicts: verdicts}
 }
 
 // hit is a cached entry ready to serve: small ones from memory, others

@@ -42,7 +42,7 @@ func newTestProxy(t *testing.T, up *testupstream.Upstream, tagTTL time.Duration)
 			Tokens: tokens,
 		},
 		Auth:   &tokenauth.Endpoint{Sealer: sealer, Fetcher: tokens},
-		Cache:  NewCache(store, tagTTL),
+		Cache:  NewCache(store, tagTTL, nil),
 		Logger: zap.NewNop(),
 		Scheme: func(*http.Request) string { return "http" },
 	}

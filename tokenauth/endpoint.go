@@ -42,14 +42,16 @@ type Endpoint struct {
 	// AnonymousLifetime is how long a token without client credentials
 	// lives. Default 1h.
 	AnonymousLifetime time.Duration
-	// OfflineWindow is how long credentials the upstream accepted stay
-	// good for a token while the upstream's token service cannot be
-	// reached (default 24h): such a client keeps the access the upstream
-	// confirmed for it, served from the cache, and nothing more.
+	// Accepted remembers the credentials the upstream accepted (by
+	// Subject). While the upstream's token service cannot be reached,
+	// credentials it accepted within OfflineWindow still get a token: such
+	// a client keeps the access the upstream confirmed for it, served from
+	// the cache, and nothing more. Nil: a private one.
+	Accepted *Confirmations
+	// OfflineWindow defaults to 24h.
 	OfflineWindow time.Duration
 
-	mu       sync.Mutex
-	accepted map[string]time.Time // Subject -> last time the upstream accepted it
+	once sync.Once
 }
 
 func (e *Endpoint) offlineWindow() time.Duration {
@@ -60,26 +62,20 @@ func (e *Endpoint) offlineWindow() time.Duration {
 }
 
 func (e *Endpoint) recordAccepted(subject string, now time.Time) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.accepted == nil {
-		e.accepted = map[string]time.Time{}
-	}
-	if len(e.accepted) > 10000 {
-		for k, t := range e.accepted {
-			if now.Sub(t) > e.offlineWindow() {
-				delete(e.accepted, k)
-			}
-		}
-	}
-	e.accepted[subject] = now
+	e.accepted().Confirm(subject, now)
 }
 
 func (e *Endpoint) acceptedRecently(subject string, now time.Time) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	t, ok := e.accepted[subject]
-	return ok && now.Sub(t) < e.offlineWindow()
+	return e.accepted().Within(subject, e.offlineWindow(), now)
+}
+
+func (e *Endpoint) accepted() *Confirmations {
+	e.once.Do(func() {
+		if e.Accepted == nil {
+			e.Accepted = NewConfirmations(e.offlineWindow())
+		}
+	})
+	return e.Accepted
 }
 
 // Identify returns the grant of a registry request: anonymous without an
