@@ -377,6 +377,8 @@ func TestInvalidInputNeverReachesUpstream(t *testing.T) {
 		{"GET", "/v2/_catalog", 404, "UNSUPPORTED"},
 		{"GET", "/v2/team/app/nothing", 404, "UNSUPPORTED"},
 		{"GET", "/v2/team/app/manifests/latest?ns=evil.example.com", 404, "NAME_UNKNOWN"},
+		{"GET", "/favicon.ico", 404, "UNSUPPORTED"},
+		{"GET", "/v1/_ping", 404, "UNSUPPORTED"},
 	}
 	before := up.Counters.RegistryRequests()
 	for _, c := range cases {

@@ -59,7 +59,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// 2. Validate before anything goes upstream.
-	req, perr := ParsePath(r.Method, "/v2/"+strings.TrimPrefix(r.URL.Path, t.prefix))
+	apiPath := r.URL.Path
+	if t.prefix != "/v2/" { // the registry named in the path is routing, not name
+		apiPath = "/v2/" + strings.TrimPrefix(apiPath, t.prefix)
+	}
+	req, perr := ParsePath(r.Method, apiPath)
 	if perr != nil {
 		WriteError(w, perr)
 		return
