@@ -37,7 +37,7 @@ func TestRootRedirectsToV2AndUnknownHostListsRoutes(t *testing.T) {
 	}
 
 	before := up.Counters.RegistryRequests()
-	for _, path := range []string{"/", "/v2/", "/v2/library/alpine/manifests/latest"} {
+	for _, path := range []string{"/", "/v2/", "/v2/library/alpine/manifests/latest", "/v2/auth?ns=ghcr.io", "/v2/ghcr.io/team/app/manifests/1"} {
 		resp, body := e.do("GET", "unknown.example.test", path, nil)
 		if resp.StatusCode != http.StatusNotFound || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
 			t.Fatalf("unknown host %s: %d %s", path, resp.StatusCode, resp.Header.Get("Content-Type"))

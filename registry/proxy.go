@@ -101,11 +101,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// route finds the upstream of r. An ns= or path registry that is not
-// configured here is an error (never an open proxy to any registry); an
-// unknown host is routed=false.
+// route finds the upstream of r. An unknown host (without a fallback) is
+// routed=false, whatever the path. On a known host, ?ns= or a registry
+// named in the path picks among the configured upstreams only (never an
+// open proxy to any registry); an unconfigured one is an error.
 func (p *Proxy) route(r *http.Request) (t target, routed bool, _ *Error) {
 	t.prefix = "/v2/"
+	up, known := p.Router.ForHost(r.Host)
+	if !known && up.URL == nil {
+		return t, false, nil
+	}
+	t.up = up
 	if ns := r.URL.Query().Get("ns"); ns != "" {
 		up, ok := p.Router.ByName(ns)
 		if !ok {
@@ -119,15 +125,9 @@ func (p *Proxy) route(r *http.Request) (t target, routed bool, _ *Error) {
 		if first, _, ok := strings.Cut(rest, "/"); ok && looksLikeRegistryHost(first) {
 			if up, ok := p.Router.ByName(first); ok {
 				t.up, t.prefix = up, "/v2/"+first+"/"
-				return t, true, nil
 			}
 		}
 	}
-	up, known := p.Router.ForHost(r.Host)
-	if !known && up.URL == nil {
-		return t, false, nil
-	}
-	t.up = up
 	return t, true, nil
 }
 
