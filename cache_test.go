@@ -3,6 +3,7 @@ package dockerproxy_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -689,5 +690,45 @@ func TestPrivateImageOfflineOnlyForConfirmedCredentials(t *testing.T) {
 	}
 	if err := e.pullImage(ref, &authn.Basic{Username: "mallory", Password: "mallory-pw"}, img); err == nil {
 		t.Error("mallory pulled the private image offline")
+	}
+}
+
+func TestTagListsServedStaleWhenUpstreamFails(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	up.PushRandomImage(t, "team/app", "1", 1, 1024)
+	up.PushRandomImage(t, "team/app", "2", 1, 1024)
+	up.SetPrivate("team/secret", "alice", "pw")
+	up.PushRandomImage(t, "team/secret", "s1", 1, 1024)
+	e := startProxy(t, up, cachedBlock("tag_ttl 5m"))
+	tok := anonymousToken(t, e, "docker.example.test", "team/app")
+	resp, fresh := e.get("GET", "/v2/team/app/tags/list", tok, nil)
+	if resp.StatusCode != 200 || !strings.Contains(fresh, `"2"`) {
+		t.Fatalf("online tags = %d %s", resp.StatusCode, fresh)
+	}
+	// Alice lists her private repository online: kept for her only.
+	req, _ := http.NewRequest("GET", e.url("docker.example.test", "/v2/auth?scope=repository:team/secret:pull"), nil)
+	req.SetBasicAuth("alice", "pw")
+	aresp, err := (&http.Client{Transport: e.transport}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var atok struct{ Token string }
+	_ = json.NewDecoder(aresp.Body).Decode(&atok)
+	aresp.Body.Close()
+	if resp, body := e.get("GET", "/v2/team/secret/tags/list", atok.Token, nil); resp.StatusCode != 200 || !strings.Contains(body, "s1") {
+		t.Fatalf("alice's online tags = %d %s", resp.StatusCode, body)
+	}
+	if err := up.Faults.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	defer up.Faults.Reset()
+	resp, stale := e.get("GET", "/v2/team/app/tags/list", tok, nil)
+	if resp.StatusCode != 200 || stale != fresh || !strings.Contains(resp.Header.Get("Cache-Status"), "stale-if-error") {
+		t.Errorf("offline tags = %d %q %s", resp.StatusCode, resp.Header.Get("Cache-Status"), stale)
+	}
+	// Alice's kept list is not served to an anonymous client.
+	resp, body := e.get("GET", "/v2/team/secret/tags/list", anonymousToken(t, e, "docker.example.test", "team/secret"), nil)
+	if resp.StatusCode == 200 || strings.Contains(body, "s1") {
+		t.Errorf("offline private tags = %d %s", resp.StatusCode, body)
 	}
 }

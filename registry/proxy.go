@@ -96,8 +96,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.serveManifest(w, r, t, req, grant)
 	case KindBlob:
 		p.serveBlob(w, r, t, req, grant)
-	default: // tags/list, referrers: always fresh from the upstream
-		p.forward(w, r, t, req, grant, "")
+	default: // tags/list, referrers: from the upstream, kept for when it fails
+		p.serveList(w, r, t, req, grant)
 	}
 }
 

@@ -1,0 +1,137 @@
+package registry
+
+// Lists: tags/list and referrers change at any time, so they always go to
+// the upstream. Its last good answer is kept only to be served when the
+// upstream fails (stale-if-error), to identities that may read it, so that
+// `skopeo inspect`, `crane ls` and signature checks work offline too.
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+
+	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
+	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
+)
+
+// maxListSize bounds a list answer the proxy keeps.
+const maxListSize = 4 << 20
+
+// listMediaType marks a kept list answer in the store.
+const listMediaType = "application/vnd.docker-proxy.list.v1+json"
+
+// keptList is a list answer as kept in the store: what the client needs to
+// see it again as the upstream sent it.
+type keptList struct {
+	ContentType string   `json:"content_type"`
+	Links       []string `json:"links,omitempty"`
+	Body        []byte   `json:"body"`
+}
+
+func listKey(t target, req Request, r *http.Request) string {
+	return "list\x00" + t.up.String() + "\x00" + upstreamPath(req) + upstreamQuery(r, req) + "\x00" + acceptKey(r.Header.Values("Accept"))
+}
+
+// serveList answers tags/list and referrers.
+func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
+	if p.Cache == nil || r.Method != http.MethodGet {
+		p.forward(w, r, t, req, grant, "")
+		return
+	}
+	o := outbound{method: http.MethodGet, path: upstreamPath(req) + upstreamQuery(r, req), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull"}
+	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	upstreamStatus := 0
+	if err == nil {
+		switch {
+		case resp.StatusCode == http.StatusOK:
+			body, rerr := io.ReadAll(io.LimitReader(resp.Body, maxListSize+1))
+			resp.Body.Close()
+			if rerr != nil {
+				err = rerr
+				break
+			}
+			if len(body) <= maxListSize {
+				p.keepList(t, req, grant, listKey(t, req, r), resp.Header, body)
+			}
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+			p.relay(w, r, t, req, resp, "")
+			return
+		case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+			upstreamStatus = resp.StatusCode
+			drain(resp.Body)
+		default:
+			p.relay(w, r, t, req, resp, "")
+			return
+		}
+	}
+	if p.serveKeptList(w, r, t, req, grant, upstreamStatus) {
+		return
+	}
+	if err == nil {
+		err = &upstreamStatusError{status: upstreamStatus}
+	}
+	p.writeUpstreamError(w, t, err)
+}
+
+func (p *Proxy) keepList(t target, req Request, grant tokenauth.Grant, key string, h http.Header, body []byte) {
+	kept, _ := json.Marshal(keptList{ContentType: h.Get("Content-Type"), Links: h.Values("Link"), Body: body})
+	d := digest.FromBytes(kept)
+	if err := p.Cache.Store.Put(d, listMediaType, kept); err != nil {
+		p.Logger.Debug("list not kept", zap.Error(err))
+		return
+	}
+	p.grantRead(grant, accessScope(t, req.Name), d)
+	_ = p.Cache.Store.SetTag(key, blobcache.Tag{Digest: d, MediaType: listMediaType, Size: int64(len(kept)), Checked: time.Now()})
+}
+
+// serveKeptList serves the last good answer after an upstream failure, if
+// this identity may read it: the proxy's own identity fetched it, or the
+// upstream confirmed it for these credentials within the offline window.
+func (p *Proxy) serveKeptList(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, upstreamStatus int) bool {
+	c := p.Cache
+	rec, ok := c.Store.Tag(listKey(t, req, r))
+	if !ok {
+		return false
+	}
+	scope := accessScope(t, req.Name)
+	if !c.Store.Allowed(rec.Digest, scope) && (grant.Subject == "" || !c.remembered(grant, scope, rec.Digest, offlineAccessWindow)) {
+		return false
+	}
+	h, ok := c.lookup(rec.Digest)
+	if !ok {
+		return false
+	}
+	raw := h.body
+	if h.blob != nil {
+		var err error
+		raw, err = io.ReadAll(io.LimitReader(h.blob.File, maxListSize*2))
+		if err != nil {
+			h.Close()
+			return false
+		}
+	}
+	h.Close()
+	var kept keptList
+	if err := json.Unmarshal(raw, &kept); err != nil {
+		return false
+	}
+	hdr := w.Header()
+	if kept.ContentType != "" {
+		hdr.Set("Content-Type", kept.ContentType)
+	}
+	for _, l := range kept.Links {
+		hdr.Add("Link", rewriteLink(l, t))
+	}
+	hdr.Set("Content-Length", strconv.Itoa(len(kept.Body)))
+	hdr.Set("Cache-Status", statusStale(upstreamStatus))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(kept.Body)
+	p.Logger.Info("served a stale list: upstream failed", zap.String("upstream", t.up.Name), zap.String("repository", req.Name))
+	return true
+}
