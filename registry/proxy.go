@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"mime"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -299,9 +301,10 @@ func upstreamQuery(r *http.Request, req Request) string {
 }
 
 // forwardHeaders are the client headers an upstream needs: Accept for
-// manifests and referrers, Range for blobs, the client's User-Agent, and
-// conditional headers. Never the client's Authorization: the identity
-// decides that.
+// manifests and referrers, Range for blobs, the client's User-Agent. Never
+// the client's Authorization: the identity decides that. Malformed values
+// are not passed on: an Accept keeps only the media ranges that parse, and
+// a Range that does not parse is ignored (RFC 9110 lets a server do that).
 func forwardHeaders(r *http.Request, req Request) http.Header {
 	h := http.Header{}
 	if ua := r.Header.Get("User-Agent"); ua != "" {
@@ -309,15 +312,38 @@ func forwardHeaders(r *http.Request, req Request) http.Header {
 	}
 	switch req.Kind {
 	case KindManifest, KindReferrers:
-		for _, v := range r.Header.Values("Accept") {
-			h.Add("Accept", v)
+		if accept := cleanAccept(r.Header.Values("Accept")); accept != "" {
+			h.Set("Accept", accept)
 		}
 	case KindBlob:
-		if v := r.Header.Get("Range"); v != "" {
+		if v := r.Header.Get("Range"); byteRanges.MatchString(v) {
 			h.Set("Range", v)
 		}
 	}
 	return h
+}
+
+// byteRanges matches a Range header of byte ranges.
+var byteRanges = regexp.MustCompile(`^bytes=(?:\d+-\d*|-\d+)(?:\s*,\s*(?:\d+-\d*|-\d+))*$`)
+
+// cleanAccept re-serialises the media ranges of Accept values that parse.
+func cleanAccept(values []string) string {
+	var out []string
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+			if err != nil || !strings.Contains(mt, "/") {
+				continue
+			}
+			if q, ok := params["q"]; ok {
+				if _, err := strconv.ParseFloat(q, 64); err == nil {
+					mt += ";q=" + q
+				}
+			}
+			out = append(out, mt)
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // hopHeaders are removed from relayed responses (RFC 9110, 7.6.1), with
