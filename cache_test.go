@@ -732,3 +732,38 @@ func TestTagListsServedStaleWhenUpstreamFails(t *testing.T) {
 		t.Errorf("offline private tags = %d %s", resp.StatusCode, body)
 	}
 }
+
+func TestConcurrentColdPullsByDigestCostOneGET(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 1, 1024)
+	e := startProxy(t, up, cachedBlock("tag_ttl 5m"))
+	// containerd's way: HEAD the tag for its digest, then GET by digest.
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			desc, err := remote.Head(e.ref("docker.example.test", "team/app:1"), e.remoteOptions(nil)...)
+			if err != nil {
+				errs <- err
+				return
+			}
+			got, err := remote.Image(e.ref("docker.example.test", "team/app@"+desc.Digest.String()), e.remoteOptions(nil)...)
+			if err == nil {
+				err = sameImage(got, img)
+			}
+			if err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := up.Counters.ManifestGETs(); n != 1 {
+		t.Errorf("20 concurrent cold pulls by digest: %d manifest GETs upstream, want 1", n)
+	}
+}

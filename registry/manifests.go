@@ -44,21 +44,52 @@ func (p *Proxy) serveManifestByDigest(w http.ResponseWriter, r *http.Request, t 
 		p.forward(w, r, t, req, grant, statusMiss)
 		return
 	}
-	m, reply, err := p.fetchManifest(r, t, req, grant, req.Digest.String())
-	if err != nil {
-		p.writeUpstreamError(w, t, err)
-		return
+	res, ok := p.fetchByDigest(r, t, req, grant, req.Digest)
+	switch {
+	case !ok:
+		return // the client left
+	case res.reply != nil:
+		p.relay(w, r, t, req, res.reply.response(), statusMiss)
+	case res.err != nil:
+		p.writeUpstreamError(w, t, res.err)
+	default:
+		writeManifest(w, r, res.m, statusMiss)
 	}
-	if reply != nil {
-		p.relay(w, r, t, req, reply, statusMiss)
-		return
+}
+
+// digestResult is a manifest fetched by digest, or why not.
+type digestResult struct {
+	m     manifest
+	reply *storedReply // the upstream's non-200 answer
+	err   error
+}
+
+// fetchByDigest GETs a manifest by digest, checks and stores it, once for
+// any number of concurrent requests of one identity (Docker Hub counts
+// every GET). ok is false if the client left while waiting.
+func (p *Proxy) fetchByDigest(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (res digestResult, ok bool) {
+	key := "digest\x00" + t.up.String() + "\x00" + req.Name + "\x00" + d.String() + "\x00" + identityKey(grant)
+	flight := p.Cache.tagFlight.DoChan(key, func() (any, error) {
+		ctx, stop := detached(r.Context(), upstreamAnswerTimeout)
+		defer stop()
+		m, reply, err := p.fetchManifest(r.WithContext(ctx), t, req, grant, d.String())
+		switch {
+		case err != nil:
+			return digestResult{err: err}, nil
+		case reply != nil:
+			return digestResult{reply: keepReply(reply)}, nil
+		case m.digest != d:
+			return digestResult{err: fmt.Errorf("manifest %s: upstream sent content with digest %s", d, m.digest)}, nil
+		}
+		p.storeManifest(t, req, grant, m)
+		return digestResult{m: m}, nil
+	})
+	select {
+	case v := <-flight:
+		return v.Val.(digestResult), true
+	case <-r.Context().Done():
+		return digestResult{}, false
 	}
-	if m.digest != req.Digest {
-		p.writeUpstreamError(w, t, fmt.Errorf("manifest %s: upstream sent content with digest %s", req.Digest, m.digest))
-		return
-	}
-	p.storeManifest(t, req, grant, m)
-	writeManifest(w, r, m, statusMiss)
 }
 
 // manifest is a manifest read from the upstream.
@@ -334,21 +365,19 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 }
 
 func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req Request, grant tokenauth.Grant, key string, d digest.Digest) tagResult {
-	m, reply, err := p.fetchManifest(r, t, req, grant, d.String())
-	if err != nil {
-		return tagResult{err: err}
-	}
-	if reply != nil {
-		if reply.StatusCode == http.StatusTooManyRequests || reply.StatusCode >= 500 {
-			drain(reply.Body)
-			return tagResult{upstreamStatus: reply.StatusCode}
+	res, ok := p.fetchByDigest(r, t, req, grant, d)
+	switch {
+	case !ok:
+		return tagResult{err: r.Context().Err()}
+	case res.reply != nil:
+		if res.reply.status == http.StatusTooManyRequests || res.reply.status >= 500 {
+			return tagResult{upstreamStatus: res.reply.status}
 		}
-		return tagResult{reply: keepReply(reply)}
+		return tagResult{reply: res.reply}
+	case res.err != nil:
+		return tagResult{err: res.err}
 	}
-	if m.digest != d {
-		return tagResult{err: fmt.Errorf("manifest %s: upstream sent content with digest %s", d, m.digest)}
-	}
-	return p.keepTag(t, req, grant, key, m)
+	return p.keepTag(t, req, grant, key, res.m)
 }
 
 func (p *Proxy) keepTag(t target, req Request, grant tokenauth.Grant, key string, m manifest) tagResult {
