@@ -407,8 +407,11 @@ func TestUnreachableUpstreamIs502JSON(t *testing.T) {
 }`)
 	tok := anonymousToken(t, e, "docker.example.test", "team/app")
 	resp, body := e.do("GET", "docker.example.test", "/v2/team/app/manifests/latest", http.Header{"Authorization": {"Bearer " + tok}})
-	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, `"UNAVAILABLE"`) {
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, `"UNAVAILABLE"`) || !strings.Contains(body, "cannot be reached") {
 		t.Errorf("= %d %s", resp.StatusCode, body)
+	}
+	if strings.Contains(body, "127.0.0.1") {
+		t.Errorf("the error shows the client the upstream's internal address: %s", body)
 	}
 }
 

@@ -60,13 +60,13 @@ func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req 
 				p.keepList(t, req, grant, listKey(t, req, r), resp.Header, body)
 			}
 			resp.Body = io.NopCloser(bytes.NewReader(body))
-			p.relay(w, r, t, req, resp, "")
+			p.relay(w, r, t, req, resp, statusMiss)
 			return
 		case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
 			upstreamStatus = resp.StatusCode
 			drain(resp.Body)
 		default:
-			p.relay(w, r, t, req, resp, "")
+			p.relay(w, r, t, req, resp, statusMiss)
 			return
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -431,17 +432,45 @@ func copyBody(w http.ResponseWriter, body io.Reader) {
 	}
 }
 
-// writeUpstreamError answers for an upstream that failed to answer.
+// writeUpstreamError answers for an upstream that failed to answer. The
+// client learns which upstream and what kind of failure; the details (with
+// internal addresses) go to the log only.
 func (p *Proxy) writeUpstreamError(w http.ResponseWriter, t target, err error) {
 	p.Logger.Warn("upstream request failed", zap.String("upstream", t.up.Name), zap.Error(err))
 	var se *upstreamStatusError
-	status, code := http.StatusBadGateway, CodeUnavailable
-	if errors.As(err, &se) {
-		status = se.status
+	status, code, reason := http.StatusBadGateway, CodeUnavailable, "the request failed"
+	var nerr net.Error
+	switch {
+	case errors.As(err, &se):
+		status, reason = se.status, "it answered "+strconv.Itoa(se.status)
 		if status == http.StatusTooManyRequests {
 			code = CodeTooManyRequests
 		}
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &nerr) && nerr.Timeout():
+		status, reason = http.StatusGatewayTimeout, "it did not answer in time"
+	case errors.As(err, new(*net.OpError)) || isDialFailure(err):
+		reason = "it cannot be reached"
+	case errors.Is(err, tokenauth.ErrRefused):
+		reason = "it refused the proxy's configured credentials"
 	}
-	WriteError(w, &Error{Status: status, Code: code,
-		Message: "upstream registry " + t.up.Name + " is unavailable: " + err.Error()})
+	if w.Header().Get("Cache-Status") == "" {
+		w.Header().Set("Cache-Status", statusMiss)
+	}
+	name := "the upstream registry"
+	if _, public := wellKnown[t.up.Name]; public {
+		name = "upstream registry " + t.up.Name
+	}
+	WriteError(w, &Error{Status: status, Code: code, Message: name + " is unavailable: " + reason})
+}
+
+// isDialFailure recognises connection failures that transports wrap in
+// types errors.As cannot see through (Caddy's DialError).
+func isDialFailure(err error) bool {
+	msg := err.Error()
+	for _, s := range []string{"connection refused", "no such host", "network is unreachable", "connection reset", "dial tcp"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
