@@ -77,25 +77,7 @@ func (u *Upstream) PutImage(repo, tag string, img v1.Image) error {
 		return err
 	}
 	u.blobs.put(repo, cd, memBlob(cfg))
-	raw, err := img.RawManifest()
-	if err != nil {
-		return err
-	}
-	mt, err := img.MediaType()
-	if err != nil {
-		return err
-	}
-	d, err := img.Digest()
-	if err != nil {
-		return err
-	}
-	if err := u.putManifest(repo, d.String(), mt, raw); err != nil {
-		return err
-	}
-	if tag != "" {
-		return u.putManifest(repo, tag, mt, raw)
-	}
-	return nil
+	return u.putTagged(repo, tag, img)
 }
 
 // PutIndex stores idx, every child image or index it holds, and their blobs
@@ -125,15 +107,27 @@ func (u *Upstream) PutIndex(repo, tag string, idx v1.ImageIndex) error {
 			}
 		}
 	}
-	raw, err := idx.RawManifest()
+	return u.putTagged(repo, tag, idx)
+}
+
+// manifestOf is what images and indexes share: their manifest.
+type manifestOf interface {
+	RawManifest() ([]byte, error)
+	MediaType() (types.MediaType, error)
+	Digest() (v1.Hash, error)
+}
+
+// putTagged stores m's manifest by digest and, unless tag is "", by tag.
+func (u *Upstream) putTagged(repo, tag string, m manifestOf) error {
+	raw, err := m.RawManifest()
 	if err != nil {
 		return err
 	}
-	mt, err := idx.MediaType()
+	mt, err := m.MediaType()
 	if err != nil {
 		return err
 	}
-	d, err := idx.Digest()
+	d, err := m.Digest()
 	if err != nil {
 		return err
 	}
