@@ -5,6 +5,6 @@
 // talk to it over HTTP; the upstream is internal/testupstream, running in
 // the test process.
 //
-// They are skipped under -short. DOCKER_PROXY_BIG=1 makes the memory tests
-// use 1 GiB blobs instead of the default size (see memory_test.go).
+// They are skipped under -short. The memory test pulls a 1 GiB blob;
+// DOCKER_PROXY_MEM_BLOB_MIB makes it smaller (see memory_test.go).
 package process
