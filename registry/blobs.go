@@ -79,9 +79,9 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 		if resp.ContentLength >= 0 {
 			h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 		}
+		defer resp.Body.Close() // also when copyBody aborts the response
 		w.WriteHeader(http.StatusOK)
 		copyBody(w, resp.Body)
-		resp.Body.Close()
 		return
 	}
 	rd, err := fill.Reader(r.Context())

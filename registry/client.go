@@ -163,6 +163,9 @@ func (c *Client) newRequest(ctx context.Context, up Upstream, o outbound) (*http
 		req.Header[k] = vs
 	}
 	req.Header.Set("User-Agent", strings.TrimSpace(c.UserAgent+" "+o.header.Get("User-Agent")))
+	// Bytes as the registry stores them: a transport's transparent gzip
+	// would hand the cache decompressed bytes that match no digest.
+	req.Header.Set("Accept-Encoding", "identity")
 	return req, nil
 }
 
@@ -267,6 +270,7 @@ func (c *Client) follow(ctx context.Context, resp *http.Response, o outbound) (*
 			req.Header.Set("Range", r)
 		}
 		req.Header.Set("User-Agent", c.UserAgent)
+		req.Header.Set("Accept-Encoding", "identity")
 		resp, err = c.HTTP.Do(req)
 		if err != nil {
 			return nil, fmt.Errorf("following upstream redirect to %s: %w", redactURL(loc), err)
