@@ -19,7 +19,7 @@ import (
 )
 
 // newTestProxy assembles the request path without Caddy, with the cache on.
-func newTestProxy(t *testing.T, up *testupstream.Upstream, tagTTL time.Duration) (*Proxy, *httptest.Server) {
+func newTestProxy(t testing.TB, up *testupstream.Upstream, tagTTL time.Duration) (*Proxy, *httptest.Server) {
 	t.Helper()
 	router, err := NewRouter(RouterConfig{Default: up.URL})
 	if err != nil {
