@@ -767,3 +767,28 @@ func TestConcurrentColdPullsByDigestCostOneGET(t *testing.T) {
 		t.Errorf("20 concurrent cold pulls by digest: %d manifest GETs upstream, want 1", n)
 	}
 }
+
+func TestGetAfterHeadOfATag(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 1, 1024)
+	want, _ := img.Digest()
+	e := startProxy(t, up, cachedBlock("tag_ttl 5m"))
+	tok := anonymousToken(t, e, "docker.example.test", "team/app")
+	accept := http.Header{"Accept": {"application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"}}
+	// A HEAD resolves the tag (the record has no body yet) ...
+	resp, _ := e.get("HEAD", "/v2/team/app/manifests/1", tok, accept)
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != want.String() {
+		t.Fatalf("HEAD = %d %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"))
+	}
+	// ... then GETs of the tag need the manifest itself, fetched once.
+	for i := 0; i < 3; i++ {
+		resp, body := e.get("GET", "/v2/team/app/manifests/1", tok, accept)
+		raw, _ := img.RawManifest()
+		if resp.StatusCode != 200 || body != string(raw) {
+			t.Fatalf("GET %d after HEAD = %d %s", i, resp.StatusCode, body)
+		}
+	}
+	if g := up.Counters.ManifestGETs(); g != 1 {
+		t.Errorf("%d manifest GETs upstream, want 1", g)
+	}
+}

@@ -229,10 +229,9 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 	c := p.Cache
 	key := tagKey(t, req, r)
 	rec, known := c.Store.Tag(key)
-	if known && time.Since(rec.Checked) < c.TagTTL {
-		if p.serveTagRecord(w, r, t, req, grant, rec, statusHit) {
-			return
-		}
+	fresh := known && time.Since(rec.Checked) < c.TagTTL
+	if fresh && p.serveTagRecord(w, r, t, req, grant, rec, statusHit) {
+		return
 	}
 	flight := c.tagFlight.DoChan(key+"\x00"+identityKey(grant)+"\x00"+r.Method, func() (any, error) {
 		// Shared by every request of this identity for the tag: it must
@@ -245,7 +244,10 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 		ctx, stop := detached(r.Context(), timeout)
 		defer stop()
 		shared := r.WithContext(ctx)
-		if known {
+		switch {
+		case fresh: // the record holds, its manifest is not cached (it came from a HEAD, or was evicted)
+			return p.fetchTagByDigest(shared, t, req, grant, key, rec.Digest, rec.Checked), nil
+		case known:
 			return p.revalidateTag(shared, t, req, grant, key, rec), nil
 		}
 		return p.fetchTag(shared, t, req, grant, key), nil
@@ -303,29 +305,20 @@ func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant toke
 		// No usable digest in the HEAD: fetch the tag itself.
 		return p.fetchTag(r, t, req, grant, key)
 	}
-	scope := accessScope(t, req.Name)
-	if d == rec.Digest || p.Cache.Store.Contains(d) {
-		// Unchanged, or changed to something already cached: no GET.
-		// The HEAD just proved this identity may read the tag.
+	if p.Cache.Store.Contains(d) || r.Method == http.MethodHead {
+		// No GET (which Docker Hub counts): the manifest is cached, or
+		// a HEAD needs none. The HEAD just proved this identity may
+		// read the tag.
 		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
 		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
-		if d == rec.Digest {
+		if d == rec.Digest && rec.Size > 0 {
 			tag.MediaType, tag.Size = rec.MediaType, rec.Size
 		}
-		p.grantRead(grant, scope, d)
+		p.grantRead(grant, accessScope(t, req.Name), d)
 		_ = p.Cache.Store.SetTag(key, tag)
 		return tagResult{tag: tag}
 	}
-	if r.Method == http.MethodHead {
-		// A HEAD needs no body: answer from the upstream's headers and
-		// leave the GET (which Docker Hub counts) to a GET.
-		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
-		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
-		p.grantRead(grant, scope, d)
-		_ = p.Cache.Store.SetTag(key, tag)
-		return tagResult{tag: tag}
-	}
-	return p.fetchTagByDigest(r, t, req, grant, key, d)
+	return p.fetchTagByDigest(r, t, req, grant, key, d, time.Now())
 }
 
 // fetchTag resolves a tag the cache does not know: GET (HEAD for a HEAD).
@@ -361,10 +354,13 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 		}
 		return tagResult{reply: keepReply(reply)}
 	}
-	return p.keepTag(t, req, grant, key, m)
+	return p.keepTag(t, req, grant, key, m, time.Now())
 }
 
-func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req Request, grant tokenauth.Grant, key string, d digest.Digest) tagResult {
+// fetchTagByDigest gets the manifest a tag points at; checked is when the
+// upstream last confirmed the tag (now, or the record's time when only the
+// manifest was missing).
+func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req Request, grant tokenauth.Grant, key string, d digest.Digest, checked time.Time) tagResult {
 	res, ok := p.fetchByDigest(r, t, req, grant, d)
 	switch {
 	case !ok:
@@ -377,12 +373,12 @@ func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req Request, grant t
 	case res.err != nil:
 		return tagResult{err: res.err}
 	}
-	return p.keepTag(t, req, grant, key, res.m)
+	return p.keepTag(t, req, grant, key, res.m, checked)
 }
 
-func (p *Proxy) keepTag(t target, req Request, grant tokenauth.Grant, key string, m manifest) tagResult {
+func (p *Proxy) keepTag(t target, req Request, grant tokenauth.Grant, key string, m manifest, checked time.Time) tagResult {
 	p.storeManifest(t, req, grant, m)
-	tag := blobcache.Tag{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(m.body)), Checked: time.Now()}
+	tag := blobcache.Tag{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(m.body)), Checked: checked}
 	if !p.Cache.Store.Contains(m.digest) {
 		// The store could not keep it (disk full, unwritable): still
 		// answer this round from memory.
