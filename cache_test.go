@@ -792,3 +792,64 @@ func TestGetAfterHeadOfATag(t *testing.T) {
 		t.Errorf("%d manifest GETs upstream, want 1", g)
 	}
 }
+
+func TestAcceptSetsThatGetTheSameAnswerShareOneGET(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	idx := up.PushRandomIndex(t, "team/multi", "v1",
+		v1.Platform{OS: "linux", Architecture: "amd64"}, v1.Platform{OS: "linux", Architecture: "arm64"})
+	img := up.PushRandomImage(t, "team/single", "v1", 1, 1024)
+	e := startProxy(t, up, cachedBlock("tag_ttl 5m"))
+	idxDigest, _ := idx.Digest()
+	imgDigest, _ := img.Digest()
+	imgType, _ := img.MediaType()
+	const (
+		list   = "application/vnd.docker.distribution.manifest.list.v2+json"
+		v2     = "application/vnd.docker.distribution.manifest.v2+json"
+		oci    = "application/vnd.oci.image.manifest.v1+json"
+		ociIdx = "application/vnd.oci.image.index.v1+json"
+	)
+	dockerLike := http.Header{"Accept": {strings.Join([]string{v2, list, oci, ociIdx}, ", ")}}
+	containerdLike := http.Header{"Accept": {list, v2, ociIdx, oci, "*/*"}}
+	noIndex := http.Header{"Accept": {string(imgType)}}
+	get := func(repo string, h http.Header) string {
+		tok := anonymousToken(t, e, "docker.example.test", repo)
+		resp, _ := e.get("GET", "/v2/"+repo+"/manifests/v1", tok, h)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s %v: %d", repo, h, resp.StatusCode)
+		}
+		return resp.Header.Get("Docker-Content-Digest")
+	}
+	// An index answers every set that accepts its type.
+	if d := get("team/multi", dockerLike); d != idxDigest.String() {
+		t.Errorf("docker-like: %s", d)
+	}
+	if d := get("team/multi", containerdLike); d != idxDigest.String() {
+		t.Errorf("containerd-like: %s", d)
+	}
+	if n := up.Counters.ManifestGETsFor("team/multi"); n != 1 {
+		t.Errorf("index tag: %d GETs for two clients' Accept sets, want 1", n)
+	}
+	// A client that accepts no index gets the platform manifest: fetched.
+	if d := get("team/multi", noIndex); d == idxDigest.String() {
+		t.Error("an index was served to a client that does not accept indexes")
+	}
+	// An image manifest seen by a client that accepts every index type
+	// answers the others that accept its type...
+	if d := get("team/single", dockerLike); d != imgDigest.String() {
+		t.Errorf("single, docker-like: %s", d)
+	}
+	if d := get("team/single", noIndex); d != imgDigest.String() {
+		t.Errorf("single, no index: %s", d)
+	}
+	if n := up.Counters.ManifestGETsFor("team/single"); n != 1 {
+		t.Errorf("image tag: %d GETs, want 1", n)
+	}
+	// ... but one seen by a client that accepts no index does not answer a
+	// client that does (the tag could have been an index).
+	up.PushRandomImage(t, "team/other", "v1", 1, 1024)
+	get("team/other", noIndex)
+	get("team/other", dockerLike)
+	if n := up.Counters.ManifestGETsFor("team/other"); n != 2 {
+		t.Errorf("record from a client without index types reused for one with: %d GETs, want 2", n)
+	}
+}

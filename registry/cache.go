@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -26,6 +27,7 @@ type Cache struct {
 	TagTTL time.Duration
 
 	memory    *memoryCache
+	accepts   acceptSets
 	tagFlight singleflight.Group
 	// verdictTTL is how long an access the upstream confirmed for a
 	// client is trusted without asking again (verdictTTL by default).
@@ -47,6 +49,16 @@ func NewCache(store *blobcache.Store, tagTTL time.Duration, verdicts *tokenauth.
 		verdicts = tokenauth.NewConfirmations(offlineAccessWindow)
 	}
 	return &Cache{Store: store, TagTTL: tagTTL, memory: newMemoryCache(memoryCacheSize), verdictTTL: verdictTTL, Verdicts: verdicts}
+}
+
+// setTag records a tag and which Accept set it was made for.
+func (c *Cache) setTag(key string, tag blobcache.Tag) {
+	if err := c.Store.SetTag(key, tag); err != nil {
+		return
+	}
+	if i := strings.LastIndexByte(key, 0); i > 0 {
+		c.accepts.add(key[:i], key[i+1:])
+	}
 }
 
 // hit is a cached entry ready to serve: small ones from memory, others

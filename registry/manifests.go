@@ -168,8 +168,10 @@ func writeManifest(w http.ResponseWriter, r *http.Request, m manifest, cacheStat
 // tagKey names a tag record. The client's Accept is part of it because
 // the upstream's answer depends on it (an index, or one platform's
 // manifest for clients that do not accept indexes).
-func tagKey(t target, req Request, r *http.Request) string {
-	return t.up.String() + "\x00" + req.Name + "\x00" + req.Tag + "\x00" + acceptKey(r.Header.Values("Accept"))
+func tagKey(t target, req Request, r *http.Request) (key, base, accept string) {
+	base = t.up.String() + "\x00" + req.Name + "\x00" + req.Tag
+	accept = acceptKey(r.Header.Values("Accept"))
+	return base + "\x00" + accept, base, accept
 }
 
 // acceptKey normalises Accept values: media types without parameters,
@@ -227,8 +229,14 @@ func keepReply(resp *http.Response) *storedReply {
 // identity share one upstream round.
 func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
 	c := p.Cache
-	key := tagKey(t, req, r)
+	key, base, accept := tagKey(t, req, r)
 	rec, known := c.Store.Tag(key)
+	if !known {
+		// Another client's Accept set may have the answer already.
+		rec, known = c.siblingTag(base, accept, time.Now())
+	} else {
+		c.accepts.add(base, accept)
+	}
 	fresh := known && time.Since(rec.Checked) < c.TagTTL
 	if fresh && p.serveTagRecord(w, r, t, req, grant, rec, statusHit) {
 		return
@@ -315,7 +323,7 @@ func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant toke
 			tag.MediaType, tag.Size = rec.MediaType, rec.Size
 		}
 		p.grantRead(grant, accessScope(t, req.Name), d)
-		_ = p.Cache.Store.SetTag(key, tag)
+		p.Cache.setTag(key, tag)
 		return tagResult{tag: tag}
 	}
 	return p.fetchTagByDigest(r, t, req, grant, key, d, time.Now())
@@ -340,7 +348,7 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
 		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
 		p.grantRead(grant, accessScope(t, req.Name), d)
-		_ = p.Cache.Store.SetTag(key, tag)
+		p.Cache.setTag(key, tag)
 		return tagResult{tag: tag}
 	}
 	m, reply, err := p.fetchManifest(r, t, req, grant, req.Tag)
@@ -384,9 +392,7 @@ func (p *Proxy) keepTag(t target, req Request, grant tokenauth.Grant, key string
 		// answer this round from memory.
 		return tagResult{tag: tag, err: nil, reply: &storedReply{status: http.StatusOK, header: manifestHeader(m), body: m.body}}
 	}
-	if err := p.Cache.Store.SetTag(key, tag); err != nil {
-		p.Logger.Debug("tag not recorded", zap.Error(err))
-	}
+	p.Cache.setTag(key, tag)
 	return tagResult{tag: tag}
 }
 
