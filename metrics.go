@@ -10,8 +10,12 @@ import (
 // metrics counts the handler's responses by what the cache did, so that
 // operators see their hit ratio and how often the upstream failed them.
 type metrics struct {
-	responses *prometheus.CounterVec
+	// byOutcome holds the counter of each outcome, resolved once so that
+	// a request costs no label lookup.
+	byOutcome map[string]prometheus.Counter
 }
+
+var outcomes = []string{"hit", "miss", "joined", "revalidated", "stale", "bypass", "none"}
 
 // registerMetrics registers the collectors into Caddy's registry. Every
 // Provision calls it (each config reload builds new handlers); a collector
@@ -34,12 +38,16 @@ func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 		responses = existing
 	}
-	return &metrics{responses: responses}, nil
+	m := &metrics{byOutcome: map[string]prometheus.Counter{}}
+	for _, o := range outcomes {
+		m.byOutcome[o] = responses.WithLabelValues(o)
+	}
+	return m, nil
 }
 
 // observe counts one response from its Cache-Status header.
 func (m *metrics) observe(cacheStatus string) {
-	m.responses.WithLabelValues(cacheOutcome(cacheStatus)).Inc()
+	m.byOutcome[cacheOutcome(cacheStatus)].Inc()
 }
 
 func cacheOutcome(s string) string {

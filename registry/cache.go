@@ -98,12 +98,12 @@ func (c *Cache) lookup(d digest.Digest) (*hit, bool) {
 
 // Cache-Status values (RFC 9211) of the proxy's responses.
 const (
-	statusHit       = "docker_proxy; hit"
-	statusMiss      = "docker_proxy; fwd=miss"
-	statusJoined    = "docker_proxy; fwd=miss; collapsed"
-	statusBypass    = "docker_proxy; fwd=bypass"
-	statusNoStore   = "docker_proxy; fwd=bypass; detail=cache-unavailable"
-	statusRevalided = "docker_proxy; fwd=stale; fwd-status=200"
+	statusHit         = "docker_proxy; hit"
+	statusMiss        = "docker_proxy; fwd=miss"
+	statusJoined      = "docker_proxy; fwd=miss; collapsed"
+	statusBypass      = "docker_proxy; fwd=bypass"
+	statusNoStore     = "docker_proxy; fwd=bypass; detail=cache-unavailable"
+	statusRevalidated = "docker_proxy; fwd=stale; fwd-status=200"
 )
 
 func statusStale(upstreamStatus int) string {

@@ -284,7 +284,7 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 	default:
 		status := statusMiss
 		if known && res.tag.Digest == rec.Digest {
-			status = statusRevalided
+			status = statusRevalidated
 		}
 		if !p.serveTagRecord(w, r, t, req, grant, res.tag, status) {
 			p.writeUpstreamError(w, t, errors.New("manifest vanished from the cache"))
