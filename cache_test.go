@@ -853,3 +853,25 @@ func TestAcceptSetsThatGetTheSameAnswerShareOneGET(t *testing.T) {
 		t.Errorf("record from a client without index types reused for one with: %d GETs, want 2", n)
 	}
 }
+
+func TestReloadAppliesANewMaxSize(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	cacheDir := t.TempDir()
+	block := func(maxSize string) string {
+		return strings.Replace(cachedBlock("tag_ttl 5m\n\t\t\tmax_size "+maxSize), "{DIR}/cache", cacheDir, 1)
+	}
+	e := startProxy(t, up, block("10MiB"))
+	for i := 0; i < 4; i++ {
+		img := up.PushRandomImage(t, fmt.Sprintf("team/app%d", i), "1", 1, 300<<10)
+		if err := e.pullImage(e.ref("docker.example.test", fmt.Sprintf("team/app%d:1", i)), nil, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if used := dirSize(t, filepath.Join(cacheDir, "blobs")); used < 1<<20 {
+		t.Fatalf("the cache holds %d bytes before the reload, want over 1 MiB", used)
+	}
+	startProxy(t, up, block("512KiB")) // a reload over the same directory
+	if used := dirSize(t, filepath.Join(cacheDir, "blobs")); used > 512<<10 {
+		t.Errorf("after a reload with max_size 512KiB the cache holds %d bytes", used)
+	}
+}

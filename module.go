@@ -252,10 +252,12 @@ func (h *Handler) provisionCache() (*registry.Cache, *tokenauth.Confirmations, e
 		return nil, nil, fmt.Errorf("opening cache %s: %v", dir, err)
 	}
 	h.cacheDir = dir
-	if loaded && maxSize != 0 {
-		h.logger.Debug("cache directory already open: its first configuration's max_size applies", zap.String("dir", dir))
-	}
 	shared := val.(*sharedCache)
+	if loaded {
+		// A reload (or another site naming the same directory): the
+		// configuration loaded last sets the bound.
+		shared.store.SetMaxSize(maxSize)
+	}
 	return registry.NewCache(shared.store, ttl, shared.verdicts), shared.accepted, nil
 }
 

@@ -457,6 +457,18 @@ func (s *Store) Stat(d digest.Digest) (Info, error) {
 	return Info{}, fmt.Errorf("%w: %s", ErrNotFound, d)
 }
 
+// SetMaxSize changes the bound on committed data (0 = unbounded), as a
+// config reload asks, and evicts down to it at once.
+func (s *Store) SetMaxSize(n int64) {
+	if n < 0 {
+		n = 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.MaxSize = n
+	s.evictLocked()
+}
+
 // Size returns the bytes of committed data.
 func (s *Store) Size() int64 {
 	s.mu.Lock()
