@@ -221,13 +221,14 @@ func memStatus(pid int) (hwm, rss int64) {
 	return
 }
 
-// groupRSS sums VmRSS over every process in process group pgid.
-func groupRSS(pgid int) int64 {
+// groupProcs calls fn with the pid and the /proc/PID/stat fields after the
+// command name (f[0] is field 3, state; pgrp is f[2], utime f[11], stime
+// f[12]) of every process in process group pgid.
+func groupProcs(pgid int, fn func(pid int, f []string)) {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return 0
+		return
 	}
-	var sum int64
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -243,14 +244,22 @@ func groupRSS(pgid int) int64 {
 			continue
 		}
 		f := strings.Fields(s[i+1:])
-		if len(f) < 3 {
+		if len(f) < 13 {
 			continue
 		}
 		if g, _ := strconv.Atoi(f[2]); g == pgid {
-			_, rss := memStatus(pid)
-			sum += rss
+			fn(pid, f)
 		}
 	}
+}
+
+// groupRSS sums VmRSS over every process in process group pgid.
+func groupRSS(pgid int) int64 {
+	var sum int64
+	groupProcs(pgid, func(pid int, _ []string) {
+		_, rss := memStatus(pid)
+		sum += rss
+	})
 	return sum
 }
 
@@ -307,36 +316,12 @@ func groupCPU(pgid int) float64 {
 	if pgid <= 0 {
 		return 0
 	}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0
-	}
 	var ticks int64
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		// f[0] is field 3 (state): pgrp is field 5, utime 14, stime 15.
-		if len(f) < 13 {
-			continue
-		}
-		if g, _ := strconv.Atoi(f[2]); g != pgid {
-			continue
-		}
+	groupProcs(pgid, func(_ int, f []string) {
 		u, _ := strconv.ParseInt(f[11], 10, 64)
 		st, _ := strconv.ParseInt(f[12], 10, 64)
 		ticks += u + st
-	}
+	})
 	return float64(ticks) / 100 // USER_HZ
 }
 
