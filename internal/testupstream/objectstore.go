@@ -195,7 +195,8 @@ func (fw *faultWriter) wait(h *Hold) bool {
 	h.reachedOnce.Do(func() { close(h.reached) })
 	select {
 	case <-h.release:
-		return true
+		// A client that left while both were ready gets nothing more.
+		return fw.r.Context().Err() == nil
 	case <-fw.r.Context().Done():
 		return false
 	}

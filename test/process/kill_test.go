@@ -112,6 +112,11 @@ func TestSIGKILLMidFill(t *testing.T) {
 		t.Fatalf("after SIGKILL the cache's tmp/ holds %v, want %d partial fill files", left, len(bigs))
 	}
 	t.Logf("after SIGKILL: tmp/ holds %v", left)
+	// The upstream sees the dead connections and stops each held body.
+	// Releasing the hold before that would let a body write one more chunk
+	// into the dead socket, which the counters would charge to the second
+	// life.
+	waitFor(t, "the upstream to drop the held bodies", func() bool { return hold.Paused() == 0 })
 	hold.Release()
 
 	// Second life: same cache directory and data directory, new ports.
