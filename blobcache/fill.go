@@ -16,6 +16,10 @@ import (
 // Readers are woken once per chunk, so it also sets the wakeup rate.
 const copyBufSize = 128 << 10
 
+// writebackChunk is how many written bytes a fill lets accumulate before
+// it asks the kernel to start writing them to disk (see startWriteback).
+const writebackChunk = 8 << 20
+
 // copyBufs bounds fill memory: one buffer per running fill, whatever the
 // blob size and number of readers (readers read into their callers' buffers).
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
@@ -302,7 +306,7 @@ func (f *Fill) copy(body io.Reader, file *os.File, size int64) (int64, error) {
 	defer copyBufs.Put(bp)
 	buf := *bp
 	h := f.d.Algorithm().Hash()
-	var written int64
+	var written, flushed int64
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
@@ -315,6 +319,10 @@ func (f *Fill) copy(body io.Reader, file *os.File, size int64) (int64, error) {
 			}
 			h.Write(buf[:n])
 			written += int64(n)
+			if !s.opts.NoSync && written-flushed >= writebackChunk {
+				startWriteback(file, flushed, written-flushed)
+				flushed = written
+			}
 			f.mu.Lock()
 			done, ferr := f.state == stateDone, f.err
 			f.written = written
