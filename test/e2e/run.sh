@@ -53,16 +53,21 @@ command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v podman >/dev/null || need_apt+=(podman)
 command -v containerd >/dev/null || need_apt+=(containerd)
 command -v ctr >/dev/null || need_apt+=(containerd)
-for c in curl jq openssl unshare timeout; do
+for c in curl jq openssl; do
 	command -v $c >/dev/null || need_apt+=("$c")
 done
+command -v unshare >/dev/null || need_apt+=(util-linux)
+command -v timeout >/dev/null || need_apt+=(coreutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
 	[ "${E2E_SKIP_INSTALL:-}" = 1 ] && die "missing: ${need_apt[*]}"
 	section "installing ${need_apt[*]}"
 	wait_apt
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -q
-	apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+	# With their recommended packages, as a user's machine has them (podman
+	# with fuse-overlayfs, slirp4netns, uidmap): the set the suite is run
+	# with on the development machines.
+	apt-get install -y -q "${need_apt[@]}"
 fi
 
 go_tool() { # go_tool BINARY PACKAGE@VERSION
@@ -93,6 +98,7 @@ export T
 : >"$T/results"
 : >"$T/pids"
 NS_PID=
+XCADDY_PID=
 CREATED_VLC=
 cleanup() {
 	local rc=$?
@@ -101,7 +107,13 @@ cleanup() {
 		kill -TERM "$NS_PID" 2>/dev/null || true
 		wait "$NS_PID" 2>/dev/null || true
 	fi
-	stop_all # anything started outside the namespace (none today)
+	# The xcaddy build is a process group of its own (xcaddy, go, the
+	# compilers): stop all of it.
+	if [ -n "$XCADDY_PID" ] && kill -0 "$XCADDY_PID" 2>/dev/null; then
+		kill -TERM -- "-$XCADDY_PID" 2>/dev/null || true
+		wait "$XCADDY_PID" 2>/dev/null || true
+	fi
+	stop_all # whatever the scenarios left if their script died abruptly
 	[ "${CREATED_VLC:-}" = 1 ] && rmdir /var/lib/containers 2>/dev/null
 	if [ "${E2E_KEEP:-}" = 1 ]; then
 		log "kept $T"
@@ -145,9 +157,13 @@ xcaddy_build() {
 		xcaddy build --output "$T/bin/caddy-xcaddy" \
 		--with "github.com/caddy-dockerproxy/dockerproxy=$REPO"
 }
+# Its own process group (job control on for this one start), so that
+# cleanup stops the go build under it too; not in $T/pids, which the
+# scenarios stop when they end, long before a cold build of Caddy is done.
+set -m
 xcaddy_build >"$T/xcaddy.log" 2>&1 &
 XCADDY_PID=$!
-echo "$XCADDY_PID xcaddy" >>"$T/pids"
+set +m
 log "started xcaddy build in the background (pid $XCADDY_PID, log $T/xcaddy.log)"
 
 # ---- the scenarios, in a private mount (and network) namespace ----------------
