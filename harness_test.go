@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -222,5 +223,18 @@ func (d *netDialer) dialTo(addr string) func(ctx context.Context, network, _ str
 	return func(ctx context.Context, network, _ string) (net.Conn, error) {
 		nd := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(d.local)}}
 		return nd.DialContext(ctx, network, addr)
+	}
+}
+
+// waitUntil polls cond until it holds: a way to reach a state, never a
+// timing assertion (it fails only after a generous minute).
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -124,7 +125,11 @@ func (f *Fill) Digest() digest.Digest { return f.d }
 // fill already ended, e.g. after LeaderTimeout).
 func (f *Fill) Start(src Source) error {
 	s := f.s
-	if err := s.checkAvailable(); err != nil {
+	err := s.checkAvailable()
+	if err == nil && src.Size > 0 {
+		err = s.makeRoom(src.Size)
+	}
+	if err != nil {
 		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, err), func() bool { return f.state == stateWaiting })
 		return err
 	}
@@ -208,12 +213,14 @@ func (f *Fill) fail(err error, cond func() bool) bool {
 	f.stopTimersLocked()
 	body, tmp := f.body, f.tmpPath
 	f.tmpPath = ""
+	if tmp != "" {
+		// Before readers wake: whoever sees the failure sees no temp
+		// file either. Open descriptors stay valid.
+		os.Remove(tmp)
+	}
 	f.cond.Broadcast()
 	f.mu.Unlock()
 	s.mu.Unlock()
-	if tmp != "" {
-		os.Remove(tmp) // open descriptors stay valid; readers get err anyway
-	}
 	if body != nil {
 		body.Close() // unblocks the copy goroutine's Read
 	}
@@ -275,17 +282,24 @@ func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
 	defer f.releaseFile()
 	n, err := f.copy(body, file, size)
 	body.Close()
-	if err == nil && !s.opts.NoSync {
+	if err != nil {
+		var u *Unfinished
+		if !errors.As(err, &u) {
+			err = fmt.Errorf("%w: %w", ErrFillFailed, err)
+		}
+		f.fail(err, nil)
+		return
+	}
+	// The bytes are verified: from here on a disk error costs the entry,
+	// never the readers, who get every byte and a clean end.
+	keep := true
+	if !s.opts.NoSync {
 		// Before the rename: a committed entry must survive a power loss
 		// with the bytes its name promises.
-		if err = file.Sync(); err != nil {
+		if err := file.Sync(); err != nil {
 			s.diskError(err)
-			err = fmt.Errorf("%w: syncing cache file: %w", ErrUnavailable, err)
+			keep = false
 		}
-	}
-	if err != nil {
-		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, err), nil)
-		return
 	}
 	f.mu.Lock()
 	tmp, mt := f.tmpPath, f.mediaType
@@ -293,7 +307,12 @@ func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
 	if tmp == "" { // failed meanwhile
 		return
 	}
-	if err := s.commit(Info{Digest: f.d, Size: n, MediaType: mt}, tmp, f); err != nil {
+	info := Info{Digest: f.d, Size: n, MediaType: mt}
+	if !keep {
+		s.endVerifiedNotKept(info, tmp, f)
+		return
+	}
+	if err := s.commit(info, tmp, f); err != nil && !errors.Is(err, ErrUnavailable) {
 		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, err), nil)
 	}
 }
@@ -307,15 +326,26 @@ func (f *Fill) copy(body io.Reader, file *os.File, size int64) (int64, error) {
 	buf := *bp
 	h := f.d.Algorithm().Hash()
 	var written, flushed int64
+	// An upstream that stops sending without closing the connection
+	// would hold the fill, and every reader on it, forever.
+	var stalled atomic.Bool
+	watchdog := time.AfterFunc(s.opts.StallTimeout, func() {
+		stalled.Store(true)
+		f.body.Close()
+	})
+	defer watchdog.Stop()
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
+			watchdog.Reset(s.opts.StallTimeout)
 			if size >= 0 && written+int64(n) > size {
 				return 0, fmt.Errorf("%w: upstream sent more than the announced %d bytes", ErrDigestMismatch, size)
 			}
 			if _, werr := s.writeData(file, buf[:n]); werr != nil {
 				s.diskError(werr)
-				return 0, fmt.Errorf("%w: writing cache file: %w", ErrUnavailable, werr)
+				// What is written stays readable, and the hash of it
+				// lets readers fetch the rest and still verify it all.
+				return 0, newUnfinished(written, h, fmt.Errorf("writing cache file: %w", werr))
 			}
 			h.Write(buf[:n])
 			written += int64(n)
@@ -341,6 +371,9 @@ func (f *Fill) copy(body io.Reader, file *os.File, size int64) (int64, error) {
 			f.mu.Unlock()
 			if ferr != nil { // we were aborted: report why, not "read on closed body"
 				return 0, ferr
+			}
+			if stalled.Load() {
+				return 0, fmt.Errorf("upstream sent nothing for %v after %d bytes", s.opts.StallTimeout, written)
 			}
 			return 0, fmt.Errorf("reading upstream: %w", rerr)
 		}
@@ -452,7 +485,11 @@ type Reader struct {
 	ctx    context.Context
 	stop   func() bool
 	off    int64
-	closed bool // guarded by f.mu
+	end    int64 // SetRangeEnd; 0: the blob's end
+	closed bool  // guarded by f.mu
+
+	resume ResumeFunc // SetResume
+	res    *resumed   // the upstream rest, once the fill stopped on a disk error
 }
 
 // Info returns the digest, media type and size (-1 while unknown).
@@ -484,12 +521,20 @@ func (r *Reader) Read(p []byte) (int, error) {
 		}
 		if f.err != nil {
 			err := f.err
+			size := f.size
 			f.mu.Unlock()
+			var u *Unfinished
+			if r.resume != nil && size >= 0 && errors.As(err, &u) {
+				return r.readUnfinished(p, u, size)
+			}
 			return 0, err
 		}
 		avail = f.written
 		if !f.committed {
 			avail-- // the held-back byte: released only with the verdict
+			if r.end > 0 && avail > r.end-1 {
+				avail = r.end - 1 // the last byte of the caller's range, too
+			}
 		}
 		if r.off < avail {
 			break
@@ -589,6 +634,7 @@ func (r *Reader) Close() error {
 	if f.readers == 0 && f.state == stateRunning {
 		f.armLingerLocked()
 	}
+	r.closeRestLocked()
 	f.cond.Broadcast() // wakes our own Read if it waits in another goroutine
 	f.mu.Unlock()
 	r.stop()

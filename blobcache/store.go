@@ -57,6 +57,10 @@ const (
 	defaultLinger        = time.Minute
 	defaultLeaderTimeout = time.Minute
 	defaultRetryAfter    = 30 * time.Second
+	defaultStallTimeout  = time.Minute
+	// minFreeSpace is what a fill leaves free on the cache's file system,
+	// for the sidecars, tag records and whatever else lives there.
+	minFreeSpace = 64 << 20
 	// touchInterval bounds how often Get writes recency back to the file's
 	// atime: often enough that a restart keeps the LRU order approximately,
 	// rarely enough that hot entries cost no extra syscall per hit.
@@ -78,6 +82,10 @@ type Options struct {
 	// RetryAfter is how long Start and Put answer ErrUnavailable without
 	// touching the disk after a disk error (default 30s).
 	RetryAfter time.Duration
+	// StallTimeout bounds how long a fill waits for the next bytes of its
+	// upstream body (default 1m); then the fill fails, so its readers are
+	// not held by an upstream that stopped sending without closing.
+	StallTimeout time.Duration
 	// NoSync skips the fsync of entry data before its commit rename. Faster,
 	// but after a power loss an entry may hold bytes that do not match its
 	// digest. Meant for tests and benchmarks.
@@ -130,6 +138,9 @@ type Store struct {
 	// writeData writes fill bytes to the temp file; tests replace it to
 	// simulate a disk that fills up mid-fill.
 	writeData func(f *os.File, p []byte) (int, error)
+	// freeSpace reports the bytes available to the cache on its file
+	// system; tests replace it to simulate a small disk.
+	freeSpace func() (int64, error)
 }
 
 // Open opens (or creates) the cache in opts.Dir. It removes the temp files
@@ -150,6 +161,9 @@ func Open(opts Options) (*Store, error) {
 	if opts.RetryAfter <= 0 {
 		opts.RetryAfter = defaultRetryAfter
 	}
+	if opts.StallTimeout <= 0 {
+		opts.StallTimeout = defaultStallTimeout
+	}
 	if opts.MaxSize < 0 {
 		opts.MaxSize = 0
 	}
@@ -169,6 +183,7 @@ func Open(opts Options) (*Store, error) {
 		tags:      make(map[string]Tag),
 		writeData: (*os.File).Write,
 	}
+	s.freeSpace = func() (int64, error) { return availableBytes(s.opts.Dir) }
 	for _, d := range []string{opts.Dir, s.blobsDir, s.tmpDir, s.tagsDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("blobcache: %w", err)
@@ -416,15 +431,17 @@ func (s *Store) Get(d digest.Digest) (*Blob, error) {
 	f, err := os.Open(dataPath)
 	if err != nil {
 		s.mu.Lock()
+		defer s.mu.Unlock()
 		e.pins--
 		if errors.Is(err, fs.ErrNotExist) && s.entries[d] == e {
 			// Removed behind our back: forget it, it is a miss.
 			s.forgetLocked(e)
 			os.Remove(metaPath)
-			s.mu.Unlock()
 			return nil, fmt.Errorf("%w: %s", ErrNotFound, d)
 		}
-		s.mu.Unlock()
+		if e.pins == 0 {
+			s.evictLocked() // it may have been kept over MaxSize for us
+		}
 		return nil, fmt.Errorf("blobcache: %w", err)
 	}
 	if touch {
@@ -590,13 +607,7 @@ func (s *Store) commit(info Info, tmpPath string, f *Fill) error {
 	}
 	d := info.Digest
 	if s.opts.MaxSize > 0 && info.Size > s.opts.MaxSize {
-		// Verified but bigger than the whole cache: readers still get every
-		// byte and a clean end, but nothing is kept. Their open descriptors
-		// keep the unlinked file readable.
-		os.Remove(tmpPath)
-		if f != nil {
-			f.endCommittedLocked(nil, info.Size)
-		}
+		s.notKeptLocked(info, tmpPath, f)
 		s.log.Debug("entry larger than max_size not kept", zap.String("digest", d.String()), zap.Int64("size", info.Size))
 		return nil
 	}
@@ -631,8 +642,8 @@ func (s *Store) commit(info Info, tmpPath string, f *Fill) error {
 			err = os.Rename(tmpPath, dataPath)
 		}
 		if err != nil {
-			os.Remove(tmpPath)
 			s.diskErrorLocked(err)
+			s.notKeptLocked(info, tmpPath, f)
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		now := time.Now()
@@ -654,6 +665,32 @@ func (s *Store) commit(info Info, tmpPath string, f *Fill) error {
 	}
 	s.evictLocked()
 	return nil
+}
+
+// notKeptLocked drops verified bytes the store cannot keep (bigger than
+// MaxSize, or the disk failed at commit): a fill's readers still get every
+// byte and a clean end, from descriptors that keep the unlinked file
+// readable.
+func (s *Store) notKeptLocked(info Info, tmpPath string, f *Fill) {
+	os.Remove(tmpPath)
+	if f != nil {
+		f.endCommittedLocked(nil, info.Size)
+	}
+}
+
+// endVerifiedNotKept ends a verified fill without keeping its bytes, when
+// the disk failed before the commit (fsync).
+func (s *Store) endVerifiedNotKept(info Info, tmpPath string, f *Fill) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f.mu.Lock()
+	ended := f.state == stateDone
+	f.mu.Unlock()
+	if ended {
+		os.Remove(tmpPath)
+		return
+	}
+	s.notKeptLocked(info, tmpPath, f)
 }
 
 // writeSidecarLocked atomically replaces the sidecar of e. Called with s.mu
@@ -755,6 +792,50 @@ func (s *Store) checkAvailable() error {
 	return nil
 }
 
+// makeRoom checks, before a fill of size bytes starts, that the file
+// system has room for it beside the fills already running, evicting least
+// recently used entries to make some if need be. A disk that fills up
+// mid-fill still works (readers fetch the rest from the upstream), but
+// knowing beforehand costs the upstream nothing.
+func (s *Store) makeRoom(size int64) error {
+	free, err := s.freeSpace()
+	if err != nil {
+		return nil // cannot tell: let the writes tell
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	need := size + minFreeSpace
+	for _, f := range s.fills {
+		f.mu.Lock()
+		if f.state == stateRunning && f.size > f.written {
+			need += f.size - f.written
+		}
+		f.mu.Unlock()
+	}
+	if free >= need {
+		return nil
+	}
+	// Evict only if that makes enough room: least recently used first.
+	var victims []*entry
+	gain := free
+	for el := s.lru.Back(); gain < need && el != nil; el = el.Prev() {
+		if e := el.Value.(*entry); e.pins == 0 {
+			victims = append(victims, e)
+			gain += e.info.Size
+		}
+	}
+	if gain >= need {
+		for _, e := range victims {
+			s.removeLocked(e)
+		}
+		return nil
+	}
+	err = fmt.Errorf("no room on the cache's file system for %d bytes (%d available, %d needed with the fills in progress and a reserve of %d)",
+		size, free, need, int64(minFreeSpace))
+	s.logDiskConditionLocked("no room", err)
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
 func (s *Store) diskError(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -770,8 +851,14 @@ func (s *Store) diskErrorLocked(err error) {
 	if errors.As(err, &errno) {
 		cause = errno.Error() // drop the (random temp) path from the key
 	}
+	s.logDiskConditionLocked(cause, err)
+}
+
+// logDiskConditionLocked logs a disk condition (named by cause) once: again
+// only if it changes or the disk worked in between.
+func (s *Store) logDiskConditionLocked(cause string, err error) {
 	if !s.diskDown || cause != s.diskCause {
-		s.log.Warn("blob cache disk error; caching paused, requests pass through",
+		s.log.Warn("blob cache disk error; requests pass through while it lasts",
 			zap.String("dir", s.opts.Dir), zap.Error(err), zap.Duration("retry_after", s.opts.RetryAfter))
 	}
 	s.diskDown = true

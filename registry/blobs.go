@@ -3,6 +3,7 @@ package registry
 // Blobs: hits from the file, misses through one shared fill per digest.
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -45,7 +46,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 			p.forward(w, r, t, req, grant, statusMiss)
 			return
 		}
-		serveReader(w, r, rd, statusJoined)
+		p.serveFill(w, r, t, req, grant, rd, statusJoined)
 		return
 	}
 	o := outbound{method: http.MethodGet, path: upstreamPath(req), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull", followRedirects: true}
@@ -92,7 +93,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 	if !grant.Anonymous() {
 		c.remember(grant, accessScope(t, req.Name), req.Digest)
 	}
-	serveReader(w, r, rd, statusMiss)
+	p.serveFill(w, r, t, req, grant, rd, statusMiss)
 }
 
 func blobMediaType(resp *http.Response) string {
@@ -103,22 +104,84 @@ func blobMediaType(resp *http.Response) string {
 	return ct
 }
 
-// serveReader serves a fill in progress. A failed fill (upstream cut,
-// wrong bytes) aborts the client's connection: never a clean end.
-func serveReader(w http.ResponseWriter, r *http.Request, rd *blobcache.Reader, cacheStatus string) {
+// serveFill serves a fill in progress. A failed fill (upstream cut, wrong
+// bytes) aborts the client's connection: never a clean end. If the fill
+// stops because the cache's disk failed, the reader fetches the rest from
+// the upstream with this client's identity and still verifies the blob.
+func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, rd *blobcache.Reader, cacheStatus string) {
 	defer rd.Close()
 	info := rd.Info()
 	setEntryHeaders(w.Header(), info.Digest, info.MediaType, cacheStatus)
 	er := &errorRecorder{r: rd}
-	if info.Size < 0 {
+	rangeHeader := r.Header.Get("Range")
+	if info.Size < 0 && rangeHeader == "" {
 		w.WriteHeader(http.StatusOK)
 		copyBody(w, er)
 		return
+	}
+	// With an unknown size, ServeContent's seek to the end waits for the
+	// fill's verdict: a range of a chunked upstream body is served whole.
+	if info.Size >= 0 {
+		rd.SetRangeEnd(rangesEnd(rangeHeader, info.Size))
+		rd.SetResume(func(ctx context.Context, offset int64) (io.ReadCloser, error) {
+			return p.fetchBlobFrom(ctx, t, req, grant, offset)
+		})
 	}
 	http.ServeContent(bodyWriter{w}, r, "", time.Time{}, er)
 	if er.err != nil {
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// fetchBlobFrom asks the upstream for a blob's bytes from offset to its
+// end, for a reader whose fill stopped on a disk error.
+func (p *Proxy) fetchBlobFrom(ctx context.Context, t target, req Request, grant tokenauth.Grant, offset int64) (io.ReadCloser, error) {
+	h := http.Header{}
+	h.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+	o := outbound{method: http.MethodGet, path: upstreamPath(req), header: h, scope: "repository:" + req.Name + ":pull", followRedirects: true}
+	resp, err := p.Upstream.Do(ctx, t.up, grant, o)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusPartialContent || !strings.HasPrefix(resp.Header.Get("Content-Range"), "bytes "+strconv.FormatInt(offset, 10)+"-") {
+		drain(resp.Body)
+		return nil, fmt.Errorf("upstream answered %d (Content-Range %q) to a range from byte %d", resp.StatusCode, resp.Header.Get("Content-Range"), offset)
+	}
+	return resp.Body, nil
+}
+
+// rangesEnd is the end (exclusive) of the bytes a Range header asks of a
+// blob of size bytes, or 0 when it reaches the blob's end (or asks for
+// nothing). A value that does not parse gives 1, which holds back every
+// byte until the fill is verified: whatever http.ServeContent makes of it,
+// no unverified response can end cleanly.
+func rangesEnd(header string, size int64) int64 {
+	if header == "" {
+		return 0
+	}
+	specs, ok := strings.CutPrefix(header, "bytes=")
+	if !ok {
+		return 1
+	}
+	var end int64
+	for spec := range strings.SplitSeq(specs, ",") {
+		first, last, ok := strings.Cut(strings.TrimSpace(spec), "-")
+		if !ok {
+			return 1
+		}
+		if first == "" || last == "" {
+			return 0 // a suffix or an open range: up to the blob's end
+		}
+		n, err := strconv.ParseInt(last, 10, 64)
+		if err != nil || n < 0 {
+			return 1
+		}
+		if n+1 >= size {
+			return 0
+		}
+		end = max(end, n+1)
+	}
+	return end
 }
 
 // errorRecorder remembers a read error, which http.ServeContent swallows.
