@@ -415,47 +415,82 @@ func filesUnder(t *testing.T, dir string) []string {
 func TestCachedImagesPullWhenUpstreamFails(t *testing.T) {
 	up := testupstream.Start(t, testupstream.Options{})
 	img := up.PushRandomImage(t, "team/app", "1", 2, 16<<10)
-	other := up.PushRandomImage(t, "team/other", "1", 1, 1024)
-	_ = other
+	up.PushRandomImage(t, "team/other", "1", 1, 1024)
 	e := startProxy(t, up, cachedBlock("tag_ttl 1s"))
 	ref := e.ref("docker.example.test", "team/app:1")
 	if err := e.pullImage(ref, nil, img); err != nil {
 		t.Fatal(err)
 	}
+	digest, _ := img.Digest()
+	// The tag as these raw GETs ask for it (no Accept: a record of its own).
 	tok := anonymousToken(t, e, "docker.example.test", "team/app")
 	if resp, _ := e.get("GET", "/v2/team/app/manifests/1", tok, nil); resp.StatusCode != 200 {
 		t.Fatalf("warming the tag: %d", resp.StatusCode)
 	}
 
-	for _, fault := range []string{"429", "503", "down"} {
-		t.Run(fault, func(t *testing.T) {
-			time.Sleep(1100 * time.Millisecond) // stale again after the last subtest
-			switch fault {
-			case "429":
+	for _, tc := range []struct {
+		fault string
+		// cacheStatus is what the tag's answer must say: Docker Hub
+		// rate-limits GETs only, so its HEAD still revalidates the tag.
+		cacheStatus string
+	}{
+		{"429 on manifest GETs", "docker_proxy; fwd=stale; fwd-status=200"},
+		{"429 on every request", "docker_proxy; fwd=stale; fwd-status=429; detail=stale-if-error"},
+		{"503", "docker_proxy; fwd=stale; fwd-status=503; detail=stale-if-error"},
+		{"down", "docker_proxy; fwd=stale; detail=stale-if-error"},
+	} {
+		t.Run(tc.fault, func(t *testing.T) {
+			time.Sleep(1100 * time.Millisecond) // the tag's record is stale again: tag_ttl 1s
+			switch tc.fault {
+			case "429 on manifest GETs":
 				up.Faults.RateLimit(true, time.Minute)
+			case "429 on every request":
+				up.Faults.SetRegistryStatus(http.StatusTooManyRequests)
 			case "503":
-				up.Faults.SetRegistryStatus(503)
+				up.Faults.SetRegistryStatus(http.StatusServiceUnavailable)
 			case "down":
 				if err := up.Faults.SetDown(true); err != nil {
 					t.Fatal(err)
 				}
 			}
 			defer up.Faults.Reset()
-			if err := e.pullImage(ref, nil, img); err != nil {
-				t.Errorf("cached image: %v", err)
-			}
 			tok := anonymousToken(t, e, "docker.example.test", "team/app")
 			resp, _ := e.get("GET", "/v2/team/app/manifests/1", tok, nil)
-			if fault != "429" && !strings.Contains(resp.Header.Get("Cache-Status"), "stale") {
-				t.Errorf("stale tag served with Cache-Status %q", resp.Header.Get("Cache-Status"))
+			if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != digest.String() {
+				t.Errorf("cached tag: %d, digest %s, want 200 and %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), digest)
+			}
+			if got := resp.Header.Get("Cache-Status"); got != tc.cacheStatus {
+				t.Errorf("Cache-Status %q, want %q", got, tc.cacheStatus)
+			}
+			if err := e.pullImage(ref, nil, img); err != nil {
+				t.Errorf("cached image: %v", err)
 			}
 			tok = anonymousToken(t, e, "docker.example.test", "team/other")
 			resp, body := e.get("GET", "/v2/team/other/manifests/1", tok, nil)
 			if resp.StatusCode < 400 || !strings.Contains(body, `"errors"`) {
-				t.Errorf("uncached image with upstream %s = %d %s, want a JSON error", fault, resp.StatusCode, body)
+				t.Errorf("uncached image with upstream %s = %d %s, want a JSON error", tc.fault, resp.StatusCode, body)
 			}
 		})
 	}
+
+	// The tag moves upstream while manifest GETs are rate-limited: the HEAD
+	// sees the new digest, the GET of its manifest answers 429, and the
+	// last known manifest is served, marked stale.
+	t.Run("tag moved, its new manifest 429", func(t *testing.T) {
+		up.PushRandomImage(t, "team/app", "1", 1, 4<<10)
+		time.Sleep(1100 * time.Millisecond)
+		up.Faults.RateLimit(true, time.Minute)
+		defer up.Faults.Reset()
+		tok := anonymousToken(t, e, "docker.example.test", "team/app")
+		resp, _ := e.get("GET", "/v2/team/app/manifests/1", tok, nil)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != digest.String() {
+			t.Errorf("tag whose new manifest is rate-limited: %d, digest %s, want 200 and the last known %s",
+				resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), digest)
+		}
+		if got, want := resp.Header.Get("Cache-Status"), "docker_proxy; fwd=stale; fwd-status=429; detail=stale-if-error"; got != want {
+			t.Errorf("Cache-Status %q, want %q", got, want)
+		}
+	})
 }
 
 func TestPrivateContentIsNotServedToOthers(t *testing.T) {
@@ -485,6 +520,10 @@ func TestPrivateContentIsNotServedToOthers(t *testing.T) {
 		resp, body := e.get("GET", p, tok, nil)
 		if resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("anonymous GET %s = %d (%d bytes), want 401", p, resp.StatusCode, len(body))
+		}
+		// A refusal says it came from the upstream's verdict, not the cache.
+		if got, want := resp.Header.Get("Cache-Status"), "docker_proxy; fwd=request; fwd-status=401"; got != want {
+			t.Errorf("anonymous GET %s: Cache-Status %q, want %q", p, got, want)
 		}
 	}
 	// Nor through a public repository's path.
@@ -520,9 +559,34 @@ func TestMaxSizeEvictsLeastRecentlyUsed(t *testing.T) {
 		imgs = append(imgs, up.PushRandomImage(t, fmt.Sprintf("team/app%d", i), "1", 1, 300<<10))
 	}
 	e := startProxy(t, up, cachedBlock("tag_ttl 5m\n\t\t\tmax_size 1MiB"))
+	blobsDir := filepath.Join(e.dataDirParent(), "cache", "blobs")
+	cached := func(img v1.Image) bool {
+		d := layerDigests(t, img)[0]
+		for _, f := range filesUnder(t, blobsDir) {
+			if filepath.Base(f) == d.Hex {
+				return true
+			}
+		}
+		return false
+	}
 	for i, img := range imgs {
+		if i == 3 {
+			// Image 0 is the oldest pull, but read again now: image 1
+			// is the least recently used when image 3 needs room.
+			tok := anonymousToken(t, e, "docker.example.test", "team/app0")
+			if _, _, status, err := e.readBlob(blobPaths("team/app0", layerDigests(t, imgs[0]))[0], tok, nil); err != nil || status != "docker_proxy; hit" {
+				t.Fatalf("re-reading image 0's layer: %v, Cache-Status %q", err, status)
+			}
+		}
 		if err := e.pullImage(e.ref("docker.example.test", fmt.Sprintf("team/app%d:1", i)), nil, img); err != nil {
 			t.Fatal(err)
+		}
+		if i == 3 {
+			waitUntil(t, "eviction after image 3", func() bool { return dirSize(t, blobsDir) <= 1<<20 })
+			if !cached(imgs[0]) || cached(imgs[1]) {
+				t.Errorf("after image 3: image 0 (read recently) cached %v, image 1 (least recently used) cached %v; want true, false",
+					cached(imgs[0]), cached(imgs[1]))
+			}
 		}
 		// The server releases the entry just after the client has the
 		// last byte; eviction runs then.

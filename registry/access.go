@@ -4,6 +4,7 @@ package registry
 
 import (
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -52,8 +53,10 @@ func (p *Proxy) mayRead(w http.ResponseWriter, r *http.Request, t target, req Re
 		// The upstream's answer was to a HEAD: answer this request
 		// with the registry error that status means.
 		drain(resp.Body)
+		w.Header().Set("Cache-Status", statusRefused+"; fwd-status="+strconv.Itoa(resp.StatusCode))
 		p.writeDenied(w, r, t, req, resp)
 	default:
+		w.Header().Set("Cache-Status", statusRefused+"; detail=upstream-unavailable")
 		WriteError(w, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
 			Message: "the upstream registry cannot confirm access to " + req.Name + " right now: " + err.Error()})
 	}

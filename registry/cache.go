@@ -104,6 +104,9 @@ const (
 	statusBypass      = "docker_proxy; fwd=bypass"
 	statusNoStore     = "docker_proxy; fwd=bypass; detail=cache-unavailable"
 	statusRevalidated = "docker_proxy; fwd=stale; fwd-status=200"
+	// statusRefused: the entry is cached, but this client's access to it
+	// had to be asked of the upstream, which refused it (or could not say).
+	statusRefused = "docker_proxy; fwd=request"
 )
 
 func statusStale(upstreamStatus int) string {
