@@ -863,6 +863,18 @@ func TestGetAfterHeadOfATag(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != want.String() {
 		t.Fatalf("HEAD = %d %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"))
 	}
+	// More HEADs within tag_ttl ask the upstream nothing: neither the tag
+	// nor the proxy's access to it (the first HEAD confirmed both).
+	before := up.Counters.RegistryRequests()
+	for i := 0; i < 20; i++ {
+		resp, _ := e.get("HEAD", "/v2/team/app/manifests/1", tok, accept)
+		if resp.StatusCode != 200 || resp.Header.Get("Cache-Status") != "docker_proxy; hit" {
+			t.Fatalf("HEAD %d = %d, Cache-Status %q", i, resp.StatusCode, resp.Header.Get("Cache-Status"))
+		}
+	}
+	if n := up.Counters.RegistryRequests() - before; n != 0 {
+		t.Errorf("20 HEADs of a fresh tag sent %d requests upstream, want 0", n)
+	}
 	// ... then GETs of the tag need the manifest itself, fetched once.
 	for i := 0; i < 3; i++ {
 		resp, body := e.get("GET", "/v2/team/app/manifests/1", tok, accept)

@@ -16,9 +16,11 @@ import (
 func (p *Proxy) grantRead(grant tokenauth.Grant, scope string, d digest.Digest) {
 	if grant.Anonymous() {
 		// The upstream served the proxy's own identity: every client
-		// of the route may read it.
-		_ = p.Cache.Store.Allow(d, scope)
-		return
+		// of the route may read it. A digest the store does not hold
+		// (a tag resolved by a HEAD) is remembered as a verdict instead.
+		if p.Cache.Store.Allow(d, scope) == nil {
+			return
+		}
 	}
 	p.Cache.remember(grant, scope, d)
 }
@@ -74,7 +76,13 @@ func (p *Proxy) mayReadQuiet(r *http.Request, t target, req Request, grant token
 func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (bool, *http.Response, error) {
 	c := p.Cache
 	scope := accessScope(t, req.Name)
-	if c.Store.Allowed(d, scope) || c.remembered(grant, scope, d, c.verdictTTL) {
+	// What the upstream confirmed for the proxy's own identity holds as
+	// long as a tag does: within tag_ttl nothing is asked upstream.
+	window := c.verdictTTL
+	if grant.Anonymous() {
+		window = max(window, c.TagTTL)
+	}
+	if c.Store.Allowed(d, scope) || c.remembered(grant, scope, d, window) {
 		return true, nil, nil
 	}
 	// When the upstream cannot answer, what it confirmed for this client

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -66,4 +67,40 @@ func BenchmarkBlobHit(b *testing.B) {
 		d, _ := layers[0].Digest()
 		return "/v2/team/app/blobs/" + strings.TrimSpace(d.String())
 	}, 4<<20)
+}
+
+// BenchmarkHandlerManifestHit: the handler alone (no network, no client)
+// answering GET and HEAD of a fresh tag whose manifest is in memory; the
+// HEAD case starts from a tag resolved by a HEAD.
+func BenchmarkHandlerManifestHit(b *testing.B) {
+	for _, method := range []string{"GET", "HEAD"} {
+		b.Run(method, func(b *testing.B) {
+			up := testupstream.Start(b, testupstream.Options{})
+			up.PushRandomImage(b, "team/app", "1", 1, 1024)
+			p, srv := newTestProxy(b, up, time.Hour)
+			resp, _ := http.Get(srv.URL + "/v2/auth?scope=repository:team/app:pull")
+			var tok struct{ Token string }
+			_ = json.NewDecoder(resp.Body).Decode(&tok)
+			resp.Body.Close()
+			req := httptest.NewRequest(method, "/v2/team/app/manifests/1", nil)
+			req.Host = "127.0.0.1"
+			req.Header.Set("Authorization", "Bearer "+tok.Token)
+			req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+			for range 2 {
+				w := httptest.NewRecorder()
+				p.ServeHTTP(w, req)
+			}
+			w := httptest.NewRecorder()
+			p.ServeHTTP(w, req)
+			if w.Header().Get("Cache-Status") != statusHit {
+				b.Fatalf("%d %q", w.Code, w.Header().Get("Cache-Status"))
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				w := httptest.NewRecorder()
+				p.ServeHTTP(w, req)
+			}
+		})
+	}
 }
