@@ -95,7 +95,7 @@ func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokena
 	if req.Kind != KindBlob {
 		check.Kind = KindManifest
 	}
-	o := outbound{method: http.MethodHead, path: upstreamPath(check), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull", followRedirects: false}
+	o := outboundFor(r, check, http.MethodHead)
 	if o.header.Get("Accept") == "" && check.Kind == KindManifest {
 		o.header.Set("Accept", "*/*")
 	}

@@ -49,7 +49,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 		p.serveFill(w, r, t, req, grant, rd, statusJoined)
 		return
 	}
-	o := outbound{method: http.MethodGet, path: upstreamPath(req), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull", followRedirects: true}
+	o := outboundFor(r, req, http.MethodGet)
 	o.header.Del("Range") // the fill fetches the whole blob; ranges are served from it
 	// The fill outlives this request (others join it, and it finishes the
 	// entry if they all leave), so the upstream request must not end with

@@ -19,7 +19,7 @@ import (
 // proxy's (anonymous, or the configured credentials for that upstream).
 type Client struct {
 	// HTTP must not follow redirects (CheckRedirect returning
-	// http.ErrUseLastResponse): blob redirects are followed here, without
+	// http.ErrUseLastResponse): redirects are followed here, without
 	// credentials.
 	HTTP *http.Client
 	// Tokens fetches and caches upstream tokens.
@@ -42,7 +42,7 @@ type learntChallenge struct {
 // service) is trusted before /v2/ is asked again.
 const challengeTTL = 10 * time.Minute
 
-// maxRedirects bounds the redirects followed for one blob.
+// maxRedirects bounds the redirects followed for one request.
 const maxRedirects = 5
 
 // Challenge returns the upstream's authentication challenge, learnt from
@@ -61,7 +61,15 @@ func (c *Client) Challenge(ctx context.Context, up Upstream) (*tokenauth.Challen
 		return nil, err
 	}
 	req.Header.Set("User-Agent", c.UserAgent)
-	resp, err := c.HTTP.Do(req)
+	resp, err := c.send(req)
+	if err != nil {
+		return nil, err
+	}
+	// An upstream that sends everything elsewhere (registry.k8s.io) may
+	// send /v2/ too. What the redirect target asks for is its own
+	// business: followed like any request, it either answers or fails,
+	// and its realm is never taken for the upstream's.
+	resp, err = c.follow(ctx, resp, outbound{method: http.MethodGet, kind: KindBase})
 	if err != nil {
 		return nil, err
 	}
@@ -123,9 +131,9 @@ type outbound struct {
 	header http.Header
 	// scope is the token scope the request needs (repository:name:pull).
 	scope string
-	// followRedirects makes 3xx answers be followed with a clean request:
-	// only Range and User-Agent, never Authorization.
-	followRedirects bool
+	// kind is what the request asks for, which names the error a
+	// redirect target's refusal becomes.
+	kind Kind
 }
 
 // Do sends o to up as grant's identity and returns the final response.
@@ -137,17 +145,14 @@ func (c *Client) Do(ctx context.Context, up Upstream, grant tokenauth.Grant, o o
 	var resp *http.Response
 	if !grant.Anonymous() {
 		req.Header.Set("Authorization", grant.Authorization)
-		resp, err = c.HTTP.Do(req)
+		resp, err = c.send(req)
 	} else {
 		resp, err = c.doAsProxy(ctx, up, req, o)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if o.followRedirects {
-		return c.follow(ctx, resp, o)
-	}
-	return resp, nil
+	return c.follow(ctx, resp, o)
 }
 
 func (c *Client) newRequest(ctx context.Context, up Upstream, o outbound) (*http.Request, error) {
@@ -177,7 +182,7 @@ func (c *Client) doAsProxy(ctx context.Context, up Upstream, req *http.Request, 
 	scopes := []string{o.scope}
 	if ch := c.learnt(up); ch != nil && o.scope != "" {
 		if err := c.authorize(ctx, req, ch, scopes, creds); err == nil {
-			resp, err := c.HTTP.Do(req)
+			resp, err := c.send(req)
 			if err != nil || resp.StatusCode != http.StatusUnauthorized {
 				return resp, err
 			}
@@ -187,7 +192,7 @@ func (c *Client) doAsProxy(ctx context.Context, up Upstream, req *http.Request, 
 			return c.retryWithChallenge(ctx, up, req, resp, o, creds)
 		}
 	}
-	resp, err := c.HTTP.Do(req)
+	resp, err := c.send(req)
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, err
 	}
@@ -216,7 +221,7 @@ func (c *Client) retryWithChallenge(ctx context.Context, up Upstream, req *http.
 	}
 	drain(resp.Body)
 	retry := req.Clone(ctx)
-	return c.HTTP.Do(retry)
+	return c.send(retry)
 }
 
 // authorize sets req's Authorization for the proxy's identity.
@@ -236,45 +241,206 @@ func (c *Client) authorize(ctx context.Context, req *http.Request, ch *tokenauth
 	return nil
 }
 
-// follow follows redirects (Docker Hub sends blobs to a signed CDN URL)
-// with clean requests: the signature in the URL is the authorization, and
-// neither our credentials nor the client's headers go to that host.
+// follow follows an upstream's redirects: Docker Hub sends blobs to a
+// signed CDN URL, registry.k8s.io sends every request to a regional
+// Artifact Registry host. Each hop is a clean request: the URL (its
+// signature) or the target's own anonymous token is the authorization, and
+// neither our credentials, the client's, nor client headers other than
+// Accept and Range go to that host. A redirect target's failure comes back
+// as a registry error response, not in the form that host chose (S3's
+// XML, an HTML page).
 func (c *Client) follow(ctx context.Context, resp *http.Response, o outbound) (*http.Response, error) {
-	for i := 0; ; i++ {
-		switch resp.StatusCode {
-		case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
-			http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
-		default:
-			return resp, nil
+	if !isRedirect(resp.StatusCode) {
+		return resp, nil
+	}
+	visited := map[string]bool{resp.Request.URL.String(): true}
+	// The digest a redirect named, for a blob whose target (a CDN)
+	// names none.
+	var named string
+	for hops := 0; isRedirect(resp.StatusCode); hops++ {
+		if d := resp.Header.Get("Docker-Content-Digest"); d != "" {
+			named = d
 		}
 		loc, err := resp.Location()
 		drain(resp.Body)
-		if err != nil {
-			return nil, fmt.Errorf("upstream redirect without a usable Location: %v", err)
+		switch {
+		case err != nil:
+			// Not err itself: it quotes the URL, signature and all.
+			return nil, &redirectError{reason: "without a usable Location"}
+		case loc.Scheme != "https" && loc.Scheme != "http":
+			return nil, &redirectError{reason: fmt.Sprintf("to a %q URL", loc.Scheme)}
+		case visited[loc.String()]:
+			return nil, &redirectError{reason: "in a loop"}
+		case hops == maxRedirects:
+			return nil, &redirectError{reason: fmt.Sprintf("more than %d times", maxRedirects)}
 		}
-		if i == maxRedirects {
-			return nil, fmt.Errorf("upstream redirected more than %d times", maxRedirects)
+		visited[loc.String()] = true
+		if resp, err = c.hop(ctx, loc, o); err != nil {
+			return nil, err
 		}
-		if loc.Scheme != "https" && loc.Scheme != "http" {
-			return nil, fmt.Errorf("upstream redirected to a %q URL", loc.Scheme)
-		}
+	}
+	if resp.StatusCode >= 400 {
+		return targetFailure(resp, o.kind), nil
+	}
+	if o.kind == KindBlob && named != "" && resp.Header.Get("Docker-Content-Digest") == "" {
+		resp.Header.Set("Docker-Content-Digest", named)
+	}
+	linksAtUpstream(resp, o)
+	return resp, nil
+}
+
+func isRedirect(status int) bool {
+	switch status {
+	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+		http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		return true
+	}
+	return false
+}
+
+// redirectError is an upstream redirect the proxy cannot follow.
+type redirectError struct{ reason string }
+
+func (e *redirectError) Error() string { return "upstream redirected " + e.reason }
+
+// hop requests one redirect target. A target that challenges for a Bearer
+// token (a registry, such as Artifact Registry) gets one anonymous token
+// from the realm it names, for the scope it names, and the request is sent
+// once more: never with our credentials or the client's.
+func (c *Client) hop(ctx context.Context, loc *url.URL, o outbound) (*http.Response, error) {
+	send := func(authorization string) (*http.Response, error) {
 		method := o.method
 		if method != http.MethodHead {
 			method = http.MethodGet
 		}
 		req, err := http.NewRequestWithContext(ctx, method, loc.String(), nil)
 		if err != nil {
-			return nil, err
+			return nil, &redirectError{reason: "to an unusable URL"}
 		}
-		if r := o.header.Get("Range"); r != "" {
-			req.Header.Set("Range", r)
+		for _, k := range []string{"Accept", "Range"} {
+			if v := o.header.Get(k); v != "" {
+				req.Header.Set(k, v)
+			}
 		}
 		req.Header.Set("User-Agent", c.UserAgent)
 		req.Header.Set("Accept-Encoding", "identity")
-		resp, err = c.HTTP.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("following upstream redirect to %s: %w", redactURL(loc), err)
+		if authorization != "" {
+			req.Header.Set("Authorization", authorization)
 		}
+		resp, err := c.send(req)
+		if err != nil {
+			return nil, withoutQuery(loc, err)
+		}
+		return resp, nil
+	}
+	resp, err := send("")
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+		return resp, err
+	}
+	ch := pickChallenge(resp.Header)
+	if ch == nil || !ch.IsBearer() {
+		return resp, nil
+	}
+	realm := tokenauth.Challenge{Scheme: ch.Scheme, Params: map[string]string{"realm": ch.Realm(), "service": ch.Service()}}
+	scopes := strings.Fields(ch.Params["scope"])
+	tok, err := c.Tokens.Fetch(ctx, realm, scopes, nil)
+	if err != nil {
+		return resp, nil // the 401 stands
+	}
+	drain(resp.Body)
+	resp, err = send("Bearer " + tok.Value)
+	if err == nil && resp.StatusCode == http.StatusUnauthorized {
+		c.Tokens.Forget(realm, scopes, nil)
+	}
+	return resp, err
+}
+
+// send does one HTTP request. net/http parses a redirect's Location before
+// CheckRedirect can stop it, and when that fails its error quotes the
+// Location, signature and all: that error becomes a redirectError.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	resp, err := c.HTTP.Do(req)
+	if err != nil && strings.Contains(err.Error(), "failed to parse Location header") {
+		return nil, &redirectError{reason: "without a usable Location"}
+	}
+	return resp, err
+}
+
+// withoutQuery is a request error without the URL's query: net/http's
+// *url.Error quotes the whole URL, and a redirect's query is often its
+// signature, which must not reach a log.
+func withoutQuery(loc *url.URL, err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return fmt.Errorf("following upstream redirect to %s: %w", redactURL(loc), err)
+}
+
+// targetFailure turns a redirect target's error answer into the registry
+// error the client gets: not found is not found; anything else is the
+// upstream's failure (a refused or expired signature, a broken CDN), which
+// no credentials of the client's can fix.
+func targetFailure(resp *http.Response, kind Kind) *http.Response {
+	status := resp.StatusCode
+	drain(resp.Body)
+	e := &Error{Status: http.StatusBadGateway, Code: CodeUnavailable,
+		Message: fmt.Sprintf("the upstream registry redirected to a host that answered %d", status)}
+	switch status {
+	case http.StatusNotFound, http.StatusGone:
+		e.Status, e.Code = http.StatusNotFound, unknownCode(kind)
+		e.Message = "not found where the upstream registry redirected to"
+	case http.StatusTooManyRequests:
+		e.Status, e.Code = status, CodeTooManyRequests
+	case http.StatusServiceUnavailable:
+		e.Status = status
+	case http.StatusRequestedRangeNotSatisfiable:
+		e.Status, e.Code = status, CodeRangeInvalid
+	}
+	out := e.response()
+	for _, k := range []string{"Retry-After", "Content-Range"} {
+		if v := resp.Header.Get(k); v != "" && status == e.Status {
+			out.Header.Set(k, v)
+		}
+	}
+	return out
+}
+
+// unknownCode is the registry error code for "not found" of a kind.
+func unknownCode(kind Kind) string {
+	switch kind {
+	case KindBlob:
+		return CodeBlobUnknown
+	case KindManifest, KindReferrers:
+		return CodeManifestUnknown
+	}
+	return CodeNameUnknown
+}
+
+// linksAtUpstream makes a redirect target's pagination links name the
+// upstream's path for the same list (with the target's query): the proxy
+// relays links in its own form, and the target's path (Artifact
+// Registry's /v2/k8s-artifacts-prod/images/<name>/tags/list) is not one it
+// routes. Links elsewhere are dropped for the same reason.
+func linksAtUpstream(resp *http.Response, o outbound) {
+	links := resp.Header.Values("Link")
+	if len(links) == 0 {
+		return
+	}
+	resp.Header.Del("Link")
+	at := resp.Request.URL
+	path, _, _ := strings.Cut(o.path, "?")
+	for _, l := range links {
+		start, end := strings.IndexByte(l, '<'), strings.IndexByte(l, '>')
+		if start < 0 || end < start {
+			continue
+		}
+		u, err := at.Parse(l[start+1 : end])
+		if err != nil || u.Host != at.Host || u.Path != at.Path {
+			continue
+		}
+		rel := url.URL{Path: path, RawQuery: u.RawQuery}
+		resp.Header.Add("Link", l[:start+1]+rel.String()+l[end:])
 	}
 }
 
@@ -299,7 +465,7 @@ func (c *Client) CheckBasic(ctx context.Context, up Upstream, authorization stri
 	}
 	req.Header.Set("Authorization", authorization)
 	req.Header.Set("User-Agent", c.UserAgent)
-	resp, err := c.HTTP.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,9 @@
 package registry
 
 import (
+	"bytes"
 	"encoding/json"
+	"io"
 	"net/http"
 	"strconv"
 )
@@ -56,15 +58,33 @@ func errUnsupported(msg string) *Error {
 
 // WriteError writes e in the registry's JSON error format.
 func WriteError(w http.ResponseWriter, e *Error) {
+	body := e.body()
+	setErrorHeader(w.Header(), len(body))
+	w.WriteHeader(e.Status)
+	_, _ = w.Write(body)
+}
+
+// response is e as an upstream answer, for the request path to relay like
+// any other (an upstream failure the client must see as a registry
+// error, not in the form the failing host chose).
+func (e *Error) response() *http.Response {
+	body := e.body()
+	h := http.Header{}
+	setErrorHeader(h, len(body))
+	return &http.Response{StatusCode: e.Status, Header: h, ContentLength: int64(len(body)), Body: io.NopCloser(bytes.NewReader(body))}
+}
+
+func (e *Error) body() []byte {
 	body, _ := json.Marshal(map[string]any{"errors": []map[string]any{{
 		"code":    e.Code,
 		"message": e.Message,
 		"detail":  e.Detail,
 	}}})
-	h := w.Header()
+	return body
+}
+
+func setErrorHeader(h http.Header, size int) {
 	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("Content-Length", strconv.Itoa(size))
 	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
-	w.WriteHeader(e.Status)
-	_, _ = w.Write(body)
 }

@@ -44,8 +44,7 @@ func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req 
 		p.forward(w, r, t, req, grant, "")
 		return
 	}
-	o := outbound{method: http.MethodGet, path: upstreamPath(req) + upstreamQuery(r, req), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull"}
-	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, http.MethodGet))
 	upstreamStatus := 0
 	if err == nil {
 		switch {

@@ -110,8 +110,7 @@ func (p *Proxy) fetchManifest(r *http.Request, t target, req Request, grant toke
 	} else {
 		get.Tag = ref
 	}
-	o := outbound{method: http.MethodGet, path: upstreamPath(get), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull"}
-	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, get, http.MethodGet))
 	if err != nil {
 		return manifest{}, nil, err
 	}
@@ -295,8 +294,7 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 // revalidateTag asks the upstream with a HEAD (which Docker Hub does not
 // count) whether the tag still points at rec's digest.
 func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant tokenauth.Grant, key string, rec blobcache.Tag) tagResult {
-	o := outbound{method: http.MethodHead, path: upstreamPath(req), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull"}
-	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, http.MethodHead))
 	if err != nil {
 		return tagResult{err: err}
 	}
@@ -332,8 +330,7 @@ func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant toke
 // fetchTag resolves a tag the cache does not know: GET (HEAD for a HEAD).
 func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth.Grant, key string) tagResult {
 	if r.Method == http.MethodHead {
-		o := outbound{method: http.MethodHead, path: upstreamPath(req), header: forwardHeaders(r, req), scope: "repository:" + req.Name + ":pull"}
-		resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+		resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, http.MethodHead))
 		if err != nil {
 			return tagResult{err: err}
 		}

@@ -245,20 +245,24 @@ func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request, t target) {
 // forward sends the request upstream as grant's identity and relays the
 // answer. cacheStatus, if set, is reported in Cache-Status.
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, cacheStatus string) {
-	o := outbound{
-		method: r.Method,
-		path:   upstreamPath(req) + upstreamQuery(r, req),
-		header: forwardHeaders(r, req),
-		scope:  "repository:" + req.Name + ":pull",
-		// Blobs are followed to their CDN; nothing else should redirect.
-		followRedirects: req.Kind == KindBlob,
-	}
-	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, r.Method))
 	if err != nil {
 		p.writeUpstreamError(w, t, err)
 		return
 	}
 	p.relay(w, r, t, req, resp, cacheStatus)
+}
+
+// outboundFor is req as an upstream request with method, carrying the
+// client headers it needs.
+func outboundFor(r *http.Request, req Request, method string) outbound {
+	return outbound{
+		method: method,
+		path:   upstreamPath(req) + upstreamQuery(r, req),
+		header: forwardHeaders(r, req),
+		scope:  "repository:" + req.Name + ":pull",
+		kind:   req.Kind,
+	}
 }
 
 // upstreamPath is the request's path on the upstream.
@@ -438,9 +442,12 @@ func copyBody(w http.ResponseWriter, body io.Reader) {
 func (p *Proxy) writeUpstreamError(w http.ResponseWriter, t target, err error) {
 	p.Logger.Warn("upstream request failed", zap.String("upstream", t.up.Name), zap.Error(err))
 	var se *upstreamStatusError
+	var re *redirectError
 	status, code, reason := http.StatusBadGateway, CodeUnavailable, "the request failed"
 	var nerr net.Error
 	switch {
+	case errors.As(err, &re):
+		reason = "it redirected " + re.reason
 	case errors.As(err, &se):
 		status, reason = se.status, "it answered "+strconv.Itoa(se.status)
 		if status == http.StatusTooManyRequests {

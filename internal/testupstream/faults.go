@@ -13,17 +13,18 @@ import (
 type Faults struct {
 	u *Upstream
 
-	cutAfter   atomic.Int64 // <0: off
-	corrupt    atomic.Bool
-	regStatus  atomic.Int64
-	objStatus  atomic.Int64
-	tooMany    atomic.Bool
-	retryAfter atomic.Int64 // seconds
-	slowBPS    atomic.Int64
-	hold       atomic.Pointer[Hold]
-	downMu     sync.Mutex
-	down       bool
-	liveHolds  sync.Map // *Hold -> struct{}, released on Close
+	cutAfter     atomic.Int64 // <0: off
+	corrupt      atomic.Bool
+	regStatus    atomic.Int64
+	objStatus    atomic.Int64
+	blobRedirect atomic.Pointer[string]
+	tooMany      atomic.Bool
+	retryAfter   atomic.Int64 // seconds
+	slowBPS      atomic.Int64
+	hold         atomic.Pointer[Hold]
+	downMu       sync.Mutex
+	down         bool
+	liveHolds    sync.Map // *Hold -> struct{}, released on Close
 }
 
 func newFaults(u *Upstream) *Faults {
@@ -53,6 +54,18 @@ func (f *Faults) SetRegistryStatus(code int) { f.regStatus.Store(int64(code)) }
 // SetObjectStoreStatus makes the object store answer every request with
 // code and an XML error body. 0 turns it off.
 func (f *Faults) SetObjectStoreStatus(code int) { f.objStatus.Store(int64(code)) }
+
+// RedirectBlobsTo makes the registry send blob GETs to location (as is:
+// any URL, even one that does not parse) instead of a signed object-store
+// URL, to stand for a CDN that is down, refuses, or sends the request
+// around in circles. "" turns it off.
+func (f *Faults) RedirectBlobsTo(location string) {
+	if location == "" {
+		f.blobRedirect.Store(nil)
+		return
+	}
+	f.blobRedirect.Store(&location)
+}
 
 // RateLimit makes authorized manifest GETs answer 429 TOOMANYREQUESTS with
 // ratelimit-remaining: 0 and Retry-After (whole seconds), as Docker Hub does
@@ -101,6 +114,7 @@ func (f *Faults) Reset() error {
 	f.CorruptBlobs(false)
 	f.SetRegistryStatus(0)
 	f.SetObjectStoreStatus(0)
+	f.RedirectBlobsTo("")
 	f.RateLimit(false, 60*time.Second)
 	f.SlowBlobs(0)
 	if h := f.hold.Load(); h != nil {

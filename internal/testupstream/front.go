@@ -77,6 +77,10 @@ func (u *Upstream) serveRegistry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rt := parseRoute(r.URL.Path)
+	if m := u.mirror.Load(); m != nil && rt.kind == "base" && m.redirects(rt.kind) {
+		m.redirect(w, r)
+		return
+	}
 	tok := bearerToken(r)
 	switch rt.kind {
 	case "other":
@@ -113,6 +117,10 @@ func (u *Upstream) serveRegistry(w http.ResponseWriter, r *http.Request) {
 		u.challenge(w, "repository:"+rt.repo+":pull")
 		return
 	}
+	if m := u.mirror.Load(); m != nil && m.redirects(rt.kind) {
+		m.redirect(w, r)
+		return
+	}
 	switch rt.kind {
 	case "manifest":
 		u.serveManifest(w, r, rt)
@@ -120,7 +128,7 @@ func (u *Upstream) serveRegistry(w http.ResponseWriter, r *http.Request) {
 		u.serveBlob(w, r, rt)
 	case "tags":
 		u.Counters.tagList.Add(1)
-		u.serveTags(w, r, rt)
+		u.serveTags(w, r, rt, "/v2/")
 	case "referrers":
 		u.Counters.referrers.Add(1)
 		u.inner.ServeHTTP(w, r)
@@ -293,7 +301,11 @@ func (u *Upstream) serveBlob(w http.ResponseWriter, r *http.Request, rt route) {
 		return
 	}
 	w.Header().Set("Docker-Content-Digest", h.String())
-	w.Header().Set("Location", u.SignedBlobURL(h, u.now().Add(u.opts.RedirectTTL)))
+	loc := u.SignedBlobURL(h, u.now().Add(u.opts.RedirectTTL))
+	if to := u.Faults.blobRedirect.Load(); to != nil {
+		loc = *to
+	}
+	w.Header().Set("Location", loc)
 	w.WriteHeader(http.StatusTemporaryRedirect)
 }
 
@@ -303,8 +315,9 @@ type tagList struct {
 }
 
 // serveTags paginates tags/list itself (ggcr does not send Link and
-// mishandles a `last` past the end).
-func (u *Upstream) serveTags(w http.ResponseWriter, r *http.Request, rt route) {
+// mishandles a `last` past the end). Links name the repository under
+// prefix, where the host that answers keeps it.
+func (u *Upstream) serveTags(w http.ResponseWriter, r *http.Request, rt route, prefix string) {
 	rec := u.innerGet(http.MethodGet, "/v2/"+rt.repo+"/tags/list")
 	if rec.Code != http.StatusOK {
 		copyInner(w, rec, r.Method == http.MethodGet)
@@ -335,7 +348,7 @@ func (u *Upstream) serveTags(w http.ResponseWriter, r *http.Request, rt route) {
 			tags = tags[:n]
 			if n > 0 {
 				next := url.Values{"n": {ns}, "last": {tags[n-1]}}
-				w.Header().Set("Link", fmt.Sprintf(`</v2/%s/tags/list?%s>; rel="next"`, rt.repo, next.Encode()))
+				w.Header().Set("Link", fmt.Sprintf(`<%s%s/tags/list?%s>; rel="next"`, prefix, rt.repo, next.Encode()))
 			}
 		}
 	}

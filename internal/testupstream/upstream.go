@@ -28,6 +28,9 @@
 //     a repository request always means "private, wrong or missing token".
 //   - Blobs are linked per repository: a blob asked through a repository
 //     that does not hold it is 404, as on Docker Hub.
+//   - StartMirror adds a second registry host that the registry sends
+//     manifest, tags/list and referrers requests to, as registry.k8s.io
+//     sends them to Artifact Registry.
 //   - The realm advertised in challenges is http://127.0.0.1:PORT/token
 //     unless Options.RealmHost is set (needed only for direct ggcr clients).
 package testupstream
@@ -41,6 +44,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -105,6 +109,7 @@ type Upstream struct {
 	registry *listener
 	realm    *listener
 	objects  *listener
+	mirror   atomic.Pointer[Mirror] // set by StartMirror
 }
 
 // Start starts an Upstream for a test and closes it with t.Cleanup. It calls
