@@ -494,7 +494,7 @@ func TestCachedImagesPullWhenUpstreamFails(t *testing.T) {
 }
 
 func TestPrivateContentIsNotServedToOthers(t *testing.T) {
-	up := testupstream.Start(t, testupstream.Options{})
+	up := testupstream.Start(t, testupstream.Options{RedirectBlobHEADs: true})
 	up.SetPrivate("team/secret", "alice", "alice-pw")
 	up.AddUser("mallory", "mallory-pw")
 	img := up.PushRandomImage(t, "team/secret", "v1", 2, 32<<10)
@@ -541,6 +541,16 @@ func TestPrivateContentIsNotServedToOthers(t *testing.T) {
 	}
 	if n := up.Counters.ObjectStoreGETs() - fetched; n != 0 {
 		t.Errorf("the accepted client's second pull fetched %d blobs upstream, want 0 (served from cache)", n)
+	}
+
+	// A newly admitted user, with the upstream's object store failing:
+	// the access check is the registry's own answer, and its redirect to
+	// the store already says yes, so the cached layers are served.
+	up.SetPrivate("team/secret", "bob", "bob-pw")
+	up.Faults.SetObjectStoreStatus(http.StatusInternalServerError)
+	defer up.Faults.SetObjectStoreStatus(0)
+	if err := e.pullImage(ref, &authn.Basic{Username: "bob", Password: "bob-pw"}, img); err != nil {
+		t.Errorf("newly admitted client while the object store fails: %v", err)
 	}
 }
 

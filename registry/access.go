@@ -96,6 +96,10 @@ func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokena
 		check.Kind = KindManifest
 	}
 	o := outboundFor(r, check, http.MethodHead)
+	// The registry's own redirect (to a CDN) already says yes: following
+	// it would ask a host that knows nothing of access, with a URL that
+	// may be signed for GET only.
+	o.keepRedirect = true
 	if o.header.Get("Accept") == "" && check.Kind == KindManifest {
 		o.header.Set("Accept", "*/*")
 	}

@@ -136,9 +136,8 @@ func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, t target, req 
 // fetchBlobFrom asks the upstream for a blob's bytes from offset to its
 // end, for a reader whose fill stopped on a disk error.
 func (p *Proxy) fetchBlobFrom(ctx context.Context, t target, req Request, grant tokenauth.Grant, offset int64) (io.ReadCloser, error) {
-	h := http.Header{}
-	h.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
-	o := outbound{method: http.MethodGet, path: upstreamPath(req), header: h, scope: "repository:" + req.Name + ":pull", followRedirects: true}
+	o := outbound{method: http.MethodGet, path: upstreamPath(req), header: http.Header{}, scope: "repository:" + req.Name + ":pull", kind: KindBlob}
+	o.header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	resp, err := p.Upstream.Do(ctx, t.up, grant, o)
 	if err != nil {
 		return nil, err

@@ -134,6 +134,8 @@ type outbound struct {
 	// kind is what the request asks for, which names the error a
 	// redirect target's refusal becomes.
 	kind Kind
+	// keepRedirect returns the upstream's 3xx instead of following it.
+	keepRedirect bool
 }
 
 // Do sends o to up as grant's identity and returns the final response.
@@ -151,6 +153,9 @@ func (c *Client) Do(ctx context.Context, up Upstream, grant tokenauth.Grant, o o
 	}
 	if err != nil {
 		return nil, err
+	}
+	if o.keepRedirect {
+		return resp, nil
 	}
 	return c.follow(ctx, resp, o)
 }
@@ -254,6 +259,10 @@ func (c *Client) follow(ctx context.Context, resp *http.Response, o outbound) (*
 		return resp, nil
 	}
 	visited := map[string]bool{resp.Request.URL.String(): true}
+	// A redirect within the upstream's own host (a path it moved) keeps
+	// the request's Authorization: it goes to the upstream and nowhere else.
+	origin := resp.Request.URL
+	originAuth := resp.Request.Header.Get("Authorization")
 	// The digest a redirect named, for a blob whose target (a CDN)
 	// names none.
 	var named string
@@ -275,7 +284,11 @@ func (c *Client) follow(ctx context.Context, resp *http.Response, o outbound) (*
 			return nil, &redirectError{reason: fmt.Sprintf("more than %d times", maxRedirects)}
 		}
 		visited[loc.String()] = true
-		if resp, err = c.hop(ctx, loc, o); err != nil {
+		auth := ""
+		if loc.Scheme == origin.Scheme && loc.Host == origin.Host {
+			auth = originAuth
+		}
+		if resp, err = c.hop(ctx, loc, o, auth); err != nil {
 			return nil, err
 		}
 	}
@@ -303,11 +316,12 @@ type redirectError struct{ reason string }
 
 func (e *redirectError) Error() string { return "upstream redirected " + e.reason }
 
-// hop requests one redirect target. A target that challenges for a Bearer
-// token (a registry, such as Artifact Registry) gets one anonymous token
-// from the realm it names, for the scope it names, and the request is sent
-// once more: never with our credentials or the client's.
-func (c *Client) hop(ctx context.Context, loc *url.URL, o outbound) (*http.Response, error) {
+// hop requests one redirect target, with authorization only when the
+// target is the upstream's own host. Another host that challenges for a
+// Bearer token (a registry, such as Artifact Registry) gets one anonymous
+// token from the realm it names, for the scope it names, and the request is
+// sent once more: never with our credentials or the client's.
+func (c *Client) hop(ctx context.Context, loc *url.URL, o outbound, authorization string) (*http.Response, error) {
 	send := func(authorization string) (*http.Response, error) {
 		method := o.method
 		if method != http.MethodHead {
@@ -333,8 +347,8 @@ func (c *Client) hop(ctx context.Context, loc *url.URL, o outbound) (*http.Respo
 		}
 		return resp, nil
 	}
-	resp, err := send("")
-	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+	resp, err := send(authorization)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized || authorization != "" {
 		return resp, err
 	}
 	ch := pickChallenge(resp.Header)

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
@@ -46,5 +49,51 @@ func TestChallengeFollowsARedirectedBase(t *testing.T) {
 	var se *upstreamStatusError
 	if ch != nil || !errors.As(err, &se) || se.status != http.StatusServiceUnavailable {
 		t.Errorf("Challenge with the redirect target down = %v, %v; want upstream status 503", ch, err)
+	}
+}
+
+// TestRedirectWithinTheUpstreamKeepsAuthorization: a redirect to another
+// path of the upstream's own host keeps the request's Authorization (the
+// upstream asked for it there); a redirect to another host gets none.
+func TestRedirectWithinTheUpstreamKeepsAuthorization(t *testing.T) {
+	var elsewhereAuth atomic.Value
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhereAuth.Store(r.Header.Get("Authorization"))
+		w.Header().Set("Docker-Content-Digest", "sha256:"+strings.Repeat("a", 64))
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer elsewhere.Close()
+	const token = "Bearer upstream-token"
+	upstreamSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v2/old/name/manifests/1":
+			http.Redirect(w, r, "/v2/new/name/manifests/1", http.StatusMovedPermanently)
+		case "/v2/new/name/manifests/1":
+			if r.Header.Get("Authorization") != token {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			http.Redirect(w, r, elsewhere.URL+"/manifest", http.StatusTemporaryRedirect)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	defer upstreamSrv.Close()
+	u, _ := url.Parse(upstreamSrv.URL)
+	c := &Client{
+		HTTP:   &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		Tokens: &tokenauth.Fetcher{Client: &http.Client{}},
+	}
+	o := outbound{method: http.MethodGet, path: "/v2/old/name/manifests/1", header: http.Header{}, scope: "repository:old/name:pull", kind: KindManifest}
+	resp, err := c.Do(context.Background(), Upstream{Name: u.Host, URL: u}, tokenauth.Grant{Authorization: token}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: the redirect within the upstream lost its Authorization", resp.StatusCode)
+	}
+	if got, _ := elsewhereAuth.Load().(string); got != "" {
+		t.Errorf("the other host received Authorization %q", got)
 	}
 }

@@ -272,8 +272,9 @@ func copyInner(w http.ResponseWriter, rec *httptest.ResponseRecorder, withBody b
 	}
 }
 
-// serveBlob answers HEAD itself and sends GET to the object store with a
-// signed URL, as Docker Hub does with its CDN.
+// serveBlob answers HEAD itself (unless Options.RedirectBlobHEADs) and
+// sends GET to the object store with a signed URL, as Docker Hub does with
+// its CDN.
 func (u *Upstream) serveBlob(w http.ResponseWriter, r *http.Request, rt route) {
 	if r.Method == http.MethodGet {
 		u.Counters.blobGET.Add(1)
@@ -292,7 +293,7 @@ func (u *Upstream) serveBlob(w http.ResponseWriter, r *http.Request, rt route) {
 		writeRegError(w, http.StatusNotFound, "BLOB_UNKNOWN", "blob unknown to registry")
 		return
 	}
-	if r.Method == http.MethodHead {
+	if r.Method == http.MethodHead && !u.opts.RedirectBlobHEADs {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("Content-Length", strconv.FormatInt(src.size(), 10))
 		w.Header().Set("Docker-Content-Digest", h.String())

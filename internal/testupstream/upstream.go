@@ -69,6 +69,10 @@ type Options struct {
 	TokenTTL time.Duration
 	// RedirectTTL is the life of signed object-store URLs; default 10m.
 	RedirectTTL time.Duration
+	// RedirectBlobHEADs makes the registry answer blob HEADs with a
+	// redirect to the object store too, as distribution does with its
+	// storage redirect on, instead of answering them itself.
+	RedirectBlobHEADs bool
 	// RateLimit is the limit advertised in ratelimit-limit; default 100.
 	RateLimit int
 	// EnforceRateLimit makes manifest GETs answer 429 once RateLimit GETs
