@@ -4,8 +4,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -182,6 +184,100 @@ func TestTokenEndpointKeepsScopesAndAddsLibrary(t *testing.T) {
 	resp, _ = e.do("GET", "docker.example.test", "/v2/library/busybox/manifests/latest", http.Header{"Authorization": {"Bearer forged.token"}})
 	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(resp.Header.Get("Www-Authenticate"), `error="invalid_token"`) {
 		t.Errorf("forged token = %d %v", resp.StatusCode, resp.Header)
+	}
+}
+
+func TestMalformedTokenRequestsNeverReachUpstream(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	// A fresh proxy: it has not learnt the upstream's challenge yet, so
+	// anything that asked for it would show in the counters.
+	e := startProxy(t, up, domainBlock)
+	basic := func(user, pass string) http.Header {
+		return http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))}}
+	}
+	form := http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}
+	manyScopes := url.Values{}
+	for i := range 65 {
+		manyScopes.Add("scope", fmt.Sprintf("repository:team/app%d:pull", i))
+	}
+	cases := []struct {
+		name, method, path string
+		header             http.Header
+		body               string
+		status             int
+	}{
+		{"invalid scope", "GET", "/v2/auth?scope=repository:Team/App:pull", nil, "", 400},
+		{"scope without actions", "GET", "/v2/auth?scope=repository:team/app", nil, "", 400},
+		{"scope too long", "GET", "/v2/auth?scope=repository:" + strings.Repeat("a", 600) + ":pull", nil, "", 400},
+		{"too many scopes", "GET", "/v2/auth?" + manyScopes.Encode(), nil, "", 400},
+		{"query too long", "GET", "/v2/auth?service=" + strings.Repeat("s", 17<<10), nil, "", 400},
+		{"PUT", "PUT", "/v2/auth", nil, "", 405},
+		{"DELETE", "DELETE", "/v2/auth?scope=repository:team/app:pull", nil, "", 405},
+		{"Bearer Authorization", "GET", "/v2/auth?scope=repository:team/app:pull", http.Header{"Authorization": {"Bearer dp1.whatever"}}, "", 400},
+		{"Basic that does not decode", "GET", "/v2/auth", http.Header{"Authorization": {"Basic !!!"}}, "", 400},
+		{"empty username", "GET", "/v2/auth", basic("", "pw"), "", 400},
+		{"username too long", "GET", "/v2/auth", basic(strings.Repeat("u", 300), "pw"), "", 400},
+		{"password too long", "GET", "/v2/auth", basic("alice", strings.Repeat("p", 5<<10)), "", 400},
+		{"credentials and a bad scope", "GET", "/v2/auth?scope=repository:a/../b:pull", basic("alice", "pw"), "", 400},
+		{"unsupported grant", "POST", "/v2/auth", form, "grant_type=client_credentials&scope=repository:team/app:pull", 400},
+		{"bad scope in a form", "POST", "/v2/auth", form, "grant_type=password&username=alice&password=pw&scope=repository:UPPER:pull", 400},
+		{"form too large", "POST", "/v2/auth", form, "scope=" + strings.Repeat("a", 70<<10), 400},
+	}
+	for _, c := range cases {
+		resp, body := e.doBody(c.method, "docker.example.test", c.path, c.header, c.body)
+		var got struct {
+			Error  string
+			Errors []struct{ Code, Message string }
+		}
+		if err := json.Unmarshal([]byte(body), &got); err != nil || got.Error == "" || len(got.Errors) != 1 {
+			t.Errorf("%s: not a token endpoint error: %d %.200s", c.name, resp.StatusCode, body)
+			continue
+		}
+		if resp.StatusCode != c.status {
+			t.Errorf("%s = %d %s, want %d", c.name, resp.StatusCode, body, c.status)
+		}
+	}
+	if n, m := up.Counters.RegistryRequests(), up.Counters.RealmRequests(); n != 0 || m != 0 {
+		t.Errorf("malformed token requests reached the upstream: %d registry and %d realm requests", n, m)
+	}
+	// A well-formed one does ask the upstream (so the counters can tell).
+	anonymousToken(t, e, "docker.example.test", "team/app")
+	if up.Counters.RegistryRequests() == 0 {
+		t.Error("a token request did not learn the upstream's challenge")
+	}
+}
+
+func TestTokenEndpointIgnoresRealmAndServiceFromClient(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{Service: "registry.docker.io"})
+	elsewhere := testupstream.Start(t, testupstream.Options{Service: "elsewhere.test"})
+	up.SetPrivate("team/secret", "alice", "s3cret")
+	elsewhere.AddUser("alice", "s3cret")
+	img := up.PushRandomImage(t, "team/secret", "v1", 1, 1024)
+	e := startProxy(t, up, domainBlock)
+
+	q := url.Values{
+		"scope":   {"repository:team/secret:pull"},
+		"realm":   {elsewhere.Realm},
+		"service": {elsewhere.Service},
+	}
+	h := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte("alice:s3cret"))}}
+	resp, body := e.do("GET", "docker.example.test", "/v2/auth?"+q.Encode(), h)
+	var tr struct{ Token string }
+	if err := json.Unmarshal([]byte(body), &tr); err != nil || resp.StatusCode != 200 || tr.Token == "" {
+		t.Fatalf("token with a client-given realm and service = %d %s", resp.StatusCode, body)
+	}
+	if n := elsewhere.Counters.RealmRequests(); n != 0 {
+		t.Errorf("the realm named by the client got %d requests", n)
+	}
+	if up.Counters.TokenRequests() == 0 {
+		t.Error("the upstream's own realm was not asked")
+	}
+	// The token is the upstream's, for its own service (its realm refuses
+	// any other): it pulls the private manifest.
+	d, _ := img.Digest()
+	resp, _ = e.do("GET", "docker.example.test", "/v2/team/secret/manifests/v1", http.Header{"Authorization": {"Bearer " + tr.Token}})
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != d.String() {
+		t.Errorf("private manifest with the token = %d %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"))
 	}
 }
 

@@ -220,8 +220,15 @@ func (p *Proxy) serveBase(w http.ResponseWriter, r *http.Request, t target) {
 	_, _ = io.WriteString(w, "{}")
 }
 
-// serveToken runs the proxy's token endpoint for t's upstream.
+// serveToken runs the proxy's token endpoint for t's upstream. The whole
+// request is validated first: a malformed one is answered without the
+// upstream being asked anything, not even for its challenge.
 func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request, t target) {
+	treq, rerr := tokenauth.ParseRequest(r)
+	if rerr != nil {
+		rerr.Write(w)
+		return
+	}
 	up := tokenauth.Upstream{ID: t.up.String()}
 	ch, err := p.Upstream.Challenge(r.Context(), t.up)
 	if err != nil {
@@ -239,7 +246,7 @@ func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request, t target) {
 	up.CheckBasic = func(ctx context.Context, authorization string) error {
 		return p.Upstream.CheckBasic(ctx, t.up, authorization)
 	}
-	p.Auth.ServeHTTP(w, r, up)
+	p.Auth.Serve(w, r, treq, up)
 }
 
 // forward sends the request upstream as grant's identity and relays the
