@@ -523,24 +523,43 @@ func TestUnreachableUpstreamIs502JSON(t *testing.T) {
 	}
 }
 
+// TestBodyFailureAbortsClientConnection: an upstream blob body that breaks
+// off reaches the client as a broken response, never as a clean short one.
+// The upstream sends it chunked, without Content-Length, so nothing but the
+// proxy's own abort can tell the client (a response with a length that
+// falls short is broken off by net/http anyway).
 func TestBodyFailureAbortsClientConnection(t *testing.T) {
-	up := testupstream.Start(t, testupstream.Options{})
-	img := up.PushRandomImage(t, "team/app", "1", 1, 1<<20)
-	e := startProxy(t, up, domainBlock)
-	layers, _ := img.Layers()
-	ld, _ := layers[0].Digest()
-	tok := anonymousToken(t, e, "docker.example.test", "team/app")
-	up.Faults.CutBlobsAfter(300 << 10)
-	req, _ := http.NewRequest("GET", e.url("docker.example.test", "/v2/team/app/blobs/"+ld.String()), nil)
-	req.Header.Set("Authorization", "Bearer "+tok)
-	resp, err := (&http.Client{Transport: e.transport}).Do(req)
-	if err != nil {
-		t.Fatalf("headers should arrive: %v", err)
-	}
-	n, err := io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if err == nil {
-		t.Errorf("a cut blob ended cleanly after %d bytes (status %d)", n, resp.StatusCode)
+	for _, c := range []struct{ name, block string }{
+		{"cache off", domainBlock},
+		{"cache on", cachedBlock("")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up := testupstream.Start(t, testupstream.Options{})
+			img := up.PushRandomImage(t, "team/app", "1", 1, 1<<20)
+			e := startProxy(t, up, c.block)
+			layers, _ := img.Layers()
+			ld, _ := layers[0].Digest()
+			tok := anonymousToken(t, e, "docker.example.test", "team/app")
+			up.Faults.ChunkBlobs(true)
+			up.Faults.CutBlobsAfter(300 << 10)
+			req, _ := http.NewRequest("GET", e.url("docker.example.test", "/v2/team/app/blobs/"+ld.String()), nil)
+			req.Header.Set("Authorization", "Bearer "+tok)
+			resp, err := (&http.Client{Transport: e.transport}).Do(req)
+			if err != nil {
+				t.Fatalf("headers should arrive: %v", err)
+			}
+			n, err := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || resp.ContentLength != -1 {
+				t.Errorf("status %d, length %d: want 200 without a length, as the upstream sent it", resp.StatusCode, resp.ContentLength)
+			}
+			if err == nil {
+				t.Errorf("a cut blob ended cleanly after %d bytes", n)
+			}
+			if up.Counters.ObjectStoreGETs() != 1 {
+				t.Errorf("%d object store GETs, want 1", up.Counters.ObjectStoreGETs())
+			}
+		})
 	}
 }
 
