@@ -414,6 +414,148 @@ func TestBlobRedirectFollowedWithoutCredentials(t *testing.T) {
 	}
 }
 
+// headerTransport adds headers to every request, as a browser, a CI
+// runner or a corporate proxy in front of a registry client may.
+type headerTransport struct {
+	base   http.RoundTripper
+	header http.Header
+}
+
+func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	for k, vs := range h.header {
+		r.Header[k] = vs
+	}
+	return h.base.RoundTrip(r)
+}
+
+// TestClientHeadersAndCredentialsGoOnlyWhereTheyBelong: a logged-in client
+// pulls, sending cookies and a header of its own. Its Basic credentials
+// reach the upstream's realm and nothing else; the blob redirect target
+// gets none of the client's headers but Range.
+func TestClientHeadersAndCredentialsGoOnlyWhereTheyBelong(t *testing.T) {
+	for _, c := range []struct{ name, block string }{
+		{"cache off", domainBlock},
+		{"cache on", cachedBlock("")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up := testupstream.Start(t, testupstream.Options{RecordRequests: true})
+			up.SetPrivate("team/secret", "alice", "s3cret-pass")
+			img := up.PushRandomImage(t, "team/secret", "v1", 2, 64<<10)
+			e := startProxy(t, up, c.block)
+			const cookie, clientSecret, agent = "session=cookie-value", "client-secret-value", "client-agent/1.0"
+			extra := http.Header{"Cookie": {cookie}, "X-Client-Secret": {clientSecret}}
+
+			// A real client logs in and pulls...
+			opts := []remote.Option{
+				remote.WithTransport(headerTransport{base: e.transport, header: extra}),
+				remote.WithAuth(&authn.Basic{Username: "alice", Password: "s3cret-pass"}),
+				remote.WithUserAgent(agent),
+			}
+			got, err := remote.Image(e.ref("docker.example.test", "team/secret:v1"), opts...)
+			if err == nil {
+				err = sameImage(got, img)
+			}
+			if err != nil {
+				t.Fatalf("logged-in pull: %v", err)
+			}
+			// ...and asks for a range of a blob, with its proxy token.
+			h := http.Header{"Authorization": {"Bearer " + loginToken(t, e, "alice", "s3cret-pass", "team/secret")},
+				"Range": {"bytes=10-99"}, "User-Agent": {agent}}
+			for k, v := range extra {
+				h[k] = v
+			}
+			layers := layerDigests(t, img)
+			resp, body := e.do("GET", "docker.example.test", "/v2/team/secret/blobs/"+layers[1].String(), h)
+			if resp.StatusCode != http.StatusPartialContent || len(body) != 90 {
+				t.Fatalf("ranged blob = %d, %d bytes", resp.StatusCode, len(body))
+			}
+
+			basic := base64.StdEncoding.EncodeToString([]byte("alice:s3cret-pass"))
+			// dp1. starts the proxy's own tokens, which never leave it.
+			secrets := []string{"s3cret-pass", basic, "cookie-value", clientSecret, "dp1."}
+			// The client's User-Agent goes to the registry after the
+			// proxy's (registries count clients by it), nowhere else.
+			clientAgent := []string{agent, "go-containerregistry"}
+			leaked := func(r testupstream.Recorded, values []string) []string {
+				var found []string
+				for _, s := range values {
+					if strings.Contains(r.URI, s) {
+						found = append(found, s+" in the URI")
+					}
+					for k, vs := range r.Header {
+						for _, v := range vs {
+							if strings.Contains(v, s) {
+								found = append(found, s+" in "+k)
+							}
+						}
+					}
+				}
+				return found
+			}
+
+			objects := up.Requests(testupstream.ObjectStoreListener)
+			if len(objects) == 0 {
+				t.Fatal("no request reached the object store")
+			}
+			ranged := false
+			for _, r := range objects {
+				for k := range r.Header {
+					switch k {
+					case "Range":
+						ranged = ranged || r.Header.Get("Range") == "bytes=10-99"
+					case "User-Agent", "Accept-Encoding": // the proxy's own
+					default:
+						t.Errorf("the object store got %s: %q", k, r.Header.Values(k))
+					}
+				}
+				if found := leaked(r, append(secrets, clientAgent...)); len(found) > 0 {
+					t.Errorf("the object store got %v", found)
+				}
+			}
+			// The cache fetches whole blobs and serves ranges itself.
+			if c.name == "cache off" && !ranged {
+				t.Error("the client's Range did not reach the object store")
+			}
+
+			for _, r := range up.Requests(testupstream.RegistryListener) {
+				for _, k := range []string{"Cookie", "X-Client-Secret"} {
+					if r.Header.Get(k) != "" {
+						t.Errorf("%s %s: the registry got the client's %s", r.Method, r.URI, k)
+					}
+				}
+				if found := leaked(r, secrets); len(found) > 0 {
+					t.Errorf("%s %s: the registry got %v", r.Method, r.URI, found)
+				}
+			}
+
+			realm := up.Requests(testupstream.RealmListener)
+			loggedIn := false
+			for _, r := range realm {
+				loggedIn = loggedIn || r.Header.Get("Authorization") == "Basic "+basic
+				if found := leaked(r, []string{"cookie-value", clientSecret, "dp1."}); len(found) > 0 {
+					t.Errorf("the realm got %v", found)
+				}
+			}
+			if !loggedIn {
+				t.Errorf("the client's credentials never reached the realm (%d requests)", len(realm))
+			}
+		})
+	}
+}
+
+// loginToken gets a token for a logged-in client from the proxy.
+func loginToken(t *testing.T, e *proxyEnv, user, pass, repo string) string {
+	t.Helper()
+	h := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))}}
+	resp, body := e.do("GET", "docker.example.test", "/v2/auth?scope=repository:"+repo+":pull", h)
+	var tr struct{ Token string }
+	if err := json.Unmarshal([]byte(body), &tr); err != nil || resp.StatusCode != 200 || tr.Token == "" {
+		t.Fatalf("login token: %d %s", resp.StatusCode, body)
+	}
+	return tr.Token
+}
+
 func TestRangeAndTagsPagination(t *testing.T) {
 	up := testupstream.Start(t, testupstream.Options{})
 	img := up.PushRandomImage(t, "team/app", "1", 1, 10000)
