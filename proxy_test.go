@@ -308,6 +308,49 @@ func TestPullsThroughDomainAndSubdomainBlocks(t *testing.T) {
 		}
 		pullIndex(t, e, e.ref("ghcr.example.test", "team/multi:v1"), idx)
 	})
+	t.Run("host-matched site blocks", func(t *testing.T) {
+		// Two sites side by side, each with its own upstream, as users
+		// write them; the same repository holds other images on each.
+		ghcr := testupstream.Start(t, testupstream.Options{})
+		ghcrImg := ghcr.PushRandomImage(t, "team/app", "1", 2, 8<<10)
+		busybox := up.PushRandomImage(t, "library/busybox", "latest", 1, 4<<10)
+		e := startProxy(t, up, strings.Replace(`http://docker.example.test:{PORT} {
+	docker_proxy docker.io {
+		upstream docker.io {UPSTREAM}
+	}
+}
+
+http://ghcr.example.test:{PORT} {
+	docker_proxy ghcr.io {
+		upstream ghcr.io GHCR
+	}
+}`, "GHCR", ghcr.URL, 1))
+		hubBefore := up.Counters.ManifestGETsFor("team/app")
+		if err := e.pullImage(e.ref("docker.example.test", "team/app:1"), nil, img); err != nil {
+			t.Errorf("docker site: %v", err)
+		}
+		if err := e.pullImage(e.ref("ghcr.example.test", "team/app:1"), nil, ghcrImg); err != nil {
+			t.Errorf("ghcr site: %v", err)
+		}
+		// Docker Hub's rule on the docker site only.
+		if err := e.pullImage(e.ref("docker.example.test", "busybox:latest"), nil, busybox); err != nil {
+			t.Errorf("docker site, one-component name: %v", err)
+		}
+		resp, _ := e.do("GET", "ghcr.example.test", "/v2/busybox/manifests/latest", nil)
+		if resp.StatusCode == http.StatusMovedPermanently {
+			t.Error("the ghcr site redirected a one-component name to library/")
+		}
+		if n := up.Counters.ManifestGETsFor("team/app") - hubBefore; n != 1 {
+			t.Errorf("the docker upstream served team/app %d times, want 1", n)
+		}
+		if n := ghcr.Counters.ManifestGETsFor("team/app"); n != 1 {
+			t.Errorf("the ghcr upstream served team/app %d times, want 1", n)
+		}
+		if up.Counters.ManifestGETsFor("library/busybox") != 1 || ghcr.Counters.ManifestGETsFor("library/busybox") != 0 {
+			t.Errorf("library/busybox: %d GETs on the docker upstream, %d on ghcr; want 1 and 0",
+				up.Counters.ManifestGETsFor("library/busybox"), ghcr.Counters.ManifestGETsFor("library/busybox"))
+		}
+	})
 }
 
 func pullIndex(t *testing.T, e *proxyEnv, ref interface{ String() string }, want v1.ImageIndex) {
