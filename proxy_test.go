@@ -1,6 +1,7 @@
 package dockerproxy_test
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -90,6 +92,65 @@ func TestBaseChallengePointsAtProxyRealm(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(ch, `realm="http://docker.example.test:`+e.port+`/v2/auth"`) ||
 		!strings.Contains(ch, `scope="repository:team/secret:pull"`) {
 		t.Errorf("private manifest = %d, challenge %q", resp.StatusCode, ch)
+	}
+}
+
+// TestBaseAnswersBasicCredentialsWithChallenge: /v2/ is 200 only to one of
+// the proxy's tokens. Basic credentials get the challenge, as from a
+// registry with token authentication, and are checked at the realm: a
+// docker-login-like client logs in with the right password only.
+func TestBaseAnswersBasicCredentialsWithChallenge(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{Service: "registry.docker.io"})
+	up.SetPrivate("team/secret", "alice", "s3cret")
+	img := up.PushRandomImage(t, "team/secret", "v1", 1, 4096)
+	e := startProxy(t, up, domainBlock)
+	realm := `realm="http://docker.example.test:` + e.port + `/v2/auth"`
+	basic := func(user, pass string) http.Header {
+		return http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))}}
+	}
+	for _, pass := range []string{"s3cret", "wrong"} {
+		resp, body := e.do("GET", "docker.example.test", "/v2/", basic("alice", pass))
+		ch := resp.Header.Get("Www-Authenticate")
+		if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(ch, "Bearer ") || !strings.Contains(ch, realm) || !strings.Contains(body, "UNAUTHORIZED") {
+			t.Errorf("/v2/ with Basic alice:%s = %d %q %s, want 401 with the proxy's challenge", pass, resp.StatusCode, ch, body)
+		}
+	}
+	resp, _ := e.do("GET", "docker.example.test", "/v2/", http.Header{"Authorization": {"Bearer " + loginToken(t, e, "alice", "s3cret", "team/secret")}})
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/v2/ with the proxy's token = %d, want 200", resp.StatusCode)
+	}
+
+	// docker login: ping, token from the realm with the password, then
+	// /v2/ with the token.
+	reg, err := name.NewRegistry("docker.example.test:"+e.port, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scopes := []string{reg.Repo("team", "secret").Scope(transport.PullScope)}
+	login := func(pass string) (int, error) {
+		rt, err := transport.NewWithContext(context.Background(), reg, &authn.Basic{Username: "alice", Password: pass}, e.transport, scopes)
+		if err != nil {
+			return 0, err
+		}
+		resp, err := (&http.Client{Transport: rt}).Get(e.url("docker.example.test", "/v2/"))
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if status, err := login("s3cret"); err != nil || status != http.StatusOK {
+		t.Errorf("login with the password = %d, %v; want 200", status, err)
+	}
+	before := up.Counters.TokenRequests()
+	if _, err := login("wrong"); !isStatus(err, http.StatusUnauthorized) {
+		t.Errorf("login with a wrong password: %v, want 401", err)
+	}
+	if up.Counters.TokenRequests() == before {
+		t.Error("the wrong password was not checked at the upstream's realm")
+	}
+	if err := e.pullImage(e.ref("docker.example.test", "team/secret:v1"), &authn.Basic{Username: "alice", Password: "s3cret"}, img); err != nil {
+		t.Errorf("pull with Basic credentials: %v", err)
 	}
 }
 

@@ -197,11 +197,20 @@ func (p *Proxy) challengeFor(r *http.Request, t target, req Request, errParam st
 	return tokenauth.Challenge{Scheme: "Bearer", Params: params}
 }
 
-// serveBase answers GET /v2/. Without credentials the client gets the
-// upstream's challenge pointing at the proxy's realm (so that docker login
-// and pulls ask the proxy for tokens); with a valid token, 200.
+// serveBase answers GET /v2/ as a registry with token authentication
+// does: 200 to one of the proxy's tokens (Identify refused any other),
+// else the upstream's challenge pointing at the proxy's realm, so that
+// docker login and pulls ask the proxy for tokens. Basic credentials are
+// checked at the realm, not here: answering them 200 would tell a client
+// that any password logs in. Only a client without credentials, of an
+// upstream that asks for none, gets 200 anonymously.
 func (p *Proxy) serveBase(w http.ResponseWriter, r *http.Request, t target) {
-	if r.Header.Get("Authorization") == "" {
+	switch auth := r.Header.Get("Authorization"); {
+	case isBearer(auth):
+	case auth != "":
+		p.writeChallenge(w, r, t, Request{}, "")
+		return
+	default:
 		ch, err := p.Upstream.Challenge(r.Context(), t.up)
 		if err != nil {
 			// Offline: still point the client at our realm; the
@@ -218,6 +227,12 @@ func (p *Proxy) serveBase(w http.ResponseWriter, r *http.Request, t target) {
 	w.Header().Set("Content-Length", "2")
 	w.WriteHeader(http.StatusOK)
 	_, _ = io.WriteString(w, "{}")
+}
+
+// isBearer reports whether an Authorization value is a bearer token.
+func isBearer(authorization string) bool {
+	scheme, _, _ := strings.Cut(authorization, " ")
+	return strings.EqualFold(scheme, "Bearer")
 }
 
 // serveToken runs the proxy's token endpoint for t's upstream. The whole
