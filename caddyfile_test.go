@@ -625,6 +625,9 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 				t.Errorf("accepted an invalid upstream %q: %v", u, err)
 			}
 		}
+		if err := h.Validate(); err != nil {
+			t.Errorf("accepted a config that Validate refuses: %v", err)
+		}
 		if h.TransportRaw != nil && !json.Valid(h.TransportRaw) {
 			t.Errorf("transport is not JSON: %s", h.TransportRaw)
 		}
