@@ -11,14 +11,17 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
 )
@@ -718,6 +721,126 @@ func loginToken(t *testing.T, e *proxyEnv, user, pass, repo string) string {
 		t.Fatalf("login token: %d %s", resp.StatusCode, body)
 	}
 	return tr.Token
+}
+
+// TestHopByHopResponseHeadersStayUpstream: headers that belong to the
+// upstream's connection (Connection and the ones it names, Keep-Alive,
+// Proxy-Authenticate, ...) never reach the client, from the registry or
+// from the blob redirect target.
+func TestHopByHopResponseHeadersStayUpstream(t *testing.T) {
+	hop := http.Header{
+		"Connection":         {"X-Foo, X-Bar"},
+		"X-Foo":              {"1"},
+		"X-Bar":              {"2"},
+		"Keep-Alive":         {"timeout=5, max=100"},
+		"Proxy-Authenticate": {`Basic realm="upstream-proxy"`},
+		"Proxy-Connection":   {"keep-alive"},
+		"Upgrade":            {"h2c"},
+	}
+	for _, c := range []struct{ name, block string }{
+		{"cache off", domainBlock},
+		{"cache on", cachedBlock("")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up := testupstream.Start(t, testupstream.Options{})
+			img := up.PushRandomImage(t, "team/app", "1", 1, 4096)
+			up.AddResponseHeaders(testupstream.RegistryListener, hop)
+			up.AddResponseHeaders(testupstream.ObjectStoreListener, hop)
+			// The upstream does send them, or this test proves nothing.
+			resp, err := http.Get(up.URL + "/v2/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			for k := range hop {
+				if resp.Header.Get(k) == "" {
+					t.Fatalf("the upstream does not send %s: %v", k, resp.Header)
+				}
+			}
+
+			e := startProxy(t, up, c.block)
+			tok := anonymousToken(t, e, "docker.example.test", "team/app")
+			d, _ := img.Digest()
+			paths := []string{"/v2/team/app/manifests/1", "/v2/team/app/manifests/" + d.String(), "/v2/team/app/tags/list"}
+			for _, l := range layerDigests(t, img) {
+				paths = append(paths, "/v2/team/app/blobs/"+l.String())
+			}
+			accept := http.Header{"Accept": {"application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"}}
+			for _, path := range paths {
+				for _, method := range []string{"HEAD", "GET"} {
+					resp, _ := e.get(method, path, tok, accept)
+					if resp.StatusCode != http.StatusOK {
+						t.Errorf("%s %s = %d", method, path, resp.StatusCode)
+					}
+					for k := range hop {
+						if v := resp.Header.Values(k); len(v) > 0 {
+							t.Errorf("%s %s: the client got %s: %q", method, path, k, v)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestManifestPassThroughHeaders: with the cache off, manifests come from
+// the upstream with the headers clients check (type, digest, length), an
+// OCI manifest as such, and a HEAD stays a HEAD, which Docker Hub does not
+// count against the pull limit.
+func TestManifestPassThroughHeaders(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	docker := up.PushRandomImage(t, "team/app", "docker", 1, 2048)
+	oci := mutate.MediaType(docker, types.OCIManifestSchema1)
+	oci = mutate.ConfigMediaType(oci, types.OCIConfigJSON)
+	up.PushImage(t, "team/app", "oci", oci)
+	e := startProxy(t, up, domainBlock)
+	tok := anonymousToken(t, e, "docker.example.test", "team/app")
+	accept := http.Header{"Accept": {string(types.OCIManifestSchema1) + ", " + string(types.DockerManifestSchema2)}}
+
+	for _, c := range []struct {
+		ref       string
+		img       v1.Image
+		mediaType types.MediaType
+	}{
+		{"oci", oci, types.OCIManifestSchema1},
+		{"docker", docker, types.DockerManifestSchema2},
+	} {
+		raw, _ := c.img.RawManifest()
+		d, _ := c.img.Digest()
+		for _, ref := range []string{c.ref, d.String()} {
+			path := "/v2/team/app/manifests/" + ref
+			gets, heads := up.Counters.ManifestGETs(), up.Counters.ManifestHEADs()
+			resp, body := e.get("HEAD", path, tok, accept)
+			if n := up.Counters.ManifestGETs() - gets; n != 0 || up.Counters.ManifestHEADs()-heads != 1 {
+				t.Errorf("HEAD %s made %d manifest GETs and %d HEADs upstream, want 0 and 1", ref, n, up.Counters.ManifestHEADs()-heads)
+			}
+			checkManifestHeaders(t, "HEAD "+ref, resp, c.mediaType, d.String(), len(raw))
+			if body != "" {
+				t.Errorf("HEAD %s has a body", ref)
+			}
+			resp, body = e.get("GET", path, tok, accept)
+			checkManifestHeaders(t, "GET "+ref, resp, c.mediaType, d.String(), len(raw))
+			if body != string(raw) {
+				t.Errorf("GET %s: the body is not the upstream's manifest", ref)
+			}
+		}
+	}
+}
+
+func checkManifestHeaders(t *testing.T, what string, resp *http.Response, mediaType types.MediaType, digest string, size int) {
+	t.Helper()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("%s = %d", what, resp.StatusCode)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != string(mediaType) {
+		t.Errorf("%s: Content-Type %q, want %s", what, ct, mediaType)
+	}
+	if dcd := resp.Header.Get("Docker-Content-Digest"); dcd != digest {
+		t.Errorf("%s: Docker-Content-Digest %q, want %s", what, dcd, digest)
+	}
+	if cl := resp.Header.Get("Content-Length"); cl != strconv.Itoa(size) {
+		t.Errorf("%s: Content-Length %q, want %d", what, cl, size)
+	}
 }
 
 func TestRangeAndTagsPagination(t *testing.T) {
