@@ -2,7 +2,6 @@ package dockerproxy
 
 import (
 	"math"
-	"net"
 	"net/http"
 	"strings"
 
@@ -78,7 +77,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //   - credentials are used towards <upstream> (default: the directive's
 //     upstream) for clients that bring none. Repeatable, once per upstream.
 //     Placeholders such as {env.DOCKERHUB_TOKEN} are kept and expanded when
-//     the handler is provisioned.
+//     the handler is provisioned; a username or secret that expands to
+//     nothing (an unset variable) is an error then.
 //   - auth_key seals the tokens that /v2/auth hands out; every instance
 //     behind one load balancer needs the same key. Placeholders are kept.
 //   - cache off proxies every request. Otherwise the cache is on; <dir> is
@@ -123,11 +123,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(d.RemainingArgs()) != 1 {
 				return d.ArgErr()
 			}
-			domain := strings.ToLower(d.Val())
-			if !isDNSName(domain) {
-				return d.Errf("invalid domain '%s': want a DNS name such as example.com", d.Val())
+			if err := registry.CheckDomain(d.Val()); err != nil {
+				return d.Errf("%v", err)
 			}
-			h.Domain = domain
+			h.Domain = strings.ToLower(d.Val())
 
 		case "route":
 			args := d.RemainingArgs()
@@ -136,8 +135,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			d.Prev() // back to the host, for error messages
 			host, upstream := strings.ToLower(args[0]), args[1]
-			if !isHostName(host) {
-				return d.Errf("invalid route host '%s': want a host name or IP address without port", d.Val())
+			if err := registry.CheckRouteHost(d.Val()); err != nil {
+				return d.Errf("%v", err)
 			}
 			if _, ok := h.Routes[host]; ok {
 				return d.Errf("duplicate route for host '%s'", d.Val())
@@ -157,23 +156,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			name, rawURL := args[0], args[1]
-			d.Prev() // back to the name, for error messages
-			up, err := registry.ParseUpstream(name, nil)
-			if err != nil || strings.Contains(name, "://") {
-				return d.Errf("upstream '%s' is not a well-known registry name; want one of %s",
-					name, strings.Join(registry.WellKnownNames(), ", "))
-			}
-			if _, ok := h.Upstreams[up.Name]; ok {
-				return d.Errf("upstream '%s' already specified", name)
-			}
-			d.NextArg()
-			if _, err := registry.ParseUpstream(up.Name, map[string]string{up.Name: rawURL}); err != nil {
+			canonical, err := registry.ParseOverride(name, rawURL)
+			if err != nil {
 				return d.Errf("%v", err)
+			}
+			if _, ok := h.Upstreams[canonical]; ok {
+				return d.Errf("upstream '%s' already specified", name)
 			}
 			if h.Upstreams == nil {
 				h.Upstreams = make(map[string]string)
 			}
-			h.Upstreams[up.Name] = rawURL
+			h.Upstreams[canonical] = rawURL
 
 		case "fallback":
 			if h.Fallback != "" {
@@ -192,11 +185,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			var name string // canonical name of the upstream
 			switch d.CountRemainingArgs() {
 			case 2:
-				if h.Upstream == "" {
-					return d.Errf("credentials without an upstream argument are for the default upstream, " +
-						"but there is none: write credentials <upstream> <username> <secret>")
+				up, err := h.credentialsUpstream("")
+				if err != nil {
+					return d.Errf("%v: write credentials <upstream> <username> <secret>", err)
 				}
-				up, _ := registry.ParseUpstream(h.Upstream, h.Upstreams)
 				name = up.Name
 			case 3:
 				d.NextArg()
@@ -211,13 +203,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			d.AllArgs(&cred.Username, &cred.Secret)
-			if cred.Username == "" || cred.Secret == "" {
-				return d.Errf("credentials need a non-empty username and secret")
+			if err := checkCredential(cred, name, credentialsFor); err != nil {
+				return d.Errf("%v", err)
 			}
-			if credentialsFor[name] {
-				return d.Errf("credentials for upstream '%s' already specified", name)
-			}
-			credentialsFor[name] = true
 			h.Credentials = append(h.Credentials, cred)
 
 		case "auth_key":
@@ -355,35 +343,6 @@ func parseCache(d *caddyfile.Dispenser) (*CacheConfig, error) {
 		}
 	}
 	return cache, nil
-}
-
-// isDNSName reports whether s is a plausible DNS name: dot-separated labels
-// of 1 to 63 letters, digits and inner hyphens, 253 characters at most, and
-// not a dotted number (an IPv4 address is no domain).
-func isDNSName(s string) bool {
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	labels := strings.Split(s, ".")
-	for _, label := range labels {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '-' {
-				return false
-			}
-		}
-	}
-	last := labels[len(labels)-1]
-	return strings.Trim(last, "0123456789") != ""
-}
-
-// isHostName reports whether s is a DNS name or an IP address (no port, no
-// brackets).
-func isHostName(s string) bool {
-	return isDNSName(s) || net.ParseIP(s) != nil
 }
 
 // Interface guard

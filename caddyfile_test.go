@@ -625,6 +625,9 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 				t.Errorf("accepted an invalid upstream %q: %v", u, err)
 			}
 		}
+		if err := h.Validate(); err != nil {
+			t.Errorf("accepted a config that Validate refuses: %v", err)
+		}
 		if h.TransportRaw != nil && !json.Valid(h.TransportRaw) {
 			t.Errorf("transport is not JSON: %s", h.TransportRaw)
 		}
@@ -632,4 +635,101 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 			t.Errorf("config does not encode: %v", err)
 		}
 	})
+}
+
+// TestCaddyfileExampleAdaptsAndValidates: the Caddyfile users copy adapts
+// without warnings and passes Caddy's validation (every module
+// provisioned), with no environment and with DOCKER_PROXY_DOMAIN set, and
+// serves the host table it documents.
+func TestCaddyfileExampleAdaptsAndValidates(t *testing.T) {
+	src, err := os.ReadFile("Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, domain := range []string{"", "example.com"} {
+		t.Run("DOCKER_PROXY_DOMAIN="+domain, func(t *testing.T) {
+			dir := t.TempDir()
+			t.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
+			t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+			for _, v := range []string{"DOCKER_PROXY_DOMAIN", "DOCKER_PROXY_HTTP_PORT", "DOCKER_PROXY_HTTPS_PORT",
+				"DOCKER_PROXY_CACHE_SIZE", "DOCKERHUB_USER", "DOCKERHUB_TOKEN"} {
+				t.Setenv(v, "") // restored after the test...
+				os.Unsetenv(v)  // ...and unset during it
+			}
+			want := "localhost"
+			if domain != "" {
+				t.Setenv("DOCKER_PROXY_DOMAIN", domain)
+				want = domain
+			}
+
+			adapted, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(src, map[string]any{"filename": "Caddyfile.example"})
+			if err != nil {
+				t.Fatalf("adapt: %v", err)
+			}
+			for _, w := range warnings {
+				t.Errorf("warning: %s:%d: %s", w.File, w.Line, w.Message)
+			}
+			var cfg map[string]any
+			if err := json.Unmarshal(adapted, &cfg); err != nil {
+				t.Fatal(err)
+			}
+			handlers := findHandlers(cfg, "docker_proxy")
+			if len(handlers) != 1 {
+				t.Fatalf("%d docker_proxy handlers, want 1:\n%s", len(handlers), adapted)
+			}
+			h := handlers[0]
+			if h["domain"] != want {
+				t.Errorf("domain %v, want %s", h["domain"], want)
+			}
+			if routes, _ := h["routes"].(map[string]any); routes["localhost"] != "docker.io" {
+				t.Errorf("routes %v, want localhost to docker.io", h["routes"])
+			}
+			cache, _ := h["cache"].(map[string]any)
+			if cache["max_size"] != float64(20<<30) || cache["tag_ttl"] != float64(5*time.Minute) {
+				t.Errorf("cache %v, want max_size 20GiB and tag_ttl 5m", cache)
+			}
+			hosts := map[string]bool{}
+			collectHosts(cfg, hosts)
+			for _, prefix := range []string{"docker", "docker-staging", "quay", "gcr", "k8s-gcr", "k8s", "ghcr", "cloudsmith", "ecr"} {
+				if !hosts[prefix+"."+want] {
+					t.Errorf("no site for %s.%s; sites: %v", prefix, want, hosts)
+				}
+			}
+			if !hosts["localhost"] {
+				t.Errorf("no site for localhost; sites: %v", hosts)
+			}
+			if !strings.Contains(string(adapted), `"http_port":80`) || !strings.Contains(string(adapted), `"https_port":443`) {
+				t.Errorf("default ports missing:\n%s", adapted)
+			}
+
+			var c caddy.Config
+			if err := json.Unmarshal(adapted, &c); err != nil {
+				t.Fatal(err)
+			}
+			if err := caddy.Validate(&c); err != nil {
+				t.Errorf("validate: %v", err)
+			}
+		})
+	}
+}
+
+// collectHosts adds the names of every host matcher in v to hosts.
+func collectHosts(v any, hosts map[string]bool) {
+	switch v := v.(type) {
+	case map[string]any:
+		if list, ok := v["host"].([]any); ok {
+			for _, h := range list {
+				if s, ok := h.(string); ok {
+					hosts[s] = true
+				}
+			}
+		}
+		for _, child := range v {
+			collectHosts(child, hosts)
+		}
+	case []any:
+		for _, child := range v {
+			collectHosts(child, hosts)
+		}
+	}
 }

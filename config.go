@@ -13,7 +13,8 @@ type Credential struct {
 	Upstream string `json:"upstream,omitempty"`
 	Username string `json:"username"`
 	// Secret is a password or access token. Placeholders such as
-	// {env.DOCKERHUB_TOKEN} are expanded at provision time.
+	// {env.DOCKERHUB_TOKEN} are expanded at provision time, in Username
+	// too; either one empty after that is a provision error.
 	Secret string `json:"secret"`
 }
 

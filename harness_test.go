@@ -114,7 +114,17 @@ func (e *proxyEnv) url(host, path string) string {
 // read.
 func (e *proxyEnv) do(method, host, path string, header http.Header) (*http.Response, string) {
 	e.t.Helper()
-	req, err := http.NewRequest(method, e.url(host, path), nil)
+	return e.doBody(method, host, path, header, "")
+}
+
+// doBody is do with a request body.
+func (e *proxyEnv) doBody(method, host, path string, header http.Header, body string) (*http.Response, string) {
+	e.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, e.url(host, path), rd)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -128,12 +138,12 @@ func (e *proxyEnv) do(method, host, path string, header http.Header) (*http.Resp
 	if err != nil {
 		e.t.Fatalf("%s %s: %v", method, path, err)
 	}
-	body, err := io.ReadAll(resp.Body)
+	respBody, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
 		e.t.Fatalf("%s %s: reading body: %v", method, path, err)
 	}
-	return resp, string(body)
+	return resp, string(respBody)
 }
 
 // ref names an image as a client of the proxy would: host:port/repo:tag.

@@ -123,13 +123,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.metrics = m
 
-	router, err := registry.NewRouter(registry.RouterConfig{
-		Default:   h.Upstream,
-		Domain:    h.Domain,
-		Routes:    h.Routes,
-		Overrides: h.Upstreams,
-		Fallback:  h.Fallback,
-	})
+	router, err := registry.NewRouter(h.routerConfig())
 	if err != nil {
 		return err
 	}
@@ -150,18 +144,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		UserAgent:   userAgent,
 	}
 	for _, c := range h.Credentials {
-		name := c.Upstream
-		if name == "" {
-			name = h.Upstream
-		}
-		up, err := registry.ParseUpstream(name, h.Upstreams)
+		up, err := h.credentialsUpstream(c.Upstream)
 		if err != nil {
 			return fmt.Errorf("credentials: %w", err)
 		}
-		upstreamClient.Credentials[up.Name] = &tokenauth.Credentials{
+		creds := &tokenauth.Credentials{
 			Username: repl.ReplaceKnown(c.Username, ""),
 			Secret:   repl.ReplaceKnown(c.Secret, ""),
 		}
+		// A placeholder of an unset variable expands to nothing, and
+		// the proxy would log in as nobody: every pull would fail. The
+		// error names the upstream, never what the secret holds.
+		switch {
+		case creds.Username == "":
+			return fmt.Errorf("credentials for upstream %s: the username is empty once placeholders are expanded (is its environment variable set?)", up.Name)
+		case creds.Secret == "":
+			return fmt.Errorf("credentials for upstream %s: the secret is empty once placeholders are expanded (is its environment variable set?)", up.Name)
+		}
+		upstreamClient.Credentials[up.Name] = creds
 	}
 
 	var cache *registry.Cache
@@ -192,6 +192,73 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Cache:    cache,
 		Logger:   h.logger,
 		Scheme:   clientScheme,
+	}
+	return nil
+}
+
+func (h *Handler) routerConfig() registry.RouterConfig {
+	return registry.RouterConfig{
+		Default:   h.Upstream,
+		Domain:    h.Domain,
+		Routes:    h.Routes,
+		Overrides: h.Upstreams,
+		Fallback:  h.Fallback,
+	}
+}
+
+// errNoDefaultUpstream is the error of credentials that name no upstream
+// in a handler that has no default one.
+var errNoDefaultUpstream = errors.New("credentials without an upstream are for the default upstream, but there is none")
+
+// credentialsUpstream is the upstream that credentials given for upstream
+// (empty: the default upstream) are used towards.
+func (h *Handler) credentialsUpstream(upstream string) (registry.Upstream, error) {
+	if upstream == "" {
+		if h.Upstream == "" {
+			return registry.Upstream{}, errNoDefaultUpstream
+		}
+		upstream = h.Upstream
+	}
+	return registry.ParseUpstream(upstream, h.Upstreams)
+}
+
+// checkCredential checks credentials c for the upstream called name;
+// given holds the upstreams that already have credentials, and gets name.
+func checkCredential(c Credential, name string, given map[string]bool) error {
+	if c.Username == "" || c.Secret == "" {
+		return errors.New("credentials need a non-empty username and secret")
+	}
+	if given[name] {
+		return fmt.Errorf("credentials for upstream '%s' already specified", name)
+	}
+	given[name] = true
+	return nil
+}
+
+// Validate checks the configuration as the Caddyfile parser does, for
+// configurations written in JSON (or changed through the admin API),
+// which nothing has checked before.
+func (h *Handler) Validate() error {
+	if err := h.routerConfig().Validate(); err != nil {
+		return err
+	}
+	given := make(map[string]bool)
+	for _, c := range h.Credentials {
+		up, err := h.credentialsUpstream(c.Upstream)
+		if err != nil {
+			return fmt.Errorf("credentials: %w", err)
+		}
+		if err := checkCredential(c, up.Name, given); err != nil {
+			return err
+		}
+	}
+	if c := h.Cache; c != nil {
+		if c.MaxSize < 0 {
+			return fmt.Errorf("cache: max_size %d is negative", c.MaxSize)
+		}
+		if c.TagTTL < 0 {
+			return fmt.Errorf("cache: tag_ttl %s is negative", time.Duration(c.TagTTL))
+		}
 	}
 	return nil
 }
@@ -382,6 +449,7 @@ func (f *inFlight) whenIdle(fn func()) {
 // Interface guards.
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

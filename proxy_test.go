@@ -1,20 +1,27 @@
 package dockerproxy_test
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
 )
@@ -88,6 +95,65 @@ func TestBaseChallengePointsAtProxyRealm(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(ch, `realm="http://docker.example.test:`+e.port+`/v2/auth"`) ||
 		!strings.Contains(ch, `scope="repository:team/secret:pull"`) {
 		t.Errorf("private manifest = %d, challenge %q", resp.StatusCode, ch)
+	}
+}
+
+// TestBaseAnswersBasicCredentialsWithChallenge: /v2/ is 200 only to one of
+// the proxy's tokens. Basic credentials get the challenge, as from a
+// registry with token authentication, and are checked at the realm: a
+// docker-login-like client logs in with the right password only.
+func TestBaseAnswersBasicCredentialsWithChallenge(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{Service: "registry.docker.io"})
+	up.SetPrivate("team/secret", "alice", "s3cret")
+	img := up.PushRandomImage(t, "team/secret", "v1", 1, 4096)
+	e := startProxy(t, up, domainBlock)
+	realm := `realm="http://docker.example.test:` + e.port + `/v2/auth"`
+	basic := func(user, pass string) http.Header {
+		return http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))}}
+	}
+	for _, pass := range []string{"s3cret", "wrong"} {
+		resp, body := e.do("GET", "docker.example.test", "/v2/", basic("alice", pass))
+		ch := resp.Header.Get("Www-Authenticate")
+		if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(ch, "Bearer ") || !strings.Contains(ch, realm) || !strings.Contains(body, "UNAUTHORIZED") {
+			t.Errorf("/v2/ with Basic alice:%s = %d %q %s, want 401 with the proxy's challenge", pass, resp.StatusCode, ch, body)
+		}
+	}
+	resp, _ := e.do("GET", "docker.example.test", "/v2/", http.Header{"Authorization": {"Bearer " + loginToken(t, e, "alice", "s3cret", "team/secret")}})
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/v2/ with the proxy's token = %d, want 200", resp.StatusCode)
+	}
+
+	// docker login: ping, token from the realm with the password, then
+	// /v2/ with the token.
+	reg, err := name.NewRegistry("docker.example.test:"+e.port, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scopes := []string{reg.Repo("team", "secret").Scope(transport.PullScope)}
+	login := func(pass string) (int, error) {
+		rt, err := transport.NewWithContext(context.Background(), reg, &authn.Basic{Username: "alice", Password: pass}, e.transport, scopes)
+		if err != nil {
+			return 0, err
+		}
+		resp, err := (&http.Client{Transport: rt}).Get(e.url("docker.example.test", "/v2/"))
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if status, err := login("s3cret"); err != nil || status != http.StatusOK {
+		t.Errorf("login with the password = %d, %v; want 200", status, err)
+	}
+	before := up.Counters.TokenRequests()
+	if _, err := login("wrong"); !isStatus(err, http.StatusUnauthorized) {
+		t.Errorf("login with a wrong password: %v, want 401", err)
+	}
+	if up.Counters.TokenRequests() == before {
+		t.Error("the wrong password was not checked at the upstream's realm")
+	}
+	if err := e.pullImage(e.ref("docker.example.test", "team/secret:v1"), &authn.Basic{Username: "alice", Password: "s3cret"}, img); err != nil {
+		t.Errorf("pull with Basic credentials: %v", err)
 	}
 }
 
@@ -171,17 +237,112 @@ func TestTokenEndpointKeepsScopesAndAddsLibrary(t *testing.T) {
 		t.Error("a malformed scope reached the upstream realm")
 	}
 
-	// A token is bound to its upstream: a docker.example.test token is
-	// refused on a route to another upstream.
-	other := testupstream.Start(t, testupstream.Options{})
-	_ = other
+	// The token pulls what it was asked for; a forged one is refused.
+	// (Tokens carrying a login are bound to their upstream:
+	// TestLoggedInTokenIsBoundToItsUpstream.)
+	img := up.PushRandomImage(t, "library/busybox", "latest", 1, 1024)
+	d, _ := img.Digest()
 	resp, _ = e.do("GET", "docker.example.test", "/v2/library/busybox/manifests/latest", http.Header{"Authorization": {"Bearer " + tr.Token}})
-	if resp.StatusCode == http.StatusUnauthorized && strings.Contains(resp.Header.Get("Www-Authenticate"), "invalid_token") {
-		t.Errorf("own token refused: %v", resp.Header)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") != d.String() {
+		t.Errorf("manifest with the proxy's token = %d %v", resp.StatusCode, resp.Header)
 	}
 	resp, _ = e.do("GET", "docker.example.test", "/v2/library/busybox/manifests/latest", http.Header{"Authorization": {"Bearer forged.token"}})
 	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(resp.Header.Get("Www-Authenticate"), `error="invalid_token"`) {
 		t.Errorf("forged token = %d %v", resp.StatusCode, resp.Header)
+	}
+}
+
+func TestMalformedTokenRequestsNeverReachUpstream(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	// A fresh proxy: it has not learnt the upstream's challenge yet, so
+	// anything that asked for it would show in the counters.
+	e := startProxy(t, up, domainBlock)
+	basic := func(user, pass string) http.Header {
+		return http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))}}
+	}
+	form := http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}
+	manyScopes := url.Values{}
+	for i := range 65 {
+		manyScopes.Add("scope", fmt.Sprintf("repository:team/app%d:pull", i))
+	}
+	cases := []struct {
+		name, method, path string
+		header             http.Header
+		body               string
+		status             int
+	}{
+		{"invalid scope", "GET", "/v2/auth?scope=repository:Team/App:pull", nil, "", 400},
+		{"scope without actions", "GET", "/v2/auth?scope=repository:team/app", nil, "", 400},
+		{"scope too long", "GET", "/v2/auth?scope=repository:" + strings.Repeat("a", 600) + ":pull", nil, "", 400},
+		{"too many scopes", "GET", "/v2/auth?" + manyScopes.Encode(), nil, "", 400},
+		{"query too long", "GET", "/v2/auth?service=" + strings.Repeat("s", 17<<10), nil, "", 400},
+		{"PUT", "PUT", "/v2/auth", nil, "", 405},
+		{"DELETE", "DELETE", "/v2/auth?scope=repository:team/app:pull", nil, "", 405},
+		{"Bearer Authorization", "GET", "/v2/auth?scope=repository:team/app:pull", http.Header{"Authorization": {"Bearer dp1.whatever"}}, "", 400},
+		{"Basic that does not decode", "GET", "/v2/auth", http.Header{"Authorization": {"Basic !!!"}}, "", 400},
+		{"empty username", "GET", "/v2/auth", basic("", "pw"), "", 400},
+		{"username too long", "GET", "/v2/auth", basic(strings.Repeat("u", 300), "pw"), "", 400},
+		{"password too long", "GET", "/v2/auth", basic("alice", strings.Repeat("p", 5<<10)), "", 400},
+		{"credentials and a bad scope", "GET", "/v2/auth?scope=repository:a/../b:pull", basic("alice", "pw"), "", 400},
+		{"unsupported grant", "POST", "/v2/auth", form, "grant_type=client_credentials&scope=repository:team/app:pull", 400},
+		{"bad scope in a form", "POST", "/v2/auth", form, "grant_type=password&username=alice&password=pw&scope=repository:UPPER:pull", 400},
+		{"form too large", "POST", "/v2/auth", form, "scope=" + strings.Repeat("a", 70<<10), 400},
+	}
+	for _, c := range cases {
+		resp, body := e.doBody(c.method, "docker.example.test", c.path, c.header, c.body)
+		var got struct {
+			Error  string
+			Errors []struct{ Code, Message string }
+		}
+		if err := json.Unmarshal([]byte(body), &got); err != nil || got.Error == "" || len(got.Errors) != 1 {
+			t.Errorf("%s: not a token endpoint error: %d %.200s", c.name, resp.StatusCode, body)
+			continue
+		}
+		if resp.StatusCode != c.status {
+			t.Errorf("%s = %d %s, want %d", c.name, resp.StatusCode, body, c.status)
+		}
+	}
+	if n, m := up.Counters.RegistryRequests(), up.Counters.RealmRequests(); n != 0 || m != 0 {
+		t.Errorf("malformed token requests reached the upstream: %d registry and %d realm requests", n, m)
+	}
+	// A well-formed one does ask the upstream (so the counters can tell).
+	anonymousToken(t, e, "docker.example.test", "team/app")
+	if up.Counters.RegistryRequests() == 0 {
+		t.Error("a token request did not learn the upstream's challenge")
+	}
+}
+
+func TestTokenEndpointIgnoresRealmAndServiceFromClient(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{Service: "registry.docker.io"})
+	elsewhere := testupstream.Start(t, testupstream.Options{Service: "elsewhere.test"})
+	up.SetPrivate("team/secret", "alice", "s3cret")
+	elsewhere.AddUser("alice", "s3cret")
+	img := up.PushRandomImage(t, "team/secret", "v1", 1, 1024)
+	e := startProxy(t, up, domainBlock)
+
+	q := url.Values{
+		"scope":   {"repository:team/secret:pull"},
+		"realm":   {elsewhere.Realm},
+		"service": {elsewhere.Service},
+	}
+	h := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte("alice:s3cret"))}}
+	resp, body := e.do("GET", "docker.example.test", "/v2/auth?"+q.Encode(), h)
+	var tr struct{ Token string }
+	if err := json.Unmarshal([]byte(body), &tr); err != nil || resp.StatusCode != 200 || tr.Token == "" {
+		t.Fatalf("token with a client-given realm and service = %d %s", resp.StatusCode, body)
+	}
+	if n := elsewhere.Counters.RealmRequests(); n != 0 {
+		t.Errorf("the realm named by the client got %d requests", n)
+	}
+	if up.Counters.TokenRequests() == 0 {
+		t.Error("the upstream's own realm was not asked")
+	}
+	// The token is the upstream's, for its own service (its realm refuses
+	// any other): it pulls the private manifest.
+	d, _ := img.Digest()
+	resp, _ = e.do("GET", "docker.example.test", "/v2/team/secret/manifests/v1", http.Header{"Authorization": {"Bearer " + tr.Token}})
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != d.String() {
+		t.Errorf("private manifest with the token = %d %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"))
 	}
 }
 
@@ -210,6 +371,49 @@ func TestPullsThroughDomainAndSubdomainBlocks(t *testing.T) {
 			t.Error(err)
 		}
 		pullIndex(t, e, e.ref("ghcr.example.test", "team/multi:v1"), idx)
+	})
+	t.Run("host-matched site blocks", func(t *testing.T) {
+		// Two sites side by side, each with its own upstream, as users
+		// write them; the same repository holds other images on each.
+		ghcr := testupstream.Start(t, testupstream.Options{})
+		ghcrImg := ghcr.PushRandomImage(t, "team/app", "1", 2, 8<<10)
+		busybox := up.PushRandomImage(t, "library/busybox", "latest", 1, 4<<10)
+		e := startProxy(t, up, strings.Replace(`http://docker.example.test:{PORT} {
+	docker_proxy docker.io {
+		upstream docker.io {UPSTREAM}
+	}
+}
+
+http://ghcr.example.test:{PORT} {
+	docker_proxy ghcr.io {
+		upstream ghcr.io GHCR
+	}
+}`, "GHCR", ghcr.URL, 1))
+		hubBefore := up.Counters.ManifestGETsFor("team/app")
+		if err := e.pullImage(e.ref("docker.example.test", "team/app:1"), nil, img); err != nil {
+			t.Errorf("docker site: %v", err)
+		}
+		if err := e.pullImage(e.ref("ghcr.example.test", "team/app:1"), nil, ghcrImg); err != nil {
+			t.Errorf("ghcr site: %v", err)
+		}
+		// Docker Hub's rule on the docker site only.
+		if err := e.pullImage(e.ref("docker.example.test", "busybox:latest"), nil, busybox); err != nil {
+			t.Errorf("docker site, one-component name: %v", err)
+		}
+		resp, _ := e.do("GET", "ghcr.example.test", "/v2/busybox/manifests/latest", nil)
+		if resp.StatusCode == http.StatusMovedPermanently {
+			t.Error("the ghcr site redirected a one-component name to library/")
+		}
+		if n := up.Counters.ManifestGETsFor("team/app") - hubBefore; n != 1 {
+			t.Errorf("the docker upstream served team/app %d times, want 1", n)
+		}
+		if n := ghcr.Counters.ManifestGETsFor("team/app"); n != 1 {
+			t.Errorf("the ghcr upstream served team/app %d times, want 1", n)
+		}
+		if up.Counters.ManifestGETsFor("library/busybox") != 1 || ghcr.Counters.ManifestGETsFor("library/busybox") != 0 {
+			t.Errorf("library/busybox: %d GETs on the docker upstream, %d on ghcr; want 1 and 0",
+				up.Counters.ManifestGETsFor("library/busybox"), ghcr.Counters.ManifestGETsFor("library/busybox"))
+		}
 	})
 }
 
@@ -243,8 +447,7 @@ func TestPrivateRepositoryWithClientCredentials(t *testing.T) {
 	up.SetPrivate("team/secret", "alice", "s3cret-pass")
 	up.AddUser("mallory", "other-pass")
 	img := up.PushRandomImage(t, "team/secret", "v1", 2, 32<<10)
-	// With the site's access log on too: request headers are logged there.
-	e := startProxy(t, up, strings.Replace(domainBlock, "http://:{PORT} {", "http://:{PORT} {\n\tlog {\n\t\toutput file {DIR}/access.log\n\t}", 1))
+	e := startProxy(t, up, domainBlock)
 	ref := e.ref("docker.example.test", "team/secret:v1")
 
 	if err := e.pullImage(ref, &authn.Basic{Username: "alice", Password: "s3cret-pass"}, img); err != nil {
@@ -262,7 +465,50 @@ func TestPrivateRepositoryWithClientCredentials(t *testing.T) {
 	if !isStatus(err, http.StatusUnauthorized) && !isStatus(err, http.StatusForbidden) {
 		t.Errorf("another user: %v, want refused", err)
 	}
-	// Secrets stay out of the logs, ours and the upstream tokens alike.
+}
+
+// TestSecretsStayOutOfLogs: client credentials, configured credentials,
+// the upstream's tokens and the proxy's own appear in no log, at any
+// level, whatever the pull (logged in, refused, through configured
+// credentials, from the cache).
+func TestSecretsStayOutOfLogs(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	up.SetPrivate("team/secret", "alice", "s3cret-pass")
+	up.SetPrivate("team/robot", "robot", "robot-token")
+	img := up.PushRandomImage(t, "team/secret", "v1", 2, 32<<10)
+	robotImg := up.PushRandomImage(t, "team/robot", "v1", 1, 16<<10)
+	t.Setenv("TEST_ROBOT_TOKEN", "robot-token")
+	// The site's access log is on too: request headers are logged there.
+	e := startProxy(t, up, `http://:{PORT} {
+	log {
+		output file {DIR}/access.log
+	}
+	docker_proxy {
+		domain example.test
+		upstream docker.io {UPSTREAM}
+		upstream ghcr.io {UPSTREAM}
+		credentials ghcr.io robot {env.TEST_ROBOT_TOKEN}
+		cache {DIR}/cache
+	}
+}`)
+	ref := e.ref("docker.example.test", "team/secret:v1")
+	alice := &authn.Basic{Username: "alice", Password: "s3cret-pass"}
+	for range 2 { // a miss, then a hit
+		if err := e.pullImage(ref, alice, img); err != nil {
+			t.Fatalf("logged-in pull: %v", err)
+		}
+	}
+	if err := e.pullImage(ref, &authn.Basic{Username: "alice", Password: "wrong-pass-123"}, img); !isStatus(err, http.StatusUnauthorized) {
+		t.Errorf("wrong password: %v, want 401", err)
+	}
+	if err := e.pullImage(e.ref("ghcr.example.test", "team/robot:v1"), nil, robotImg); err != nil {
+		t.Fatalf("pull with the configured credentials: %v", err)
+	}
+
+	caddyLog, err := os.ReadFile(e.logPath)
+	if err != nil || !strings.Contains(string(caddyLog), `"level":"debug"`) {
+		t.Fatalf("Caddy's log has no debug entries, so this check proves little: %v\n%.600s", err, caddyLog)
+	}
 	access, err := os.ReadFile(filepath.Join(filepath.Dir(e.dataDir), "access.log"))
 	if err != nil || !strings.Contains(string(access), "/v2/team/secret/manifests/v1") {
 		t.Fatalf("access log not written: %v", err)
@@ -270,10 +516,28 @@ func TestPrivateRepositoryWithClientCredentials(t *testing.T) {
 	if !strings.Contains(string(access), `"Authorization":["REDACTED"]`) {
 		t.Errorf("the access log does not show the (redacted) Authorization header, so this check proves nothing:\n%.600s", access)
 	}
-	basic := base64.StdEncoding.EncodeToString([]byte("alice:s3cret-pass"))
-	for _, secret := range []string{"s3cret-pass", "other-pass", basic, "Bearer dp1.", "Bearer ey"} {
-		if e.logContains(secret) || strings.Contains(string(access), secret) {
-			t.Errorf("%q is in a log", secret)
+	tokens := up.IssuedTokens()
+	if len(tokens) < 2 {
+		t.Fatalf("the upstream issued %d tokens, want alice's and the proxy's", len(tokens))
+	}
+	secrets := map[string]string{
+		"the proxy's token prefix":           "dp1.",
+		"alice's password":                   "s3cret-pass",
+		"alice's Basic credentials":          "alice:s3cret-pass",
+		"alice's Basic credentials, base64":  base64.StdEncoding.EncodeToString([]byte("alice:s3cret-pass")),
+		"a refused password":                 "wrong-pass-123",
+		"the configured secret":              "robot-token",
+		"the configured credentials, base64": base64.StdEncoding.EncodeToString([]byte("robot:robot-token")),
+	}
+	for i, tok := range tokens {
+		secrets[fmt.Sprintf("upstream token %d", i)] = tok
+	}
+	for what, secret := range secrets {
+		if strings.Contains(string(caddyLog), secret) {
+			t.Errorf("%s is in Caddy's log", what)
+		}
+		if strings.Contains(string(access), secret) {
+			t.Errorf("%s is in the access log", what)
 		}
 	}
 }
@@ -314,6 +578,268 @@ func TestBlobRedirectFollowedWithoutCredentials(t *testing.T) {
 	served, reqs := up.Counters.ObjectStoreGETs()-before, up.Counters.ObjectStoreRequests()-beforeReqs
 	if served != reqs {
 		t.Errorf("object store refused %d of %d requests (credentials sent to the redirect target?)", reqs-served, reqs)
+	}
+}
+
+// headerTransport adds headers to every request, as a browser, a CI
+// runner or a corporate proxy in front of a registry client may.
+type headerTransport struct {
+	base   http.RoundTripper
+	header http.Header
+}
+
+func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	for k, vs := range h.header {
+		r.Header[k] = vs
+	}
+	return h.base.RoundTrip(r)
+}
+
+// TestClientHeadersAndCredentialsGoOnlyWhereTheyBelong: a logged-in client
+// pulls, sending cookies and a header of its own. Its Basic credentials
+// reach the upstream's realm and nothing else; the blob redirect target
+// gets none of the client's headers but Range.
+func TestClientHeadersAndCredentialsGoOnlyWhereTheyBelong(t *testing.T) {
+	for _, c := range []struct{ name, block string }{
+		{"cache off", domainBlock},
+		{"cache on", cachedBlock("")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up := testupstream.Start(t, testupstream.Options{RecordRequests: true})
+			up.SetPrivate("team/secret", "alice", "s3cret-pass")
+			img := up.PushRandomImage(t, "team/secret", "v1", 2, 64<<10)
+			e := startProxy(t, up, c.block)
+			const cookie, clientSecret, agent = "session=cookie-value", "client-secret-value", "client-agent/1.0"
+			extra := http.Header{"Cookie": {cookie}, "X-Client-Secret": {clientSecret}}
+
+			// A real client logs in and pulls...
+			opts := []remote.Option{
+				remote.WithTransport(headerTransport{base: e.transport, header: extra}),
+				remote.WithAuth(&authn.Basic{Username: "alice", Password: "s3cret-pass"}),
+				remote.WithUserAgent(agent),
+			}
+			got, err := remote.Image(e.ref("docker.example.test", "team/secret:v1"), opts...)
+			if err == nil {
+				err = sameImage(got, img)
+			}
+			if err != nil {
+				t.Fatalf("logged-in pull: %v", err)
+			}
+			// ...and asks for a range of a blob, with its proxy token.
+			h := http.Header{"Authorization": {"Bearer " + loginToken(t, e, "alice", "s3cret-pass", "team/secret")},
+				"Range": {"bytes=10-99"}, "User-Agent": {agent}}
+			for k, v := range extra {
+				h[k] = v
+			}
+			layers := layerDigests(t, img)
+			resp, body := e.do("GET", "docker.example.test", "/v2/team/secret/blobs/"+layers[1].String(), h)
+			if resp.StatusCode != http.StatusPartialContent || len(body) != 90 {
+				t.Fatalf("ranged blob = %d, %d bytes", resp.StatusCode, len(body))
+			}
+
+			basic := base64.StdEncoding.EncodeToString([]byte("alice:s3cret-pass"))
+			// dp1. starts the proxy's own tokens, which never leave it.
+			secrets := []string{"s3cret-pass", basic, "cookie-value", clientSecret, "dp1."}
+			// The client's User-Agent goes to the registry after the
+			// proxy's (registries count clients by it), nowhere else.
+			clientAgent := []string{agent, "go-containerregistry"}
+			leaked := func(r testupstream.Recorded, values []string) []string {
+				var found []string
+				for _, s := range values {
+					if strings.Contains(r.URI, s) {
+						found = append(found, s+" in the URI")
+					}
+					for k, vs := range r.Header {
+						for _, v := range vs {
+							if strings.Contains(v, s) {
+								found = append(found, s+" in "+k)
+							}
+						}
+					}
+				}
+				return found
+			}
+
+			objects := up.Requests(testupstream.ObjectStoreListener)
+			if len(objects) == 0 {
+				t.Fatal("no request reached the object store")
+			}
+			ranged := false
+			for _, r := range objects {
+				for k := range r.Header {
+					switch k {
+					case "Range":
+						ranged = ranged || r.Header.Get("Range") == "bytes=10-99"
+					case "User-Agent", "Accept-Encoding": // the proxy's own
+					default:
+						t.Errorf("the object store got %s: %q", k, r.Header.Values(k))
+					}
+				}
+				if found := leaked(r, append(secrets, clientAgent...)); len(found) > 0 {
+					t.Errorf("the object store got %v", found)
+				}
+			}
+			// The cache fetches whole blobs and serves ranges itself.
+			if c.name == "cache off" && !ranged {
+				t.Error("the client's Range did not reach the object store")
+			}
+
+			for _, r := range up.Requests(testupstream.RegistryListener) {
+				for _, k := range []string{"Cookie", "X-Client-Secret"} {
+					if r.Header.Get(k) != "" {
+						t.Errorf("%s %s: the registry got the client's %s", r.Method, r.URI, k)
+					}
+				}
+				if found := leaked(r, secrets); len(found) > 0 {
+					t.Errorf("%s %s: the registry got %v", r.Method, r.URI, found)
+				}
+			}
+
+			realm := up.Requests(testupstream.RealmListener)
+			loggedIn := false
+			for _, r := range realm {
+				loggedIn = loggedIn || r.Header.Get("Authorization") == "Basic "+basic
+				if found := leaked(r, []string{"cookie-value", clientSecret, "dp1."}); len(found) > 0 {
+					t.Errorf("the realm got %v", found)
+				}
+			}
+			if !loggedIn {
+				t.Errorf("the client's credentials never reached the realm (%d requests)", len(realm))
+			}
+		})
+	}
+}
+
+// loginToken gets a token for a logged-in client from the proxy.
+func loginToken(t *testing.T, e *proxyEnv, user, pass, repo string) string {
+	t.Helper()
+	h := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))}}
+	resp, body := e.do("GET", "docker.example.test", "/v2/auth?scope=repository:"+repo+":pull", h)
+	var tr struct{ Token string }
+	if err := json.Unmarshal([]byte(body), &tr); err != nil || resp.StatusCode != 200 || tr.Token == "" {
+		t.Fatalf("login token: %d %s", resp.StatusCode, body)
+	}
+	return tr.Token
+}
+
+// TestHopByHopResponseHeadersStayUpstream: headers that belong to the
+// upstream's connection (Connection and the ones it names, Keep-Alive,
+// Proxy-Authenticate, ...) never reach the client, from the registry or
+// from the blob redirect target.
+func TestHopByHopResponseHeadersStayUpstream(t *testing.T) {
+	hop := http.Header{
+		"Connection":         {"X-Foo, X-Bar"},
+		"X-Foo":              {"1"},
+		"X-Bar":              {"2"},
+		"Keep-Alive":         {"timeout=5, max=100"},
+		"Proxy-Authenticate": {`Basic realm="upstream-proxy"`},
+		"Proxy-Connection":   {"keep-alive"},
+		"Upgrade":            {"h2c"},
+	}
+	for _, c := range []struct{ name, block string }{
+		{"cache off", domainBlock},
+		{"cache on", cachedBlock("")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up := testupstream.Start(t, testupstream.Options{})
+			img := up.PushRandomImage(t, "team/app", "1", 1, 4096)
+			up.AddResponseHeaders(testupstream.RegistryListener, hop)
+			up.AddResponseHeaders(testupstream.ObjectStoreListener, hop)
+			// The upstream does send them, or this test proves nothing.
+			resp, err := http.Get(up.URL + "/v2/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			for k := range hop {
+				if resp.Header.Get(k) == "" {
+					t.Fatalf("the upstream does not send %s: %v", k, resp.Header)
+				}
+			}
+
+			e := startProxy(t, up, c.block)
+			tok := anonymousToken(t, e, "docker.example.test", "team/app")
+			d, _ := img.Digest()
+			paths := []string{"/v2/team/app/manifests/1", "/v2/team/app/manifests/" + d.String(), "/v2/team/app/tags/list"}
+			for _, l := range layerDigests(t, img) {
+				paths = append(paths, "/v2/team/app/blobs/"+l.String())
+			}
+			accept := http.Header{"Accept": {"application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"}}
+			for _, path := range paths {
+				for _, method := range []string{"HEAD", "GET"} {
+					resp, _ := e.get(method, path, tok, accept)
+					if resp.StatusCode != http.StatusOK {
+						t.Errorf("%s %s = %d", method, path, resp.StatusCode)
+					}
+					for k := range hop {
+						if v := resp.Header.Values(k); len(v) > 0 {
+							t.Errorf("%s %s: the client got %s: %q", method, path, k, v)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestManifestPassThroughHeaders: with the cache off, manifests come from
+// the upstream with the headers clients check (type, digest, length), an
+// OCI manifest as such, and a HEAD stays a HEAD, which Docker Hub does not
+// count against the pull limit.
+func TestManifestPassThroughHeaders(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	docker := up.PushRandomImage(t, "team/app", "docker", 1, 2048)
+	oci := mutate.MediaType(docker, types.OCIManifestSchema1)
+	oci = mutate.ConfigMediaType(oci, types.OCIConfigJSON)
+	up.PushImage(t, "team/app", "oci", oci)
+	e := startProxy(t, up, domainBlock)
+	tok := anonymousToken(t, e, "docker.example.test", "team/app")
+	accept := http.Header{"Accept": {string(types.OCIManifestSchema1) + ", " + string(types.DockerManifestSchema2)}}
+
+	for _, c := range []struct {
+		ref       string
+		img       v1.Image
+		mediaType types.MediaType
+	}{
+		{"oci", oci, types.OCIManifestSchema1},
+		{"docker", docker, types.DockerManifestSchema2},
+	} {
+		raw, _ := c.img.RawManifest()
+		d, _ := c.img.Digest()
+		for _, ref := range []string{c.ref, d.String()} {
+			path := "/v2/team/app/manifests/" + ref
+			gets, heads := up.Counters.ManifestGETs(), up.Counters.ManifestHEADs()
+			resp, body := e.get("HEAD", path, tok, accept)
+			if n := up.Counters.ManifestGETs() - gets; n != 0 || up.Counters.ManifestHEADs()-heads != 1 {
+				t.Errorf("HEAD %s made %d manifest GETs and %d HEADs upstream, want 0 and 1", ref, n, up.Counters.ManifestHEADs()-heads)
+			}
+			checkManifestHeaders(t, "HEAD "+ref, resp, c.mediaType, d.String(), len(raw))
+			if body != "" {
+				t.Errorf("HEAD %s has a body", ref)
+			}
+			resp, body = e.get("GET", path, tok, accept)
+			checkManifestHeaders(t, "GET "+ref, resp, c.mediaType, d.String(), len(raw))
+			if body != string(raw) {
+				t.Errorf("GET %s: the body is not the upstream's manifest", ref)
+			}
+		}
+	}
+}
+
+func checkManifestHeaders(t *testing.T, what string, resp *http.Response, mediaType types.MediaType, digest string, size int) {
+	t.Helper()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("%s = %d", what, resp.StatusCode)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != string(mediaType) {
+		t.Errorf("%s: Content-Type %q, want %s", what, ct, mediaType)
+	}
+	if dcd := resp.Header.Get("Docker-Content-Digest"); dcd != digest {
+		t.Errorf("%s: Docker-Content-Digest %q, want %s", what, dcd, digest)
+	}
+	if cl := resp.Header.Get("Content-Length"); cl != strconv.Itoa(size) {
+		t.Errorf("%s: Content-Length %q, want %d", what, cl, size)
 	}
 }
 
@@ -426,24 +952,43 @@ func TestUnreachableUpstreamIs502JSON(t *testing.T) {
 	}
 }
 
+// TestBodyFailureAbortsClientConnection: an upstream blob body that breaks
+// off reaches the client as a broken response, never as a clean short one.
+// The upstream sends it chunked, without Content-Length, so nothing but the
+// proxy's own abort can tell the client (a response with a length that
+// falls short is broken off by net/http anyway).
 func TestBodyFailureAbortsClientConnection(t *testing.T) {
-	up := testupstream.Start(t, testupstream.Options{})
-	img := up.PushRandomImage(t, "team/app", "1", 1, 1<<20)
-	e := startProxy(t, up, domainBlock)
-	layers, _ := img.Layers()
-	ld, _ := layers[0].Digest()
-	tok := anonymousToken(t, e, "docker.example.test", "team/app")
-	up.Faults.CutBlobsAfter(300 << 10)
-	req, _ := http.NewRequest("GET", e.url("docker.example.test", "/v2/team/app/blobs/"+ld.String()), nil)
-	req.Header.Set("Authorization", "Bearer "+tok)
-	resp, err := (&http.Client{Transport: e.transport}).Do(req)
-	if err != nil {
-		t.Fatalf("headers should arrive: %v", err)
-	}
-	n, err := io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if err == nil {
-		t.Errorf("a cut blob ended cleanly after %d bytes (status %d)", n, resp.StatusCode)
+	for _, c := range []struct{ name, block string }{
+		{"cache off", domainBlock},
+		{"cache on", cachedBlock("")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up := testupstream.Start(t, testupstream.Options{})
+			img := up.PushRandomImage(t, "team/app", "1", 1, 1<<20)
+			e := startProxy(t, up, c.block)
+			layers, _ := img.Layers()
+			ld, _ := layers[0].Digest()
+			tok := anonymousToken(t, e, "docker.example.test", "team/app")
+			up.Faults.ChunkBlobs(true)
+			up.Faults.CutBlobsAfter(300 << 10)
+			req, _ := http.NewRequest("GET", e.url("docker.example.test", "/v2/team/app/blobs/"+ld.String()), nil)
+			req.Header.Set("Authorization", "Bearer "+tok)
+			resp, err := (&http.Client{Transport: e.transport}).Do(req)
+			if err != nil {
+				t.Fatalf("headers should arrive: %v", err)
+			}
+			n, err := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || resp.ContentLength != -1 {
+				t.Errorf("status %d, length %d: want 200 without a length, as the upstream sent it", resp.StatusCode, resp.ContentLength)
+			}
+			if err == nil {
+				t.Errorf("a cut blob ended cleanly after %d bytes", n)
+			}
+			if up.Counters.ObjectStoreGETs() != 1 {
+				t.Errorf("%d object store GETs, want 1", up.Counters.ObjectStoreGETs())
+			}
+		})
 	}
 }
 

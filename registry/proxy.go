@@ -197,11 +197,20 @@ func (p *Proxy) challengeFor(r *http.Request, t target, req Request, errParam st
 	return tokenauth.Challenge{Scheme: "Bearer", Params: params}
 }
 
-// serveBase answers GET /v2/. Without credentials the client gets the
-// upstream's challenge pointing at the proxy's realm (so that docker login
-// and pulls ask the proxy for tokens); with a valid token, 200.
+// serveBase answers GET /v2/ as a registry with token authentication
+// does: 200 to one of the proxy's tokens (Identify refused any other),
+// else the upstream's challenge pointing at the proxy's realm, so that
+// docker login and pulls ask the proxy for tokens. Basic credentials are
+// checked at the realm, not here: answering them 200 would tell a client
+// that any password logs in. Only a client without credentials, of an
+// upstream that asks for none, gets 200 anonymously.
 func (p *Proxy) serveBase(w http.ResponseWriter, r *http.Request, t target) {
-	if r.Header.Get("Authorization") == "" {
+	switch auth := r.Header.Get("Authorization"); {
+	case isBearer(auth):
+	case auth != "":
+		p.writeChallenge(w, r, t, Request{}, "")
+		return
+	default:
 		ch, err := p.Upstream.Challenge(r.Context(), t.up)
 		if err != nil {
 			// Offline: still point the client at our realm; the
@@ -220,8 +229,21 @@ func (p *Proxy) serveBase(w http.ResponseWriter, r *http.Request, t target) {
 	_, _ = io.WriteString(w, "{}")
 }
 
-// serveToken runs the proxy's token endpoint for t's upstream.
+// isBearer reports whether an Authorization value is a bearer token.
+func isBearer(authorization string) bool {
+	scheme, _, _ := strings.Cut(authorization, " ")
+	return strings.EqualFold(scheme, "Bearer")
+}
+
+// serveToken runs the proxy's token endpoint for t's upstream. The whole
+// request is validated first: a malformed one is answered without the
+// upstream being asked anything, not even for its challenge.
 func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request, t target) {
+	treq, rerr := tokenauth.ParseRequest(r)
+	if rerr != nil {
+		rerr.Write(w)
+		return
+	}
 	up := tokenauth.Upstream{ID: t.up.String()}
 	ch, err := p.Upstream.Challenge(r.Context(), t.up)
 	if err != nil {
@@ -239,7 +261,7 @@ func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request, t target) {
 	up.CheckBasic = func(ctx context.Context, authorization string) error {
 		return p.Upstream.CheckBasic(ctx, t.up, authorization)
 	}
-	p.Auth.ServeHTTP(w, r, up)
+	p.Auth.Serve(w, r, treq, up)
 }
 
 // forward sends the request upstream as grant's identity and relays the

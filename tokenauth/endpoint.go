@@ -107,18 +107,20 @@ func (e *Endpoint) Identify(r *http.Request, upstreamID string) (Grant, error) {
 // ServeHTTP answers a token request (GET with Basic credentials, or an
 // OAuth2 password-grant POST as containerd sends) for the upstream up.
 func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request, up Upstream) {
-	treq, err := parseTokenRequest(r)
-	if err != nil {
-		writeOAuthError(w, http.StatusBadRequest, "invalid_request", err.Error())
+	treq, rerr := ParseRequest(r)
+	if rerr != nil {
+		rerr.Write(w)
 		return
 	}
+	e.Serve(w, r, treq, up)
+}
+
+// Serve answers a token request that ParseRequest accepted, for the
+// upstream up. Callers that must ask the upstream for its challenge do so
+// between the two, so that a malformed request costs the upstream nothing.
+func (e *Endpoint) Serve(w http.ResponseWriter, r *http.Request, treq TokenRequest, up Upstream) {
 	scopes := make([]string, 0, len(treq.scopes))
-	for _, raw := range treq.scopes {
-		s, err := ParseScope(raw)
-		if err != nil {
-			writeOAuthError(w, http.StatusBadRequest, "invalid_scope", err.Error())
-			return
-		}
+	for _, s := range treq.scopes {
 		if up.NormalizeScope != nil {
 			s = up.NormalizeScope(s)
 		}
@@ -216,33 +218,81 @@ func (e *Endpoint) offlineGrant(w http.ResponseWriter, grant *Grant, now time.Ti
 	return true
 }
 
-type tokenRequest struct {
-	scopes []string
+// TokenRequest is a token request that ParseRequest validated: its scopes
+// parse and its credentials, if any, are well-formed. The upstream has not
+// seen any of it yet.
+type TokenRequest struct {
+	scopes []Scope
 	creds  *Credentials
 }
 
-// maxScopes bounds the scopes of one token request.
-const maxScopes = 64
+// RequestError says why a token request is malformed.
+type RequestError struct {
+	Status int
+	// Code is the OAuth2 error code: invalid_request or invalid_scope.
+	Code        string
+	Description string
+	// Allow, if set, is the Allow header of a 405.
+	Allow string
+}
 
-func parseTokenRequest(r *http.Request) (tokenRequest, error) {
-	var treq tokenRequest
+func (e *RequestError) Error() string { return e.Code + ": " + e.Description }
+
+// Write answers the malformed request in the token endpoint's format.
+func (e *RequestError) Write(w http.ResponseWriter) {
+	if e.Allow != "" {
+		w.Header().Set("Allow", e.Allow)
+	}
+	writeOAuthError(w, e.Status, e.Code, e.Description)
+}
+
+func badRequest(format string, args ...any) *RequestError {
+	return &RequestError{Status: http.StatusBadRequest, Code: "invalid_request", Description: fmt.Sprintf(format, args...)}
+}
+
+// Bounds of one token request. The scopes, query and form are bounded so
+// that a request cannot make the proxy parse or seal without limit (the
+// query as Caddy bounds request headers by default, whatever a server's
+// max_header_size); credentials are bounded so that what the proxy seals
+// from them fits in a token it accepts (maxTokenLength). A GCP
+// service-account key, the longest secret registries take as a password,
+// is about 2.5 KiB.
+const (
+	maxScopes       = 64
+	maxQueryLength  = 16 << 10
+	maxFormLength   = 64 << 10
+	maxUsernameSize = 256
+	maxSecretSize   = 4 << 10
+)
+
+// ParseRequest reads and validates a token request: its method, its
+// Authorization header or password-grant form, its scopes and their
+// number, the sizes of what it carries. Nothing else reads the request, so
+// an error here means the request is answered without any upstream seeing
+// it.
+func ParseRequest(r *http.Request) (TokenRequest, *RequestError) {
+	var treq TokenRequest
+	var raw []string
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
+		if len(r.URL.RawQuery) > maxQueryLength {
+			return treq, badRequest("query too long (at most %d bytes)", maxQueryLength)
+		}
 		for _, s := range r.URL.Query()["scope"] {
-			treq.scopes = append(treq.scopes, strings.Fields(s)...)
+			raw = append(raw, strings.Fields(s)...)
 		}
 		if user, pass, ok := r.BasicAuth(); ok {
 			treq.creds = &Credentials{Username: user, Secret: pass}
 		} else if r.Header.Get("Authorization") != "" {
-			return treq, errors.New("the Authorization header is not Basic credentials")
+			return treq, badRequest("the Authorization header is not Basic credentials")
 		}
 	case http.MethodPost:
-		r.Body = http.MaxBytesReader(nil, r.Body, 64<<10)
+		r.Body = http.MaxBytesReader(nil, r.Body, maxFormLength)
 		if err := r.ParseForm(); err != nil {
-			return treq, fmt.Errorf("bad form: %v", err)
+			return treq, badRequest("bad form: %v", err)
 		}
 		for _, s := range r.PostForm["scope"] {
-			treq.scopes = append(treq.scopes, strings.Fields(s)...)
+			raw = append(raw, strings.Fields(s)...)
 		}
 		switch gt := r.PostForm.Get("grant_type"); gt {
 		case "password":
@@ -250,16 +300,29 @@ func parseTokenRequest(r *http.Request) (tokenRequest, error) {
 		case "":
 			// Anonymous.
 		default:
-			return treq, fmt.Errorf("unsupported grant_type %q: use password", gt)
+			return treq, badRequest("unsupported grant_type %q: use password", gt)
 		}
 	default:
-		return treq, fmt.Errorf("method %s not allowed", r.Method)
+		return treq, &RequestError{Status: http.StatusMethodNotAllowed, Code: "invalid_request",
+			Description: fmt.Sprintf("method %s not allowed", r.Method), Allow: "GET, HEAD, POST"}
 	}
-	if len(treq.scopes) > maxScopes {
-		return treq, fmt.Errorf("too many scopes (%d, at most %d)", len(treq.scopes), maxScopes)
+	if len(raw) > maxScopes {
+		return treq, badRequest("too many scopes (%d, at most %d)", len(raw), maxScopes)
 	}
-	if treq.creds != nil && (strings.ContainsAny(treq.creds.Username, "\x00\r\n:") || treq.creds.Username == "") {
-		return treq, errors.New("invalid username")
+	if c := treq.creds; c != nil {
+		if c.Username == "" || len(c.Username) > maxUsernameSize || strings.ContainsAny(c.Username, "\x00\r\n:") {
+			return treq, badRequest("invalid username")
+		}
+		if len(c.Secret) > maxSecretSize {
+			return treq, badRequest("password too long (at most %d bytes)", maxSecretSize)
+		}
+	}
+	for _, s := range raw {
+		scope, err := ParseScope(s)
+		if err != nil {
+			return treq, &RequestError{Status: http.StatusBadRequest, Code: "invalid_scope", Description: err.Error()}
+		}
+		treq.scopes = append(treq.scopes, scope)
 	}
 	return treq, nil
 }
@@ -282,7 +345,7 @@ func registryCode(status int) string {
 	switch status {
 	case http.StatusUnauthorized:
 		return "UNAUTHORIZED"
-	case http.StatusBadRequest:
+	case http.StatusBadRequest, http.StatusMethodNotAllowed:
 		return "UNSUPPORTED"
 	default:
 		return "UNAVAILABLE"

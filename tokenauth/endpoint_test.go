@@ -332,8 +332,6 @@ func TestEndpointInvalidScope(t *testing.T) {
 func TestEndpointBadRequests(t *testing.T) {
 	fx := newEndpointFixture(t)
 	tests := []*http.Request{
-		httptest.NewRequest(http.MethodPut, "/v2/auth", nil),
-		httptest.NewRequest(http.MethodDelete, "/v2/auth", nil),
 		func() *http.Request {
 			r := getToken("scope=repository:a/b:pull")
 			r.Header.Set("Authorization", "Bearer something")
@@ -355,16 +353,35 @@ func TestEndpointBadRequests(t *testing.T) {
 			r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 			return r
 		}(),
+		postToken(url.Values{"grant_type": {"client_credentials"}}),
+		getToken("service=" + strings.Repeat("s", 17<<10)),
+		withBasic(getToken(""), strings.Repeat("u", 257), "pw"),
+		withBasic(getToken(""), "alice", strings.Repeat("p", 4<<10+1)),
+		postToken(url.Values{"grant_type": {"password"}, "username": {"alice"}, "password": {strings.Repeat("p", 4<<10+1)}}),
 	}
 	for _, r := range tests {
 		a := serveToken(fx.e, fx.bearerUpstream(), r)
 		if a.status != http.StatusBadRequest || a.errorCode() != "invalid_request" {
-			t.Errorf("%s %s (Authorization %q): %d %s, want 400 invalid_request", r.Method, r.URL, r.Header.Get("Authorization"), a.status, a.raw)
+			t.Errorf("%s %.80s (Authorization %.40q): %d %s, want 400 invalid_request", r.Method, r.URL, r.Header.Get("Authorization"), a.status, a.raw)
+		}
+	}
+	for _, method := range []string{http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodOptions} {
+		a := serveToken(fx.e, fx.bearerUpstream(), httptest.NewRequest(method, "/v2/auth", nil))
+		errs, _ := a.body["errors"].([]any)
+		if a.status != http.StatusMethodNotAllowed || a.errorCode() != "invalid_request" || a.header.Get("Allow") != "GET, HEAD, POST" ||
+			len(errs) != 1 || errs[0].(map[string]any)["code"] != "UNSUPPORTED" {
+			t.Errorf("%s: %d %v %s, want 405 invalid_request with Allow", method, a.status, a.header, a.raw)
 		}
 	}
 	if n := fx.ts.requests.Load(); n != 0 {
 		t.Errorf("bad requests reached the token service (%d requests)", n)
 	}
+
+	// The longest credentials accepted still make a token that opens, on
+	// an upstream that challenges with Basic (whose grant carries them).
+	basic := Challenge{Scheme: "Basic", Params: map[string]string{"realm": "r"}}
+	up := Upstream{ID: "https://private.example", Challenge: &basic, CheckBasic: func(context.Context, string) error { return nil }}
+	fx.grantOf(t, serveToken(fx.e, up, withBasic(getToken("scope=repository:a/b:pull"), strings.Repeat("u", 256), strings.Repeat("p", 4<<10))))
 }
 
 func TestEndpointUnreachable(t *testing.T) {

@@ -14,6 +14,7 @@ type Faults struct {
 	u *Upstream
 
 	cutAfter     atomic.Int64 // <0: off
+	chunked      atomic.Bool
 	corrupt      atomic.Bool
 	regStatus    atomic.Int64
 	objStatus    atomic.Int64
@@ -39,6 +40,13 @@ func newFaults(u *Upstream) *Faults {
 // so the client sees an unexpected EOF, never a clean short body. n < 0
 // turns the fault off.
 func (f *Faults) CutBlobsAfter(n int64) { f.cutAfter.Store(n) }
+
+// ChunkBlobs makes the object store send blob bodies without Content-Length,
+// in chunked transfer coding, as CDNs do for objects they stream from their
+// origin. With CutBlobsAfter, the client then learns of the cut only from
+// the chunked coding left unfinished: a proxy that relays such a body must
+// abort its own response, since ending it cleanly would look complete.
+func (f *Faults) ChunkBlobs(on bool) { f.chunked.Store(on) }
 
 // CorruptBlobs makes the object store flip the last byte of every blob it
 // serves (same length, wrong content, wrong digest). The last byte is chosen
@@ -111,6 +119,7 @@ func (f *Faults) SetDown(down bool) error {
 // Reset turns every fault off, brings listeners back up and releases any hold.
 func (f *Faults) Reset() error {
 	f.CutBlobsAfter(-1)
+	f.ChunkBlobs(false)
 	f.CorruptBlobs(false)
 	f.SetRegistryStatus(0)
 	f.SetObjectStoreStatus(0)

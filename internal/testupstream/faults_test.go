@@ -52,6 +52,39 @@ func TestFaultCut(t *testing.T) {
 	}
 }
 
+func TestFaultChunked(t *testing.T) {
+	u := Start(t, Options{})
+	_, loc, full := blobFixture(t, u, 200_000)
+	u.Faults.ChunkBlobs(true)
+	resp, body := do(t, "GET", loc, nil)
+	if resp.StatusCode != 200 || resp.ContentLength != -1 || len(resp.TransferEncoding) != 1 || resp.TransferEncoding[0] != "chunked" || !bytes.Equal(body, full) {
+		t.Errorf("chunked: %d, length %d, coding %v, %d bytes", resp.StatusCode, resp.ContentLength, resp.TransferEncoding, len(body))
+	}
+	// Even a body that fits in net/http's buffer goes without a length.
+	_, small, _ := blobFixture(t, u, 100)
+	if resp, _ := do(t, "GET", small, nil); resp.ContentLength != -1 {
+		t.Errorf("a small chunked blob came with Content-Length %d", resp.ContentLength)
+	}
+
+	u.Faults.CutBlobsAfter(70_000)
+	resp, err := http.Get(loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.ContentLength != -1 || !errors.Is(err, io.ErrUnexpectedEOF) || !bytes.Equal(got, full[:70_000]) {
+		t.Errorf("chunked and cut: length %d, err %v, %d bytes", resp.ContentLength, err, len(got))
+	}
+
+	if err := u.Faults.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := do(t, "GET", loc, nil); resp.ContentLength != int64(len(full)) || !bytes.Equal(body, full) {
+		t.Errorf("after Reset: length %d, %d bytes", resp.ContentLength, len(body))
+	}
+}
+
 func TestFaultCorrupt(t *testing.T) {
 	u := Start(t, Options{})
 	g, loc, full := blobFixture(t, u, 50_000)

@@ -130,6 +130,19 @@ type faultWriter struct {
 
 func (fw *faultWriter) Unwrap() http.ResponseWriter { return fw.ResponseWriter }
 
+// WriteHeader drops Content-Length while Faults.ChunkBlobs is on, and
+// sends the header at once: net/http would otherwise add the length of a
+// body short enough to end before its buffer fills.
+func (fw *faultWriter) WriteHeader(code int) {
+	if !fw.u.Faults.chunked.Load() {
+		fw.ResponseWriter.WriteHeader(code)
+		return
+	}
+	fw.Header().Del("Content-Length")
+	fw.ResponseWriter.WriteHeader(code)
+	_ = http.NewResponseController(fw.ResponseWriter).Flush()
+}
+
 const faultChunk = 32 << 10
 
 func (fw *faultWriter) Write(p []byte) (int, error) {

@@ -18,6 +18,7 @@ type authState struct {
 	users   map[string]string          // username -> password
 	private map[string]map[string]bool // repo -> allowed usernames
 	tokens  map[string]grant
+	issued  []string // every token, in order, expired or not
 }
 
 type grant struct {
@@ -65,6 +66,15 @@ func (u *Upstream) AddUser(username, password string) {
 	u.auth.mu.Lock()
 	defer u.auth.mu.Unlock()
 	u.auth.users[username] = password
+}
+
+// IssuedTokens returns every token the realm has issued, oldest first,
+// so that tests can look for them where they must not be (logs, other
+// hosts).
+func (u *Upstream) IssuedTokens() []string {
+	u.auth.mu.Lock()
+	defer u.auth.mu.Unlock()
+	return append([]string(nil), u.auth.issued...)
 }
 
 // mayPull reports whether user ("" is anonymous) may pull repo.
@@ -167,6 +177,7 @@ func (u *Upstream) serveRealm(w http.ResponseWriter, r *http.Request) {
 	}
 	tok := hex.EncodeToString(randomBytes(24))
 	a.tokens[tok] = g
+	a.issued = append(a.issued, tok)
 	now := time.Now().UTC()
 	resp := tokenResponse{
 		Token:       tok,

@@ -4,8 +4,9 @@
 // public and private repositories apart, sends blob GETs with a 307 to a
 // separate "object store" listener that rejects any Authorization header
 // (as S3/CloudFront do), adds Docker Hub's ratelimit headers, negotiates
-// manifest lists the way distribution does, counts what it serves and can
-// be told to misbehave (Faults).
+// manifest lists the way distribution does, counts what it serves, can
+// record what each of its hosts received (Options.RecordRequests) and can
+// be told to misbehave (Faults, AddResponseHeaders).
 //
 // It exists so that the proxy's tests can assert what a user of a pull-
 // through cache would see against an upstream with Docker Hub's quirks,
@@ -79,6 +80,9 @@ type Options struct {
 	// were made since the last Counters.Reset, as Docker Hub does. Off by
 	// default so that long tests are not surprised.
 	EnforceRateLimit bool
+	// RecordRequests keeps every request each listener receives, for
+	// Requests. Off by default: benchmarks make millions.
+	RecordRequests bool
 	// Logf, if set, receives one line per request and the inner registry's
 	// log. Default: silent.
 	Logf func(format string, args ...any)
@@ -114,6 +118,7 @@ type Upstream struct {
 	realm    *listener
 	objects  *listener
 	mirror   atomic.Pointer[Mirror] // set by StartMirror
+	obs      observer
 }
 
 // Start starts an Upstream for a test and closes it with t.Cleanup. It calls
@@ -160,9 +165,10 @@ func New(opts Options) (*Upstream, error) {
 		registry.WithBlobHandler(registryHandler{u.blobs}),
 		registry.WithReferrersSupport(true),
 	)
-	u.registry = &listener{addr: orLocal(opts.RegistryAddr), handler: u.countingHandler(&u.Counters.registryReqs, http.HandlerFunc(u.serveRegistry))}
-	u.realm = &listener{addr: orLocal(opts.RealmAddr), handler: u.countingHandler(&u.Counters.realmReqs, http.HandlerFunc(u.serveRealm))}
-	u.objects = &listener{addr: orLocal(opts.ObjectStoreAddr), handler: u.countingHandler(&u.Counters.objectReqs, http.HandlerFunc(u.serveObject))}
+	u.obs.record = opts.RecordRequests
+	u.registry = &listener{addr: orLocal(opts.RegistryAddr), handler: u.countingHandler(&u.Counters.registryReqs, u.observe(RegistryListener, http.HandlerFunc(u.serveRegistry)))}
+	u.realm = &listener{addr: orLocal(opts.RealmAddr), handler: u.countingHandler(&u.Counters.realmReqs, u.observe(RealmListener, http.HandlerFunc(u.serveRealm)))}
+	u.objects = &listener{addr: orLocal(opts.ObjectStoreAddr), handler: u.countingHandler(&u.Counters.objectReqs, u.observe(ObjectStoreListener, http.HandlerFunc(u.serveObject)))}
 	for _, l := range []*listener{u.registry, u.realm, u.objects} {
 		if err := l.start(); err != nil {
 			u.Close()

@@ -481,3 +481,61 @@ func TestCounters(t *testing.T) {
 		t.Errorf("after Reset: %q", resp.Header.Get("ratelimit-remaining"))
 	}
 }
+
+func TestRecordedRequestsIssuedTokensAndAddedHeaders(t *testing.T) {
+	u := Start(t, Options{RecordRequests: true})
+	u.SetPrivate("rec/secret", "alice", "pw")
+	img := u.PushRandomImage(t, "rec/secret", "latest", 1, 1000)
+	d := mustLayerDigest(t, img)
+	tok := token(t, u, "alice", "pw", "repository:rec/secret:pull")
+	resp, _ := do(t, "GET", u.URL+"/v2/rec/secret/blobs/"+d.String(), map[string]string{"Authorization": "Bearer " + tok, "X-Mark": "registry"})
+	loc := resp.Header.Get("Location")
+	u.AddResponseHeaders(ObjectStoreListener, http.Header{"Connection": {"X-Foo"}, "X-Foo": {"1"}})
+	resp, _ = do(t, "GET", loc, map[string]string{"Range": "bytes=0-9"})
+	if resp.Header.Get("X-Foo") != "1" || resp.Header.Get("Connection") != "X-Foo" {
+		t.Errorf("added headers missing: %v", resp.Header)
+	}
+	u.AddResponseHeaders(ObjectStoreListener, nil)
+	if resp, _ = do(t, "GET", loc, nil); resp.Header.Get("X-Foo") != "" {
+		t.Errorf("added headers still sent: %v", resp.Header)
+	}
+
+	if got := u.IssuedTokens(); len(got) != 1 || got[0] != tok {
+		t.Errorf("IssuedTokens = %q, want [%q]", got, tok)
+	}
+	realm := u.Requests(RealmListener)
+	if len(realm) != 1 {
+		t.Fatalf("realm requests %+v", realm)
+	}
+	if user, pass, ok := (&http.Request{Header: realm[0].Header}).BasicAuth(); !ok || user != "alice" || pass != "pw" {
+		t.Errorf("realm request %+v", realm[0])
+	}
+	reg := u.Requests(RegistryListener)
+	if len(reg) != 1 || reg[0].Method != "GET" || reg[0].Header.Get("X-Mark") != "registry" || reg[0].Header.Get("Authorization") != "Bearer "+tok {
+		t.Errorf("registry requests %+v", reg)
+	}
+	objs := u.Requests(ObjectStoreListener)
+	if len(objs) != 2 || objs[0].Header.Get("Range") != "bytes=0-9" || !strings.HasPrefix(objs[0].URI, "/blobs/"+d.String()+"?") {
+		t.Errorf("object store requests %+v", objs)
+	}
+
+	// Without RecordRequests, nothing is kept.
+	quiet := Start(t, Options{})
+	do(t, "GET", quiet.URL+"/v2/", nil)
+	if n := len(quiet.Requests(RegistryListener)); n != 0 {
+		t.Errorf("%d requests recorded without RecordRequests", n)
+	}
+}
+
+func mustLayerDigest(t *testing.T, img v1.Image) v1.Hash {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil || len(layers) == 0 {
+		t.Fatal(err)
+	}
+	d, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
