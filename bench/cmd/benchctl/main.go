@@ -40,6 +40,7 @@ type Config struct {
 	ProfileSecs                                                         int
 	Budget                                                              time.Duration
 	UpstreamMBps                                                        float64
+	ColdWANMBps                                                         float64
 	Fanout                                                              []int
 	SmallDur                                                            time.Duration
 	Conns                                                               int
@@ -146,6 +147,10 @@ func main() {
 		}
 	}
 	c.UpstreamMBps, _ = strconv.ParseFloat(os.Getenv("UPSTREAM_MBPS"), 64)
+	c.ColdWANMBps = 100
+	if v := os.Getenv("COLD_WAN_MBPS"); v != "" {
+		c.ColdWANMBps, _ = strconv.ParseFloat(v, 64)
+	}
 	pidFile = c.PIDFile
 	os.MkdirAll(c.Out, 0o755)
 
