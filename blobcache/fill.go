@@ -54,6 +54,10 @@ type Fill struct {
 	state     fillState
 	err       error // why the fill failed; wraps ErrFillFailed
 	committed bool  // bytes verified (and stored, unless too big for the cache)
+	// verified: every byte is written and matches size and digest. Readers
+	// get the held-back byte and a clean end from here on, without
+	// waiting for the fsync and rename of the commit.
+	verified  bool
 	entry     *entry
 	size      int64 // -1 while unknown
 	mediaType string
@@ -91,7 +95,7 @@ func (s *Store) Join(d digest.Digest) (f *Fill, leader bool) {
 	}
 	if s.entries[d] != nil {
 		f := s.endedFill(d, nil)
-		f.committed = true
+		f.committed, f.verified = true, true
 		return f, false
 	}
 	f = &Fill{s: s, d: d, started: make(chan struct{}), size: -1}
@@ -238,6 +242,7 @@ func (f *Fill) endCommittedLocked(e *entry, size int64) {
 	f.mu.Lock()
 	f.state = stateDone
 	f.committed = true
+	f.verified = true
 	f.entry = e
 	f.size = size
 	f.tmpPath = ""
@@ -291,12 +296,17 @@ func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
 		return
 	}
 	// The bytes are verified: from here on a disk error costs the entry,
-	// never the readers, who get every byte and a clean end.
+	// never the readers, who get every byte and a clean end now.
+	f.mu.Lock()
+	f.verified = true
+	f.size = n
+	f.cond.Broadcast()
+	f.mu.Unlock()
 	keep := true
 	if !s.opts.NoSync {
 		// Before the rename: a committed entry must survive a power loss
 		// with the bytes its name promises.
-		if err := file.Sync(); err != nil {
+		if err := s.syncData(file); err != nil {
 			s.diskError(err)
 			keep = false
 		}
@@ -519,7 +529,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 			f.mu.Unlock()
 			return 0, os.ErrClosed
 		}
-		if f.err != nil {
+		if f.err != nil && !f.verified { // once verified, the bytes are good whatever came after
 			err := f.err
 			size := f.size
 			f.mu.Unlock()
@@ -530,7 +540,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		avail = f.written
-		if !f.committed {
+		if !f.verified {
 			avail-- // the held-back byte: released only with the verdict
 			if r.end > 0 && avail > r.end-1 {
 				avail = r.end - 1 // the last byte of the caller's range, too
@@ -539,7 +549,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 		if r.off < avail {
 			break
 		}
-		if f.committed {
+		if f.verified {
 			f.mu.Unlock()
 			return 0, io.EOF
 		}
