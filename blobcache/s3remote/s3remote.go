@@ -74,13 +74,18 @@ func CheckEndpoint(endpoint string) error {
 	case endpoint == "":
 		return errors.New("s3: endpoint is required")
 	case err != nil:
-		return fmt.Errorf("s3: invalid endpoint '%s': %v", endpoint, err)
+		// Not the URL itself, which may hold a password.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("s3: invalid endpoint: %v", err)
 	case u.Scheme != "http" && u.Scheme != "https":
 		return fmt.Errorf("s3: invalid endpoint '%s': want an http:// or https:// URL", endpoint)
 	case u.Host == "" || u.Hostname() == "":
 		return fmt.Errorf("s3: invalid endpoint '%s': no host", endpoint)
 	case u.User != nil:
-		return fmt.Errorf("s3: invalid endpoint '%s': give the keys with access_key and secret_key", endpoint)
+		return fmt.Errorf("s3: invalid endpoint '%s': give the keys with access_key and secret_key", u.Redacted())
 	case (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
 		return fmt.Errorf("s3: invalid endpoint '%s': want only scheme and host (the bucket goes in bucket)", endpoint)
 	}
