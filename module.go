@@ -4,7 +4,8 @@
 //
 // Caddy supplies TLS, HTTP/2, site blocks, logging and reloads; the registry
 // knowledge lives in package registry, authentication in tokenauth and the
-// cache in blobcache. This file only adapts them to Caddy.
+// cache in blobcache (with its S3-compatible shared tier in
+// blobcache/s3remote). This file only adapts them to Caddy.
 package dockerproxy
 
 import (

@@ -338,6 +338,9 @@ func (s *Store) RemoteTag(ctx context.Context, key string) (Tag, bool) {
 		return Tag{}, false
 	}
 	s.remoteWorked()
+	if local, ok := s.Tag(key); ok && !local.Checked.Before(t.Checked) {
+		return local, true // set here meanwhile, and no older
+	}
 	if err := s.setTag(key, t, false); err != nil {
 		s.log.Debug("cannot store a tag record of the shared cache", zap.Error(err))
 	}
