@@ -80,6 +80,8 @@ const (
 	uploadRate = 1 << 20
 	// closeGrace is how long Close lets running uploads finish.
 	closeGrace = 5 * time.Second
+	// badCopyTTL is how long a wrong remote copy is ignored.
+	badCopyTTL = 10 * time.Minute
 )
 
 // remoteState is the store's remote and its health.
@@ -89,10 +91,11 @@ type remoteState struct {
 	until time.Time // while now < until, the remote is not asked (it just failed)
 	down  bool      // a failure was logged and nothing worked since
 	cause string    // the condition last logged
-	// bad holds the digests whose remote copy did not match: they are
-	// not read from the remote again, and uploading them replaces the
-	// copy even though the remote has one.
-	bad map[digest.Digest]struct{}
+	// bad holds the digests whose remote copy did not match, and when:
+	// for badCopyTTL they are not read from the remote again (another
+	// instance may replace the copy meanwhile), and uploading them
+	// replaces the copy even though the remote has one.
+	bad map[digest.Digest]time.Time
 }
 
 // SetRemote changes the remote (nil: none), as a config reload asks.
@@ -166,9 +169,15 @@ func (s *Store) remoteCopyBad(d digest.Digest, err error) {
 	s.remote.mu.Lock()
 	defer s.remote.mu.Unlock()
 	if s.remote.bad == nil {
-		s.remote.bad = make(map[digest.Digest]struct{})
+		s.remote.bad = make(map[digest.Digest]time.Time)
 	}
-	s.remote.bad[d] = struct{}{}
+	now := time.Now()
+	for bd, at := range s.remote.bad {
+		if now.Sub(at) >= badCopyTTL {
+			delete(s.remote.bad, bd)
+		}
+	}
+	s.remote.bad[d] = now
 	s.log.Warn("shared cache holds a wrong copy; it is ignored until an upstream fetch replaces it",
 		zap.String("digest", d.String()), zap.Error(err))
 }
@@ -176,8 +185,8 @@ func (s *Store) remoteCopyBad(d digest.Digest, err error) {
 func (s *Store) remoteCopyIsBad(d digest.Digest) bool {
 	s.remote.mu.Lock()
 	defer s.remote.mu.Unlock()
-	_, bad := s.remote.bad[d]
-	return bad
+	at, bad := s.remote.bad[d]
+	return bad && time.Since(at) < badCopyTTL
 }
 
 func (s *Store) remoteCopyReplaced(d digest.Digest) {
