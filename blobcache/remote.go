@@ -9,8 +9,8 @@ package blobcache
 //     drops the job, a request never waits for the remote;
 //   - a fill may take its bytes from the remote instead of the upstream
 //     (Fill.StartRemote, LoadRemote); they are verified as any fill's, and
-//     a copy that does not match its digest is never used again, until an
-//     upload from the upstream's bytes replaces it;
+//     a copy that does not match its digest is not read again for a while:
+//     the upload of the upstream's bytes that follows replaces it;
 //   - tag records set in the store are written to the remote too, and
 //     RemoteTag reads them, so that a tag one instance checked serves the
 //     others until it goes stale.
@@ -178,8 +178,8 @@ func (s *Store) remoteCopyBad(d digest.Digest, err error) {
 		}
 	}
 	s.remote.bad[d] = now
-	s.log.Warn("shared cache holds a wrong copy; it is ignored until an upstream fetch replaces it",
-		zap.String("digest", d.String()), zap.Error(err))
+	s.log.Warn("shared cache holds a wrong copy; it is ignored here for a while, and this instance's next upstream fetch of it replaces it",
+		zap.String("digest", d.String()), zap.Error(err), zap.Duration("ignored_for", badCopyTTL))
 }
 
 func (s *Store) remoteCopyIsBad(d digest.Digest) bool {
@@ -209,11 +209,14 @@ func (s *Store) openRemote(ctx context.Context, d digest.Digest) (*RemoteEntry, 
 	timer := time.AfterFunc(remoteTimeout, cancel)
 	stop := context.AfterFunc(ctx, cancel)
 	e, err := r.Open(bodyCtx, d)
-	timedOut := !timer.Stop()
-	stop()
-	if err == nil && timedOut {
+	timedOut, left := !timer.Stop(), !stop()
+	if err == nil && (timedOut || left) {
+		// The answer came, but its body's context was just canceled.
 		e.Body.Close()
 		err = fmt.Errorf("opening %s: %w", d, context.DeadlineExceeded)
+		if left {
+			err = ctx.Err()
+		}
 	}
 	switch {
 	case err == nil:
