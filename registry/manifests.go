@@ -275,6 +275,10 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 		if rec, known = p.remoteTag(r, key); known {
 			c.accepts.add(base, accept)
 			hitStatus = statusShared
+		} else {
+			// Set here while the shared tier was asked? Then the
+			// upstream round that set it must not be made again.
+			rec, known = c.Store.Tag(key)
 		}
 	}
 	fresh := known && time.Since(rec.Checked) < c.TagTTL

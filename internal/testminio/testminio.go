@@ -132,16 +132,25 @@ func start(t testing.TB, bin string) (*Server, error) {
 		s.Stop()
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Health checks may pass before the object layer is up, which then
+	// answers "Server not initialized yet": try until it takes it.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := s.Client.MakeBucket(ctx, s.Bucket, minio.MakeBucketOptions{}); err != nil {
-		s.Stop()
-		return nil, fmt.Errorf("creating bucket: %v", err)
+	for {
+		err := s.Client.MakeBucket(ctx, s.Bucket, minio.MakeBucketOptions{})
+		if err == nil || minio.ToErrorResponse(err).Code == "BucketAlreadyOwnedByYou" {
+			return s, nil
+		}
+		select {
+		case <-ctx.Done():
+			s.Stop()
+			return nil, fmt.Errorf("creating bucket: %v", err)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	return s, nil
 }
 
-// waitReady polls the liveness endpoint until the server answers 200.
+// waitReady polls the readiness endpoint until the server answers 200.
 func (s *Server) waitReady(addr string, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	client := &http.Client{Timeout: 2 * time.Second}
@@ -151,7 +160,7 @@ func (s *Server) waitReady(addr string, within time.Duration) error {
 			return errors.New("minio exited before it was ready")
 		default:
 		}
-		resp, err := client.Get("http://" + addr + "/minio/health/live")
+		resp, err := client.Get("http://" + addr + "/minio/health/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
