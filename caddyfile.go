@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
 
+	"github.com/caddy-dockerproxy/dockerproxy/blobcache/s3remote"
 	"github.com/caddy-dockerproxy/dockerproxy/registry"
 )
 
@@ -50,6 +51,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		cache [<dir>] {
 //			max_size <size>
 //			tag_ttl <duration>
+//			s3 {
+//				endpoint <url>
+//				bucket <name>
+//				region <region>
+//				prefix <prefix>
+//				access_key <id>
+//				secret_key <secret>
+//			}
 //		}
 //		transport <module> {
 //			...
@@ -85,6 +94,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //     its directory, max_size bounds it (50GiB, 500MB, 1073741824; 0 means
 //     unbounded) and tag_ttl (5m, 1h, 1d; must be positive) is how long a
 //     tag's digest is served without asking the upstream.
+//   - s3 adds a shared tier behind the cache: an S3-compatible bucket that
+//     several instances behind one load balancer share. endpoint (an http
+//     or https URL: its scheme decides TLS), bucket, access_key and
+//     secret_key are required; region (empty: ask the service; "auto" for
+//     R2) and prefix (put before every object name) are optional.
+//     Placeholders such as {env.S3_SECRET_KEY} are kept and expanded when
+//     the handler is provisioned. Every handler naming the same cache
+//     directory should give the same s3 block (a snippet helps).
 //   - transport configures the connections to the upstreams with an
 //     http.reverse_proxy.transport module and its block, exactly as in
 //     reverse_proxy: "transport http" with dial_timeout, versions, tls_*,
@@ -302,6 +319,16 @@ func parseCache(d *caddyfile.Dispenser) (*CacheConfig, error) {
 	var haveMaxSize, haveTagTTL bool
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch sub := d.Val(); sub {
+		case "s3":
+			if cache.S3 != nil {
+				return nil, d.Errf("s3 already specified")
+			}
+			s3, err := parseS3(d)
+			if err != nil {
+				return nil, err
+			}
+			cache.S3 = s3
+
 		case "max_size":
 			if haveMaxSize {
 				return nil, d.Errf("max_size already specified")
@@ -343,6 +370,82 @@ func parseCache(d *caddyfile.Dispenser) (*CacheConfig, error) {
 		}
 	}
 	return cache, nil
+}
+
+// parseS3 parses "s3 { ... }"; the current token is "s3".
+func parseS3(d *caddyfile.Dispenser) (*S3Config, error) {
+	if len(d.RemainingArgs()) != 0 {
+		return nil, d.ArgErr()
+	}
+	s3 := new(S3Config)
+	fields := map[string]*string{
+		"endpoint":   &s3.Endpoint,
+		"bucket":     &s3.Bucket,
+		"region":     &s3.Region,
+		"prefix":     &s3.Prefix,
+		"access_key": &s3.AccessKey,
+		"secret_key": &s3.SecretKey,
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		field, ok := fields[sub]
+		switch {
+		case sub == "{":
+			return nil, d.Errf("unexpected block: s3 subdirectives take none")
+		case !ok:
+			return nil, d.Errf("unknown s3 subdirective '%s'", sub)
+		case seen[sub]:
+			return nil, d.Errf("%s already specified", sub)
+		}
+		seen[sub] = true
+		if len(d.RemainingArgs()) != 1 {
+			return nil, d.ArgErr()
+		}
+		v := d.Val()
+		if v == "" {
+			return nil, d.Errf("%s must not be empty", sub)
+		}
+		if !hasPlaceholder(v) {
+			var err error
+			switch sub {
+			case "endpoint":
+				err = s3remote.CheckEndpoint(v)
+			case "bucket":
+				err = s3remote.CheckBucket(v)
+			}
+			if err != nil {
+				return nil, d.Errf("%v", err)
+			}
+		}
+		*field = v
+	}
+	if err := s3.check(); err != nil {
+		// Something is missing: point at the s3 line.
+		backToBlockStart(d)
+		return nil, d.Errf("%v", err)
+	}
+	return s3, nil
+}
+
+// backToBlockStart moves the cursor from the closing brace of a block
+// back to the token that opened it; elsewhere (no block) it stays.
+func backToBlockStart(d *caddyfile.Dispenser) {
+	if d.Val() != "}" {
+		return
+	}
+	for depth := 0; ; {
+		switch d.Val() {
+		case "}":
+			depth++
+		case "{":
+			depth--
+		}
+		if depth == 0 || !d.Prev() {
+			break
+		}
+	}
+	d.Prev()
 }
 
 // Interface guard

@@ -377,6 +377,42 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want: Handler{Upstream: "docker.io", Cache: &CacheConfig{Dir: "/srv/cache"}},
 		},
 		{
+			name: "cache with a shared tier",
+			input: `docker_proxy docker.io {
+				cache /var/cache/docker {
+					max_size 50GiB
+					s3 {
+						endpoint https://s3.eu-west-1.amazonaws.com
+						bucket docker-cache
+						region eu-west-1
+						prefix docker_proxy/
+						access_key {env.S3_ACCESS_KEY}
+						secret_key "{env.S3_SECRET_KEY}"
+					}
+				}
+			}`,
+			want: Handler{Upstream: "docker.io", Cache: &CacheConfig{Dir: "/var/cache/docker", MaxSize: 50 << 30, S3: &S3Config{
+				Endpoint: "https://s3.eu-west-1.amazonaws.com", Bucket: "docker-cache", Region: "eu-west-1",
+				Prefix: "docker_proxy/", AccessKey: "{env.S3_ACCESS_KEY}", SecretKey: "{env.S3_SECRET_KEY}",
+			}}},
+		},
+		{
+			name: "shared tier from placeholders only",
+			input: `docker_proxy docker.io {
+				cache {
+					s3 {
+						secret_key {env.S3_SECRET_KEY}
+						access_key {env.S3_ACCESS_KEY}
+						bucket {env.S3_BUCKET}
+						endpoint {env.S3_ENDPOINT}
+					}
+				}
+			}`,
+			want: Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{
+				Endpoint: "{env.S3_ENDPOINT}", Bucket: "{env.S3_BUCKET}", AccessKey: "{env.S3_ACCESS_KEY}", SecretKey: "{env.S3_SECRET_KEY}",
+			}}},
+		},
+		{
 			name: "transport without block",
 			input: `docker_proxy docker.io {
 				transport http
@@ -543,6 +579,25 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"tag_ttl negative", "docker_proxy docker.io {\n\tcache {\n\t\ttag_ttl -5m\n\t}\n}", 3, []string{"invalid tag_ttl '-5m'", "must be positive"}},
 		{"tag_ttl zero", "docker_proxy docker.io {\n\tcache {\n\t\ttag_ttl 0s\n\t}\n}", 3, []string{"invalid tag_ttl '0s'", "must be positive"}},
 
+		// cache s3
+		{"s3 repeated", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tendpoint http://127.0.0.1:9000\n\t\t\tbucket cache\n\t\t\taccess_key id\n\t\t\tsecret_key pw\n\t\t}\n\t\ts3 {\n\t\t}\n\t}\n}", 9, []string{"s3 already specified"}},
+		{"s3 with an argument", "docker_proxy docker.io {\n\tcache {\n\t\ts3 minio {\n\t\t}\n\t}\n}", 3, []string{"wrong argument count", "'minio'"}},
+		{"s3 without block", "docker_proxy docker.io {\n\tcache {\n\t\ts3\n\t}\n}", 3, []string{"s3: endpoint is required"}},
+		{"s3 without endpoint", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tbucket cache\n\t\t\taccess_key id\n\t\t\tsecret_key pw\n\t\t}\n\t}\n}", 3, []string{"s3: endpoint is required"}},
+		{"s3 without bucket", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tendpoint https://s3.example.com\n\t\t\taccess_key \"{env.ID}\"\n\t\t\tsecret_key {env.KEY}\n\t\t}\n\t}\n}", 3, []string{"s3: bucket is required"}},
+		{"s3 without secret_key", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tendpoint https://s3.example.com\n\t\t\tbucket cache\n\t\t\taccess_key id\n\t\t}\n\t}\n}", 3, []string{"access_key and secret_key are both required"}},
+		{"s3 unknown subdirective", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tsecret pw\n\t\t}\n\t}\n}", 4, []string{"unknown s3 subdirective 'secret'"}},
+		{"s3 subdirective repeated", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tbucket cache-a\n\t\t\tbucket cache-b\n\t\t}\n\t}\n}", 5, []string{"bucket already specified"}},
+		{"s3 subdirective without value", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tregion\n\t\t}\n\t}\n}", 4, []string{"wrong argument count", "'region'"}},
+		{"s3 subdirective with two values", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tprefix a b\n\t\t}\n\t}\n}", 4, []string{"wrong argument count", "'b'"}},
+		{"s3 empty value", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tregion \"\"\n\t\t}\n\t}\n}", 4, []string{"region must not be empty"}},
+		{"s3 unexpected block", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tbucket cache {\n\t\t\t}\n\t\t}\n\t}\n}", 4, []string{"unexpected block"}},
+		{"s3 endpoint scheme", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tendpoint s3.example.com\n\t\t}\n\t}\n}", 4, []string{"invalid endpoint 's3.example.com'", "http:// or https://"}},
+		{"s3 endpoint with a path", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tendpoint https://s3.example.com/cache\n\t\t}\n\t}\n}", 4, []string{"only scheme and host"}},
+		{"s3 endpoint with a password", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tendpoint https://id:hunter2@s3.example.com\n\t\t}\n\t}\n}", 4, []string{"access_key and secret_key"}},
+		{"s3 bad bucket", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tbucket Docker_Cache\n\t\t}\n\t}\n}", 4, []string{"invalid bucket 'Docker_Cache'"}},
+		{"s3 in cache off", "docker_proxy docker.io {\n\tcache off {\n\t\ts3 {\n\t\t}\n\t}\n}", 2, []string{"cache off takes no block"}},
+
 		// transport
 		{"transport without module", "docker_proxy docker.io {\n\ttransport\n}", 2, []string{"wrong argument count", "'transport'"}},
 		{"transport unknown module", "docker_proxy docker.io {\n\ttransport carrier_pigeon\n}", 2, []string{"http.reverse_proxy.transport.carrier_pigeon"}},
@@ -557,6 +612,9 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 				t.Fatalf("no error; parsed %+v", h)
 			}
 			msg := err.Error()
+			if strings.Contains(msg, "hunter2") {
+				t.Errorf("error %q shows a password", msg)
+			}
 			if want := "Testfile:" + strconv.Itoa(tt.line); !strings.HasSuffix(msg, ", at "+want) {
 				t.Errorf("error %q does not end with the position %s", msg, want)
 			}
@@ -579,6 +637,7 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		"docker_proxy docker.io {\n\tcredentials u {env.T}\n\tcredentials ghcr.io u p\n\tauth_key k\n}",
 		"docker_proxy docker.io {\n\tcache /c {\n\t\tmax_size 1GiB\n\t\ttag_ttl 5m\n\t}\n}",
 		"docker_proxy docker.io {\n\tcache off {}\n}",
+		"docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tendpoint http://127.0.0.1:9000\n\t\t\tbucket cache\n\t\t\taccess_key id\n\t\t\tsecret_key {env.K}\n\t\t}\n\t}\n}",
 		"docker_proxy docker.io {\n\ttransport http {\n\t\tdial_timeout 5s\n\t\tversions 1.1 2\n\t}\n}",
 		"docker_proxy {\n\tcache {\n\t\t{\n}\n}",
 		"docker_proxy docker.io {\n\tdomain {\n\t}\n}}",

@@ -32,4 +32,25 @@ type CacheConfig struct {
 	// TagTTL is how long a tag's digest is served without asking the
 	// upstream. Default 5m.
 	TagTTL caddy.Duration `json:"tag_ttl,omitempty"`
+	// S3 is a bucket that several instances behind one load balancer
+	// share as a second tier behind their local caches. It belongs to
+	// the cache directory: every handler naming the directory should
+	// give the same one (the configuration provisioned last sets it).
+	S3 *S3Config `json:"s3,omitempty"`
+}
+
+// S3Config names an S3-compatible bucket (AWS S3, MinIO, Cloudflare R2,
+// ...). Placeholders such as {env.S3_SECRET_KEY} are expanded in every
+// field at provision time.
+type S3Config struct {
+	// Endpoint is the service's URL; its scheme decides TLS, e.g.
+	// https://s3.eu-west-1.amazonaws.com or http://minio:9000.
+	Endpoint string `json:"endpoint"`
+	Bucket   string `json:"bucket"`
+	// Region of the bucket; empty asks the service, R2 wants "auto".
+	Region string `json:"region,omitempty"`
+	// Prefix is put before every object name, e.g. "docker_proxy/".
+	Prefix    string `json:"prefix,omitempty"`
+	AccessKey string `json:"access_key"`
+	SecretKey string `json:"secret_key"`
 }

@@ -15,7 +15,7 @@ type metrics struct {
 	byOutcome map[string]prometheus.Counter
 }
 
-var outcomes = []string{"hit", "miss", "joined", "revalidated", "stale", "bypass", "none"}
+var outcomes = []string{"hit", "miss", "shared", "joined", "revalidated", "stale", "bypass", "none"}
 
 // registerMetrics registers the collectors into Caddy's registry. Every
 // Provision calls it (each config reload builds new handlers); a collector
@@ -25,7 +25,7 @@ func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Namespace: "caddy",
 		Subsystem: "docker_proxy",
 		Name:      "responses_total",
-		Help:      "Registry API responses by cache outcome: hit, miss, joined (a fill in progress), revalidated, stale (served after an upstream failure), bypass (cache off or unavailable), none (not cacheable).",
+		Help:      "Registry API responses by cache outcome: hit, miss, shared (filled from the shared tier), joined (a fill in progress), revalidated, stale (served after an upstream failure), bypass (cache off or unavailable), none (not cacheable).",
 	}, []string{"cache"})
 	if err := reg.Register(responses); err != nil {
 		var are prometheus.AlreadyRegisteredError
@@ -64,6 +64,8 @@ func cacheOutcome(s string) string {
 		return "revalidated"
 	case strings.Contains(s, "fwd=bypass"):
 		return "bypass"
+	case strings.Contains(s, "detail=shared"):
+		return "shared"
 	case strings.Contains(s, "fwd=miss"):
 		return "miss"
 	}

@@ -4,11 +4,14 @@
 //
 // Caddy supplies TLS, HTTP/2, site blocks, logging and reloads; the registry
 // knowledge lives in package registry, authentication in tokenauth and the
-// cache in blobcache. This file only adapts them to Caddy.
+// cache in blobcache (with its S3-compatible shared tier in
+// blobcache/s3remote). This file only adapts them to Caddy.
 package dockerproxy
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +29,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
+	"github.com/caddy-dockerproxy/dockerproxy/blobcache/s3remote"
 	"github.com/caddy-dockerproxy/dockerproxy/registry"
 	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
@@ -100,6 +105,9 @@ type sharedCache struct {
 	store    *blobcache.Store
 	verdicts *tokenauth.Confirmations
 	accepted *tokenauth.Confirmations
+
+	mu        sync.Mutex
+	remoteKey string // identifies the store's shared tier config ("" for none)
 }
 
 func (s *sharedCache) Destruct() error { return s.store.Close() }
@@ -167,7 +175,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	var cache *registry.Cache
 	var accepted *tokenauth.Confirmations
 	if h.Cache == nil || !h.Cache.Disabled {
-		cache, accepted, err = h.provisionCache()
+		// A wrong shared tier config is the user's to fix, as wrong
+		// credentials are: it fails provisioning.
+		remote, err := h.sharedTier(repl)
+		if err != nil {
+			return err
+		}
+		cache, accepted, err = h.provisionCache(remote)
 		if err != nil {
 			// An unwritable or broken cache directory must not take the
 			// registry down: serve from the upstream and say why.
@@ -259,8 +273,89 @@ func (h *Handler) Validate() error {
 		if c.TagTTL < 0 {
 			return fmt.Errorf("cache: tag_ttl %s is negative", time.Duration(c.TagTTL))
 		}
+		if c.S3 != nil {
+			if c.Disabled {
+				return errors.New("cache: s3 is a tier of the cache, which is disabled")
+			}
+			if err := c.S3.check(); err != nil {
+				return fmt.Errorf("cache: %w", err)
+			}
+		}
 	}
 	return nil
+}
+
+// check checks a shared tier config as the Caddyfile does: endpoint,
+// bucket and both keys given, endpoint and bucket valid unless they hold
+// placeholders (checked again once expanded).
+func (c *S3Config) check() error {
+	switch {
+	case c.Endpoint == "":
+		return errors.New("s3: endpoint is required")
+	case c.Bucket == "":
+		return errors.New("s3: bucket is required")
+	case c.AccessKey == "" || c.SecretKey == "":
+		return errors.New("s3: access_key and secret_key are both required")
+	}
+	if !hasPlaceholder(c.Endpoint) {
+		if err := s3remote.CheckEndpoint(c.Endpoint); err != nil {
+			return err
+		}
+	}
+	if !hasPlaceholder(c.Bucket) {
+		if err := s3remote.CheckBucket(c.Bucket); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hasPlaceholder reports whether a config value holds a placeholder, to
+// be checked once expanded at provision time.
+func hasPlaceholder(v string) bool { return strings.Contains(v, "{") }
+
+// remoteKeyOf identifies an expanded shared tier config, secret included
+// (hashed), so that a reload that changes any of it changes the store's.
+func remoteKeyOf(c s3remote.Config) string {
+	sum := sha256.Sum256([]byte(strings.Join([]string{c.Endpoint, c.Bucket, c.Region, c.Prefix, c.AccessKey, c.SecretKey}, "\x00")))
+	return hex.EncodeToString(sum[:])
+}
+
+// sharedRemote is a shared tier with the key of its config.
+type sharedRemote struct {
+	remote blobcache.Remote
+	key    string
+}
+
+// sharedTier sets up the shared tier the cache config names (nil: none),
+// its placeholders expanded. Errors name the field, never a key.
+func (h *Handler) sharedTier(repl *caddy.Replacer) (*sharedRemote, error) {
+	if h.Cache == nil || h.Cache.S3 == nil {
+		return nil, nil
+	}
+	c := h.Cache.S3
+	cfg := s3remote.Config{
+		Endpoint:  repl.ReplaceKnown(c.Endpoint, ""),
+		Bucket:    repl.ReplaceKnown(c.Bucket, ""),
+		Region:    repl.ReplaceKnown(c.Region, ""),
+		Prefix:    repl.ReplaceKnown(c.Prefix, ""),
+		AccessKey: repl.ReplaceKnown(c.AccessKey, ""),
+		SecretKey: repl.ReplaceKnown(c.SecretKey, ""),
+	}
+	for _, f := range []struct{ name, value string }{
+		{"endpoint", cfg.Endpoint}, {"bucket", cfg.Bucket}, {"access_key", cfg.AccessKey}, {"secret_key", cfg.SecretKey},
+	} {
+		if f.value == "" {
+			return nil, fmt.Errorf("cache s3: %s is empty once placeholders are expanded (is its environment variable set?)", f.name)
+		}
+	}
+	r, err := s3remote.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("cache %w", err)
+	}
+	h.logger.Info("shared cache tier", zap.String("endpoint", cfg.Endpoint), zap.String("bucket", cfg.Bucket),
+		zap.String("prefix", cfg.Prefix))
+	return &sharedRemote{remote: r, key: remoteKeyOf(cfg)}, nil
 }
 
 // loadTransport loads the configured reverse_proxy transport, or Caddy's
@@ -291,7 +386,9 @@ func (h *Handler) cacheDirectory() string {
 	return filepath.Join(caddy.AppDataDir(), "docker_proxy", "cache")
 }
 
-func (h *Handler) provisionCache() (*registry.Cache, *tokenauth.Confirmations, error) {
+// provisionCache takes (or opens) the store of the cache directory, with
+// remote as its shared tier (nil: none).
+func (h *Handler) provisionCache(remote *sharedRemote) (*registry.Cache, *tokenauth.Confirmations, error) {
 	dir, err := filepath.Abs(h.cacheDirectory())
 	if err != nil {
 		return nil, nil, fmt.Errorf("cache directory: %v", err)
@@ -304,15 +401,21 @@ func (h *Handler) provisionCache() (*registry.Cache, *tokenauth.Confirmations, e
 			ttl = time.Duration(h.Cache.TagTTL)
 		}
 	}
+	var r blobcache.Remote
+	var remoteKey string
+	if remote != nil {
+		r, remoteKey = remote.remote, remote.key
+	}
 	val, loaded, err := stores.LoadOrNew(dir, func() (caddy.Destructor, error) {
-		s, err := blobcache.Open(blobcache.Options{Dir: dir, MaxSize: maxSize, Logger: h.logger.Named("cache")})
+		s, err := blobcache.Open(blobcache.Options{Dir: dir, MaxSize: maxSize, Logger: h.logger.Named("cache"), Remote: r})
 		if err != nil {
 			return nil, err
 		}
 		return &sharedCache{
-			store:    s,
-			verdicts: tokenauth.NewConfirmations(offlineWindow),
-			accepted: tokenauth.NewConfirmations(offlineWindow),
+			store:     s,
+			verdicts:  tokenauth.NewConfirmations(offlineWindow),
+			accepted:  tokenauth.NewConfirmations(offlineWindow),
+			remoteKey: remoteKey,
 		}, nil
 	})
 	if err != nil {
@@ -322,8 +425,15 @@ func (h *Handler) provisionCache() (*registry.Cache, *tokenauth.Confirmations, e
 	shared := val.(*sharedCache)
 	if loaded {
 		// A reload (or another site naming the same directory): the
-		// configuration loaded last sets the bound.
+		// configuration loaded last sets the bound and the shared tier.
 		shared.store.SetMaxSize(maxSize)
+		shared.mu.Lock()
+		if shared.remoteKey != remoteKey {
+			shared.store.SetRemote(r)
+			shared.remoteKey = remoteKey
+			h.logger.Info("shared cache tier of the cache directory changed", zap.String("dir", dir), zap.Bool("enabled", r != nil))
+		}
+		shared.mu.Unlock()
 	}
 	return registry.NewCache(shared.store, ttl, shared.verdicts), shared.accepted, nil
 }

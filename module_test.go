@@ -107,6 +107,12 @@ func TestValidateGivesJSONTheCaddyfileChecks(t *testing.T) {
 			{Username: "a", Secret: "b"}, {Upstream: "registry-1.docker.io", Username: "c", Secret: "d"}}}, "credentials for upstream 'docker.io' already specified"},
 		{"negative max_size", Handler{Upstream: "docker.io", Cache: &CacheConfig{MaxSize: -1}}, "max_size"},
 		{"negative tag_ttl", Handler{Upstream: "docker.io", Cache: &CacheConfig{TagTTL: caddy.Duration(-time.Minute)}}, "tag_ttl"},
+		{"s3 without endpoint", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Bucket: "cache", AccessKey: "id", SecretKey: "pw"}}}, "s3: endpoint is required"},
+		{"s3 without bucket", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Endpoint: "https://s3.example.com", AccessKey: "id", SecretKey: "pw"}}}, "s3: bucket is required"},
+		{"s3 without secret_key", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Endpoint: "https://s3.example.com", Bucket: "cache", AccessKey: "id"}}}, "access_key and secret_key are both required"},
+		{"s3 endpoint without scheme", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Endpoint: "s3.example.com", Bucket: "cache", AccessKey: "id", SecretKey: "pw"}}}, "http:// or https://"},
+		{"s3 bad bucket", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Endpoint: "https://s3.example.com", Bucket: "a", AccessKey: "id", SecretKey: "pw"}}}, "invalid bucket 'a'"},
+		{"s3 with the cache off", Handler{Upstream: "docker.io", Cache: &CacheConfig{Disabled: true, S3: &S3Config{Endpoint: "https://s3.example.com", Bucket: "cache", AccessKey: "id", SecretKey: "pw"}}}, "disabled"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -123,6 +129,7 @@ func TestValidateGivesJSONTheCaddyfileChecks(t *testing.T) {
 		{Upstream: "index.docker.io", Upstreams: map[string]string{"docker.io": "http://127.0.0.1:5000"}, Fallback: "quay.io",
 			Credentials: []Credential{{Username: "u", Secret: "{env.T}"}, {Upstream: "ghcr.io", Username: "u", Secret: "s"}},
 			Cache:       &CacheConfig{MaxSize: 1 << 30, TagTTL: caddy.Duration(time.Minute)}},
+		{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Endpoint: "{env.S3_ENDPOINT}", Bucket: "{env.S3_BUCKET}", AccessKey: "{env.ID}", SecretKey: "{env.KEY}"}}},
 	} {
 		if err := h.Validate(); err != nil {
 			t.Errorf("Validate(%+v) = %v", h, err)
@@ -139,5 +146,39 @@ func TestValidateGivesJSONTheCaddyfileChecks(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "already specified") {
 		t.Errorf("caddy.Validate of repeated credentials = %v", err)
+	}
+}
+
+// TestSharedTierProvision: an s3 config provisions with its placeholders
+// expanded, and one that expands to nothing (an unset variable) fails
+// provisioning with an error that names the field and shows no secret.
+func TestSharedTierProvision(t *testing.T) {
+	t.Setenv("DOCKER_PROXY_TEST_S3_ENDPOINT", "http://127.0.0.1:9")
+	t.Setenv("DOCKER_PROXY_TEST_S3_ID", "robot")
+	t.Setenv("DOCKER_PROXY_TEST_S3_KEY", "s3-secret-value")
+	withS3 := func(endpoint, secret string) map[string]any {
+		return map[string]any{"upstream": "docker.io", "cache": map[string]any{
+			"dir": filepath.Join(t.TempDir(), "cache"),
+			"s3":  map[string]string{"endpoint": endpoint, "bucket": "cache", "access_key": "{env.DOCKER_PROXY_TEST_S3_ID}", "secret_key": secret},
+		}}
+	}
+	// Provisioning asks the bucket nothing: a server that is down shows
+	// in the log when the cache first uses it.
+	if err := validateJSON(t, withS3("{env.DOCKER_PROXY_TEST_S3_ENDPOINT}", "{env.DOCKER_PROXY_TEST_S3_KEY}")); err != nil {
+		t.Fatalf("s3 from set variables: %v", err)
+	}
+	for _, c := range []struct{ endpoint, secret, want string }{
+		{"{env.DOCKER_PROXY_TEST_S3_ENDPOINT}", "{env.DOCKER_PROXY_TEST_S3_UNSET}", "secret_key is empty"},
+		{"{env.DOCKER_PROXY_TEST_S3_UNSET}", "{env.DOCKER_PROXY_TEST_S3_KEY}", "endpoint is empty"},
+		{"{env.DOCKER_PROXY_TEST_S3_ID}", "{env.DOCKER_PROXY_TEST_S3_KEY}", "invalid endpoint 'robot'"},
+	} {
+		err := validateJSON(t, withS3(c.endpoint, c.secret))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("endpoint %s, secret %s: %v, want an error with %q", c.endpoint, c.secret, err, c.want)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3-secret-value") {
+			t.Errorf("the error shows the secret: %q", err)
+		}
 	}
 }

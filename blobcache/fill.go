@@ -49,6 +49,11 @@ type Fill struct {
 
 	scopes map[string]struct{} // guarded by s.mu (Allow during the fill)
 
+	// fromRemote: the bytes come from Options.Remote (StartRemote), so
+	// they are not uploaded back, and bad ones mark the remote's copy.
+	// Set before the copy goroutine starts, never changed after.
+	fromRemote bool
+
 	mu        sync.Mutex // lock order: s.mu before mu
 	cond      sync.Cond  // on mu; broadcast on every write and state change
 	state     fillState
@@ -128,6 +133,10 @@ func (f *Fill) Digest() digest.Digest { return f.d }
 // error wraps ErrUnavailable (disk unwritable or full, store closed, or the
 // fill already ended, e.g. after LeaderTimeout).
 func (f *Fill) Start(src Source) error {
+	return f.start(src, false)
+}
+
+func (f *Fill) start(src Source, fromRemote bool) error {
 	s := f.s
 	err := s.checkAvailable()
 	if err == nil && src.Size > 0 {
@@ -156,6 +165,7 @@ func (f *Fill) Start(src Source) error {
 		return fmt.Errorf("%w: %w", ErrUnavailable, ferr)
 	}
 	f.leader.Stop()
+	f.fromRemote = fromRemote
 	size := src.Size
 	if size < 0 {
 		size = -1
@@ -288,6 +298,9 @@ func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
 	n, err := f.copy(body, file, size)
 	body.Close()
 	if err != nil {
+		if f.fromRemote && errors.Is(err, ErrDigestMismatch) {
+			s.remoteCopyBad(f.d, err)
+		}
 		var u *Unfinished
 		if !errors.As(err, &u) {
 			err = fmt.Errorf("%w: %w", ErrFillFailed, err)
@@ -322,7 +335,8 @@ func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
 		s.endVerifiedNotKept(info, tmp, f)
 		return
 	}
-	if err := s.commit(info, tmp, f); err != nil && !errors.Is(err, ErrUnavailable) {
+	// Bytes that came from the remote are there already.
+	if err := s.commit(info, tmp, f, origin{upload: !f.fromRemote}); err != nil && !errors.Is(err, ErrUnavailable) {
 		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, err), nil)
 	}
 }

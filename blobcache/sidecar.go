@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -25,10 +24,9 @@ type sidecar struct {
 
 func encodeSidecar(info Info, scopes map[string]struct{}) ([]byte, error) {
 	sc := sidecar{Digest: info.Digest, Size: info.Size, MediaType: info.MediaType}
-	for s := range scopes {
-		sc.Scopes = append(sc.Scopes, s)
+	if len(scopes) > 0 {
+		sc.Scopes = sortedScopes(scopes) // stable files: same content, same bytes
 	}
-	sort.Strings(sc.Scopes) // stable files: same content, same bytes
 	return json.Marshal(sc)
 }
 

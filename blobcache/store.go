@@ -2,6 +2,13 @@
 // manifests: streaming fill, digest check, single-flight fan-out, atomic
 // commit, LRU eviction, tag records.
 //
+// A Store may have a second, shared tier behind it (Options.Remote, an
+// S3-compatible bucket for instance) that several instances behind one
+// load balancer use together. The local store stays the serving tier: what
+// it commits from an upstream it uploads in the background, and a fill may
+// take its bytes from the remote instead of the upstream (Fill.StartRemote),
+// verified as any fill is. See remote.go.
+//
 // Layout under Options.Dir:
 //
 //	blobs/<alg>/<hex[:2]>/<hex>       entry bytes (renamed into place only once verified)
@@ -90,6 +97,9 @@ type Options struct {
 	// but after a power loss an entry may hold bytes that do not match its
 	// digest. Meant for tests and benchmarks.
 	NoSync bool
+	// Remote is the shared tier behind the store (nil: none). It can be
+	// changed later with SetRemote.
+	Remote Remote
 }
 
 // Info describes an entry.
@@ -134,6 +144,9 @@ type Store struct {
 	tags  map[string]Tag
 
 	wg sync.WaitGroup // fill goroutines
+
+	remote  remoteState // the shared tier, its health and what it holds wrong
+	uploads *uploads    // entries and tag records on their way to the remote
 
 	// writeData writes fill bytes to the temp file; tests replace it to
 	// simulate a disk that fills up mid-fill.
@@ -188,6 +201,7 @@ func Open(opts Options) (*Store, error) {
 		syncData:  (*os.File).Sync,
 	}
 	s.freeSpace = func() (int64, error) { return availableBytes(s.opts.Dir) }
+	s.remote.r = opts.Remote
 	for _, d := range []string{opts.Dir, s.blobsDir, s.tmpDir, s.tagsDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("blobcache: %w", err)
@@ -203,6 +217,7 @@ func Open(opts Options) (*Store, error) {
 	s.evictLocked()
 	n, total := len(s.entries), s.total
 	s.mu.Unlock()
+	s.startUploads()
 	s.log.Info("blob cache opened", zap.String("dir", opts.Dir), zap.Int("entries", n),
 		zap.Int64("bytes", total), zap.Int64("max_size", opts.MaxSize))
 	return s, nil
@@ -343,8 +358,10 @@ func isLowerHex(s string) bool {
 }
 
 // Close stops background work: fills in progress are abandoned (their temp
-// files removed, their readers get ErrClosed). Blobs already returned by Get
-// stay readable until closed. Close waits for the fill goroutines to end.
+// files removed, their readers get ErrClosed), uploads to the remote get a
+// few seconds to finish and the queued ones are dropped. Blobs already
+// returned by Get stay readable until closed. Close waits for the fill and
+// upload goroutines to end.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -361,6 +378,7 @@ func (s *Store) Close() error {
 		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, ErrClosed), nil)
 	}
 	s.wg.Wait()
+	s.stopUploads()
 	return nil
 }
 
@@ -408,6 +426,12 @@ func (b *Blob) Close() error {
 //
 // Intended call order for a request: Get; on ErrNotFound, Join.
 func (s *Store) Get(d digest.Digest) (*Blob, error) {
+	return s.open(d, true)
+}
+
+// open opens a committed entry, pinned; used says whether this counts as a
+// use for the LRU order (an upload reading the entry does not).
+func (s *Store) open(d digest.Digest, used bool) (*Blob, error) {
 	if err := checkDigest(d); err != nil {
 		return nil, err
 	}
@@ -423,11 +447,14 @@ func (s *Store) Get(d digest.Digest) (*Blob, error) {
 	}
 	e.pins++
 	now := time.Now()
-	e.used = now
-	s.lru.MoveToFront(e.elem)
-	touch := now.Sub(e.touched) >= touchInterval
-	if touch {
-		e.touched = now
+	touch := false
+	if used {
+		e.used = now
+		s.lru.MoveToFront(e.elem)
+		touch = now.Sub(e.touched) >= touchInterval
+		if touch {
+			e.touched = now
+		}
 	}
 	s.mu.Unlock()
 
@@ -555,8 +582,27 @@ func (s *Store) remove(d digest.Digest) bool {
 // Put stores a small entry (a manifest) synchronously: it verifies that data
 // hashes to d, writes it and commits it atomically. Errors wrap
 // ErrDigestMismatch, ErrInvalidDigest or ErrUnavailable (disk trouble).
-// Putting an entry that is already committed is a no-op.
+// Putting an entry that is already committed is a no-op. A new entry is
+// uploaded to the remote in the background.
 func (s *Store) Put(d digest.Digest, mediaType string, data []byte) error {
+	return s.put(d, mediaType, data, origin{upload: true})
+}
+
+// PutLocal is Put for an entry that stays with this store: it is never
+// uploaded to the remote (what only this instance needs, such as the last
+// answer of a list kept for when the upstream fails).
+func (s *Store) PutLocal(d digest.Digest, mediaType string, data []byte) error {
+	return s.put(d, mediaType, data, origin{})
+}
+
+// origin says where a committed entry's bytes came from: whether they go
+// on to the remote, and the access scopes that came with them.
+type origin struct {
+	upload bool
+	scopes []string
+}
+
+func (s *Store) put(d digest.Digest, mediaType string, data []byte, from origin) error {
 	if err := checkDigest(d); err != nil {
 		return err
 	}
@@ -586,14 +632,15 @@ func (s *Store) Put(d digest.Digest, mediaType string, data []byte) error {
 		s.diskError(err)
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	return s.commit(Info{Digest: d, Size: int64(len(data)), MediaType: mediaType}, tmp.Name(), nil)
+	return s.commit(Info{Digest: d, Size: int64(len(data)), MediaType: mediaType}, tmp.Name(), nil, from)
 }
 
 // commit moves a verified temp file into place and indexes it; for a fill it
 // also ends the fill as committed, in the same critical section so that Join
 // never sees neither the fill nor the entry. If the fill ended meanwhile
-// (abandoned, store closed) nothing is committed.
-func (s *Store) commit(info Info, tmpPath string, f *Fill) error {
+// (abandoned, store closed) nothing is committed. A new entry whose origin
+// says so is queued for upload to the remote.
+func (s *Store) commit(info Info, tmpPath string, f *Fill, from origin) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -620,16 +667,31 @@ func (s *Store) commit(info Info, tmpPath string, f *Fill) error {
 		// Committed meanwhile by another path (Put racing a fill); the bytes
 		// are identical, so keep the existing file and merge scopes.
 		os.Remove(tmpPath)
-		if f != nil && len(f.scopes) > 0 {
-			for sc := range f.scopes {
+		added := false
+		for _, sc := range from.scopes {
+			if _, ok := e.scopes[sc]; !ok {
 				e.scopes[sc] = struct{}{}
+				added = true
 			}
+		}
+		if f != nil {
+			for sc := range f.scopes {
+				if _, ok := e.scopes[sc]; !ok {
+					e.scopes[sc] = struct{}{}
+					added = true
+				}
+			}
+		}
+		if added {
 			if err := s.writeSidecarLocked(e); err != nil {
 				s.log.Warn("cannot update cache sidecar", zap.Error(err))
 			}
 		}
 	} else {
 		e = &entry{info: info, scopes: make(map[string]struct{})}
+		for _, sc := range from.scopes {
+			e.scopes[sc] = struct{}{}
+		}
 		if f != nil {
 			for sc := range f.scopes {
 				e.scopes[sc] = struct{}{}
@@ -661,6 +723,9 @@ func (s *Store) commit(info Info, tmpPath string, f *Fill) error {
 		if s.diskDown {
 			s.diskDown = false
 			s.log.Info("blob cache disk usable again")
+		}
+		if from.upload {
+			s.queueUpload(uploadJob{digest: d})
 		}
 	}
 	s.lru.MoveToFront(e.elem)
@@ -732,21 +797,27 @@ func (s *Store) writeFileAtomic(path string, b []byte) error {
 	return err
 }
 
-// Allow records that scope (an opaque string such as
+// Allow records that each scope (an opaque string such as
 // "docker.io/library/alpine") may read d. It is persisted in the sidecar; on
 // a digest still being filled it is remembered and persisted at commit.
 // Errors wrap ErrNotFound when d is neither committed nor being filled.
-func (s *Store) Allow(d digest.Digest, scope string) error {
+func (s *Store) Allow(d digest.Digest, scopes ...string) error {
 	if err := checkDigest(d); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e := s.entries[d]; e != nil {
-		if _, ok := e.scopes[scope]; ok {
+		added := false
+		for _, scope := range scopes {
+			if _, ok := e.scopes[scope]; !ok {
+				e.scopes[scope] = struct{}{}
+				added = true
+			}
+		}
+		if !added {
 			return nil
 		}
-		e.scopes[scope] = struct{}{}
 		if err := s.writeSidecarLocked(e); err != nil {
 			// Still allowed in memory; only a restart would forget it.
 			return fmt.Errorf("blobcache: persisting scope: %w", err)
@@ -757,10 +828,22 @@ func (s *Store) Allow(d digest.Digest, scope string) error {
 		if f.scopes == nil {
 			f.scopes = make(map[string]struct{})
 		}
-		f.scopes[scope] = struct{}{}
+		for _, scope := range scopes {
+			f.scopes[scope] = struct{}{}
+		}
 		return nil
 	}
 	return fmt.Errorf("%w: %s", ErrNotFound, d)
+}
+
+// scopesOf returns the scopes recorded for the committed entry d, sorted.
+func (s *Store) scopesOf(d digest.Digest) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.entries[d]; e != nil {
+		return sortedScopes(e.scopes)
+	}
+	return nil
 }
 
 // Allowed reports whether Allow(d, scope) was recorded for the committed

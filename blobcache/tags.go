@@ -64,7 +64,18 @@ func (s *Store) Tag(key string) (Tag, bool) {
 }
 
 // SetTag stores the record for key, atomically replacing any previous one.
+// A record that changed is also written to the remote, in the background.
 func (s *Store) SetTag(key string, t Tag) error {
+	return s.setTag(key, t, true)
+}
+
+// SetLocalTag is SetTag for a record that stays with this store: it is
+// never written to the remote.
+func (s *Store) SetLocalTag(key string, t Tag) error {
+	return s.setTag(key, t, false)
+}
+
+func (s *Store) setTag(key string, t Tag, upload bool) error {
 	if err := checkDigest(t.Digest); err != nil {
 		return err
 	}
@@ -77,6 +88,12 @@ func (s *Store) SetTag(key string, t Tag) error {
 	}
 	s.tagMu.Lock()
 	defer s.tagMu.Unlock()
+	prev, had := s.tags[key]
+	// Rewriting the record it already holds (a record taken from the
+	// remote, stored again as is) sends the remote nothing.
+	if upload && (!had || !prev.same(t)) {
+		s.queueUpload(uploadJob{tagKey: key, tag: t})
+	}
 	if err := s.writeFileAtomic(s.tagPath(key), b); err != nil {
 		// Keep serving the fresh record from memory; only a restart forgets it.
 		s.tags[key] = t
@@ -84,4 +101,9 @@ func (s *Store) SetTag(key string, t Tag) error {
 	}
 	s.tags[key] = t
 	return nil
+}
+
+// same reports whether two records say the same thing.
+func (t Tag) same(o Tag) bool {
+	return t.Digest == o.Digest && t.MediaType == o.MediaType && t.Size == o.Size && t.Checked.Equal(o.Checked)
 }

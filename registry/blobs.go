@@ -4,6 +4,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -47,6 +48,9 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 			return
 		}
 		p.serveFill(w, r, t, req, grant, rd, statusJoined)
+		return
+	}
+	if p.serveSharedBlob(w, r, t, req, grant, fill) {
 		return
 	}
 	o := outboundFor(r, req, http.MethodGet)
@@ -94,6 +98,37 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 		c.remember(grant, accessScope(t, req.Name), req.Digest)
 	}
 	p.serveFill(w, r, t, req, grant, rd, statusMiss)
+}
+
+// serveSharedBlob fills a blob from the shared tier, if it holds it, and
+// serves it, as the leader of the fill; false means the shared tier could
+// not help and the fill is still the leader's. The bytes are verified as
+// the upstream's would be, and the cache never widens access: unless the
+// shared copy's scopes hold this route's repository (the proxy's own
+// identity fetched it there), the upstream must accept this client first.
+func (p *Proxy) serveSharedBlob(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, fill *blobcache.Fill) bool {
+	ctx, cancel := context.WithTimeout(r.Context(), remoteWait)
+	started, err := fill.StartRemote(ctx)
+	cancel()
+	if errors.Is(err, blobcache.ErrUnavailable) {
+		// The disk cannot take it, and the fill failed: pass the
+		// upstream's bytes through.
+		p.forward(w, r, t, req, grant, statusNoStore)
+		return true
+	}
+	if !started {
+		return false
+	}
+	if !p.mayRead(w, r, t, req, grant, req.Digest) {
+		return true
+	}
+	rd, err := fill.Reader(r.Context())
+	if err != nil {
+		p.forward(w, r, t, req, grant, statusMiss)
+		return true
+	}
+	p.serveFill(w, r, t, req, grant, rd, statusShared)
+	return true
 }
 
 func blobMediaType(resp *http.Response) string {

@@ -107,7 +107,15 @@ const (
 	// statusRefused: the entry is cached, but this client's access to it
 	// had to be asked of the upstream, which refused it (or could not say).
 	statusRefused = "docker_proxy; fwd=request"
+	// statusShared: missing here, filled from the shared tier (another
+	// instance's upload) instead of the upstream.
+	statusShared = "docker_proxy; fwd=miss; detail=shared"
 )
+
+// remoteWait bounds what a request waits for the shared tier's answer
+// before the upstream is asked instead (the store bounds its own calls
+// too).
+const remoteWait = 5 * time.Second
 
 func statusStale(upstreamStatus int) string {
 	if upstreamStatus == 0 {

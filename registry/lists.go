@@ -81,12 +81,13 @@ func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req 
 func (p *Proxy) keepList(t target, req Request, grant tokenauth.Grant, key string, h http.Header, body []byte) {
 	kept, _ := json.Marshal(keptList{ContentType: h.Get("Content-Type"), Links: h.Values("Link"), Body: body})
 	d := digest.FromBytes(kept)
-	if err := p.Cache.Store.Put(d, listMediaType, kept); err != nil {
+	// Kept for this instance's stale answers only: not for the shared tier.
+	if err := p.Cache.Store.PutLocal(d, listMediaType, kept); err != nil {
 		p.Logger.Debug("list not kept", zap.Error(err))
 		return
 	}
 	p.grantRead(grant, accessScope(t, req.Name), d)
-	_ = p.Cache.Store.SetTag(key, blobcache.Tag{Digest: d, MediaType: listMediaType, Size: int64(len(kept)), Checked: time.Now()})
+	_ = p.Cache.Store.SetLocalTag(key, blobcache.Tag{Digest: d, MediaType: listMediaType, Size: int64(len(kept)), Checked: time.Now()})
 }
 
 // serveKeptList serves the last good answer after an upstream failure, if

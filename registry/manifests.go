@@ -5,6 +5,7 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -52,6 +53,11 @@ func (p *Proxy) serveManifestByDigest(w http.ResponseWriter, r *http.Request, t 
 		p.relay(w, r, t, req, res.reply.response(), statusMiss)
 	case res.err != nil:
 		p.writeUpstreamError(w, t, res.err)
+	case res.shared:
+		// Another instance fetched it, maybe with other credentials.
+		if p.mayRead(w, r, t, req, grant, req.Digest) {
+			writeManifest(w, r, res.m, statusShared)
+		}
 	default:
 		writeManifest(w, r, res.m, statusMiss)
 	}
@@ -62,16 +68,23 @@ type digestResult struct {
 	m     manifest
 	reply *storedReply // the upstream's non-200 answer
 	err   error
+	// shared: m came from the shared tier, not from the upstream with
+	// this identity, which may still have to be allowed to read it.
+	shared bool
 }
 
-// fetchByDigest GETs a manifest by digest, checks and stores it, once for
-// any number of concurrent requests of one identity (Docker Hub counts
-// every GET). ok is false if the client left while waiting.
+// fetchByDigest gets a manifest by digest from the shared tier or else
+// GETs it, checks and stores it, once for any number of concurrent
+// requests of one identity (Docker Hub counts every GET). ok is false if
+// the client left while waiting.
 func (p *Proxy) fetchByDigest(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (res digestResult, ok bool) {
 	key := "digest\x00" + t.up.String() + "\x00" + req.Name + "\x00" + d.String() + "\x00" + identityKey(grant)
 	flight := p.Cache.tagFlight.DoChan(key, func() (any, error) {
 		ctx, stop := detached(r.Context(), upstreamAnswerTimeout)
 		defer stop()
+		if m, ok := p.sharedManifest(ctx, d); ok {
+			return digestResult{m: m, shared: true}, nil
+		}
 		m, reply, err := p.fetchManifest(r.WithContext(ctx), t, req, grant, d.String())
 		switch {
 		case err != nil:
@@ -90,6 +103,23 @@ func (p *Proxy) fetchByDigest(r *http.Request, t target, req Request, grant toke
 	case <-r.Context().Done():
 		return digestResult{}, false
 	}
+}
+
+// sharedManifest copies manifest d from the shared tier into the store, if
+// the shared tier has it: verified, with the access scopes recorded with
+// it (never more than the instance that uploaded it knew).
+func (p *Proxy) sharedManifest(ctx context.Context, d digest.Digest) (manifest, bool) {
+	ctx, cancel := context.WithTimeout(ctx, remoteWait)
+	defer cancel()
+	info, body, err := p.Cache.Store.LoadRemote(ctx, d, maxManifestSize)
+	if err != nil {
+		if !errors.Is(err, blobcache.ErrNotFound) {
+			p.Logger.Debug("manifest not taken from the shared cache", zap.String("digest", d.String()), zap.Error(err))
+		}
+		return manifest{}, false
+	}
+	p.Cache.memory.add(&memoryEntry{digest: d, mediaType: info.MediaType, body: body, modTime: time.Now()})
+	return manifest{digest: d, mediaType: info.MediaType, body: body}, true
 }
 
 // manifest is a manifest read from the upstream.
@@ -202,6 +232,8 @@ type tagResult struct {
 	// fall back to the stale record.
 	upstreamStatus int
 	err            error
+	// shared: the manifest came from the shared tier.
+	shared bool
 }
 
 // storedReply is an upstream answer kept in memory so that every request
@@ -236,8 +268,21 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 	} else {
 		c.accepts.add(base, accept)
 	}
+	hitStatus := statusHit
+	if !known {
+		// Another instance may have checked the tag: with a fresh
+		// record, N instances cost the upstream one GET.
+		if rec, known = p.remoteTag(r, key); known {
+			c.accepts.add(base, accept)
+			hitStatus = statusShared
+		} else {
+			// Set here while the shared tier was asked? Then the
+			// upstream round that set it must not be made again.
+			rec, known = c.Store.Tag(key)
+		}
+	}
 	fresh := known && time.Since(rec.Checked) < c.TagTTL
-	if fresh && p.serveTagRecord(w, r, t, req, grant, rec, statusHit) {
+	if fresh && p.serveTagRecord(w, r, t, req, grant, rec, hitStatus) {
 		return
 	}
 	flight := c.tagFlight.DoChan(key+"\x00"+identityKey(grant)+"\x00"+r.Method, func() (any, error) {
@@ -270,6 +315,11 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 	case res.reply != nil:
 		p.relay(w, r, t, req, res.reply.response(), statusMiss)
 	case res.err != nil || res.upstreamStatus != 0:
+		if known && !c.Store.Contains(rec.Digest) {
+			// The manifest may be in the shared tier only (the
+			// record came from there, or it was evicted here).
+			p.sharedManifest(r.Context(), rec.Digest)
+		}
 		if known && p.serveTagRecord(w, r, t, req, grant, rec, statusStale(res.upstreamStatus)) {
 			p.Logger.Info("served a stale tag: upstream failed",
 				zap.String("upstream", t.up.Name), zap.String("repository", req.Name), zap.String("tag", req.Tag),
@@ -282,7 +332,10 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 		p.writeUpstreamError(w, t, res.err)
 	default:
 		status := statusMiss
-		if known && res.tag.Digest == rec.Digest {
+		switch {
+		case res.shared:
+			status = statusShared
+		case known && res.tag.Digest == rec.Digest:
 			status = statusRevalidated
 		}
 		if !p.serveTagRecord(w, r, t, req, grant, res.tag, status) {
@@ -324,6 +377,9 @@ func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant toke
 		p.Cache.setTag(key, tag)
 		return tagResult{tag: tag}
 	}
+	// The HEAD proved this identity may read d here, wherever the
+	// manifest now comes from (the shared tier, or a GET).
+	p.Cache.remember(grant, accessScope(t, req.Name), d)
 	return p.fetchTagByDigest(r, t, req, grant, key, d, time.Now())
 }
 
@@ -377,8 +433,37 @@ func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req Request, grant t
 		return tagResult{reply: res.reply}
 	case res.err != nil:
 		return tagResult{err: res.err}
+	case res.shared:
+		// Stored already, with the shared tier's scopes: nothing
+		// here says this identity may read it (serveTagRecord asks).
+		tag := blobcache.Tag{Digest: d, MediaType: res.m.mediaType, Size: int64(len(res.m.body)), Checked: checked}
+		p.Cache.setTag(key, tag)
+		return tagResult{tag: tag, shared: true}
 	}
 	return p.keepTag(t, req, grant, key, res.m, checked)
+}
+
+// remoteTag reads the shared tier's record of a tag this store has none
+// of, once for concurrent requests.
+func (p *Proxy) remoteTag(r *http.Request, key string) (blobcache.Tag, bool) {
+	type found struct {
+		rec blobcache.Tag
+		ok  bool
+	}
+	c := p.Cache
+	flight := c.tagFlight.DoChan("remote\x00"+key, func() (any, error) {
+		ctx, stop := detached(r.Context(), remoteWait)
+		defer stop()
+		rec, ok := c.Store.RemoteTag(ctx, key)
+		return found{rec, ok}, nil
+	})
+	select {
+	case v := <-flight:
+		f := v.Val.(found)
+		return f.rec, f.ok
+	case <-r.Context().Done():
+		return blobcache.Tag{}, false
+	}
 }
 
 func (p *Proxy) keepTag(t target, req Request, grant tokenauth.Grant, key string, m manifest, checked time.Time) tagResult {

@@ -21,11 +21,23 @@ import (
 // newTestProxy assembles the request path without Caddy, with the cache on.
 func newTestProxy(t testing.TB, up *testupstream.Upstream, tagTTL time.Duration) (*Proxy, *httptest.Server) {
 	t.Helper()
+	return newTestProxyWith(t, up, tagTTL, blobcache.Options{}, zap.NewNop())
+}
+
+// newTestProxyWith is newTestProxy with store options (a fresh Dir unless
+// given) and a logger.
+func newTestProxyWith(t testing.TB, up *testupstream.Upstream, tagTTL time.Duration, opts blobcache.Options, logger *zap.Logger) (*Proxy, *httptest.Server) {
+	t.Helper()
 	router, err := NewRouter(RouterConfig{Default: up.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := blobcache.Open(blobcache.Options{Dir: t.TempDir(), NoSync: true})
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	opts.NoSync = true
+	opts.Logger = logger
+	store, err := blobcache.Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +55,7 @@ func newTestProxy(t testing.TB, up *testupstream.Upstream, tagTTL time.Duration)
 		},
 		Auth:   &tokenauth.Endpoint{Sealer: sealer, Fetcher: tokens},
 		Cache:  NewCache(store, tagTTL, nil),
-		Logger: zap.NewNop(),
+		Logger: logger,
 		Scheme: func(*http.Request) string { return "http" },
 	}
 	srv := httptest.NewServer(p)

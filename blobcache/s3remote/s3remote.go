@@ -1,0 +1,306 @@
+// Package s3remote is a blobcache.Remote on an S3-compatible bucket (AWS
+// S3, MinIO, Cloudflare R2, ...), so that several instances of the proxy
+// behind one load balancer share one cache.
+//
+// Layout under Config.Prefix in the bucket:
+//
+//	blobs/<alg>/<hex>          an entry's bytes; Content-Type is its media
+//	                           type, user metadata "scopes" its access scopes
+//	tags/<h[:2]>/<h>.json      a tag record, h = sha256 of the opaque tag key
+//
+// Scopes go in user metadata, whose size S3 limits to 2 KiB: those that do
+// not fit are left out. A scope left out only costs an access check with
+// the upstream (see blobcache.RemoteEntry); it never widens access.
+package s3remote
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
+)
+
+// Config says which bucket to use and how to reach it.
+type Config struct {
+	// Endpoint is the service's URL: its scheme decides TLS, e.g.
+	// https://s3.eu-west-1.amazonaws.com or http://127.0.0.1:9000.
+	Endpoint string
+	Bucket   string
+	// Region is the bucket's region; empty asks the service (AWS), "auto"
+	// suits R2.
+	Region string
+	// Prefix is put before every object name, e.g. "docker_proxy/".
+	Prefix string
+	// AccessKey and SecretKey sign the requests.
+	AccessKey, SecretKey string
+	// Transport carries the requests; nil uses a default one.
+	Transport http.RoundTripper
+}
+
+// Validate checks the configuration; its errors never show the secret key.
+func (c Config) Validate() error {
+	if err := CheckEndpoint(c.Endpoint); err != nil {
+		return err
+	}
+	if err := CheckBucket(c.Bucket); err != nil {
+		return err
+	}
+	if c.AccessKey == "" || c.SecretKey == "" {
+		return errors.New("s3: access_key and secret_key are both required")
+	}
+	return nil
+}
+
+// CheckEndpoint checks that endpoint is an http or https URL with a host
+// and nothing after it but an optional "/".
+func CheckEndpoint(endpoint string) error {
+	u, err := url.Parse(endpoint)
+	switch {
+	case endpoint == "":
+		return errors.New("s3: endpoint is required")
+	case err != nil:
+		// Not the URL itself, which may hold a password.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("s3: invalid endpoint: %v", err)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("s3: invalid endpoint '%s': want an http:// or https:// URL", endpoint)
+	case u.Host == "" || u.Hostname() == "":
+		return fmt.Errorf("s3: invalid endpoint '%s': no host", endpoint)
+	case u.User != nil:
+		return fmt.Errorf("s3: invalid endpoint '%s': give the keys with access_key and secret_key", u.Redacted())
+	case (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
+		return fmt.Errorf("s3: invalid endpoint '%s': want only scheme and host (the bucket goes in bucket)", endpoint)
+	}
+	return nil
+}
+
+// CheckBucket checks a bucket name against S3's rules.
+func CheckBucket(bucket string) error {
+	if bucket == "" {
+		return errors.New("s3: bucket is required")
+	}
+	if err := s3utils.CheckValidBucketNameStrict(bucket); err != nil {
+		return fmt.Errorf("s3: invalid bucket '%s': %v", bucket, err)
+	}
+	return nil
+}
+
+// Remote is a blobcache.Remote on one bucket.
+type Remote struct {
+	client *minio.Client
+	core   minio.Core
+	bucket string
+	prefix string
+}
+
+var _ blobcache.Remote = (*Remote)(nil)
+
+// New returns the Remote of cfg. It makes no request: a bucket that cannot
+// be reached shows in the store's log when it is first used.
+func New(cfg Config) (*Remote, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	u, _ := url.Parse(cfg.Endpoint)
+	client, err := minio.New(u.Host, &minio.Options{
+		Creds:     credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
+		Secure:    u.Scheme == "https",
+		Region:    cfg.Region,
+		Transport: cfg.Transport,
+		// Few retries: a request waits for the remote a few seconds at
+		// most, then the upstream answers it.
+		MaxRetries: 2,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("s3: %v", err)
+	}
+	prefix := strings.Trim(cfg.Prefix, "/")
+	if prefix != "" {
+		prefix += "/"
+	}
+	return &Remote{client: client, core: minio.Core{Client: client}, bucket: cfg.Bucket, prefix: prefix}, nil
+}
+
+// BlobName is the object name of d's bytes.
+func (r *Remote) BlobName(d digest.Digest) string {
+	return r.prefix + "blobs/" + string(d.Algorithm()) + "/" + d.Encoded()
+}
+
+// TagName is the object name of the record of a tag key.
+func (r *Remote) TagName(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	h := hex.EncodeToString(sum[:])
+	return r.prefix + "tags/" + h[:2] + "/" + h + ".json"
+}
+
+// scopesKey is the user metadata key of an entry's scopes; maxScopes
+// bounds its value, below S3's 2 KiB for all user metadata.
+const (
+	scopesKey = "Scopes"
+	maxScopes = 1900
+)
+
+// Open returns d's body, media type and scopes.
+func (r *Remote) Open(ctx context.Context, d digest.Digest) (*blobcache.RemoteEntry, error) {
+	body, info, h, err := r.core.GetObject(ctx, r.bucket, r.BlobName(d), minio.GetObjectOptions{})
+	if err != nil {
+		return nil, r.fail("GET", d.String(), err)
+	}
+	return &blobcache.RemoteEntry{
+		Info:   blobcache.Info{Digest: d, Size: info.Size, MediaType: info.ContentType},
+		Scopes: decodeScopes(h.Get("X-Amz-Meta-" + scopesKey)),
+		Body:   body,
+	}, nil
+}
+
+// Has reports whether the bucket holds d.
+func (r *Remote) Has(ctx context.Context, d digest.Digest) (bool, error) {
+	_, err := r.client.StatObject(ctx, r.bucket, r.BlobName(d), minio.StatObjectOptions{})
+	if err != nil {
+		err = r.fail("HEAD", d.String(), err)
+		if errors.Is(err, blobcache.ErrNotFound) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+// Put uploads an entry.
+func (r *Remote) Put(ctx context.Context, info blobcache.Info, scopes []string, body io.Reader) error {
+	opts := minio.PutObjectOptions{
+		ContentType: info.MediaType,
+		// Parts are read from the file in parallel, one buffer each:
+		// two bound the memory an upload takes.
+		NumThreads: 2,
+	}
+	if v := encodeScopes(scopes); v != "" {
+		opts.UserMetadata = map[string]string{scopesKey: v}
+	}
+	if opts.ContentType == "" {
+		opts.ContentType = "application/octet-stream"
+	}
+	if _, err := r.client.PutObject(ctx, r.bucket, r.BlobName(info.Digest), body, info.Size, opts); err != nil {
+		return r.fail("PUT", info.Digest.String(), err)
+	}
+	return nil
+}
+
+// tagRecord is the JSON of a tag object. The key is kept so that a
+// (practically impossible) collision of two keys' hashes is detected.
+type tagRecord struct {
+	Key       string        `json:"key"`
+	Digest    digest.Digest `json:"digest"`
+	MediaType string        `json:"mediaType,omitempty"`
+	Size      int64         `json:"size"`
+	Checked   time.Time     `json:"checked"`
+}
+
+// maxTagRecord bounds what Tag reads.
+const maxTagRecord = 64 << 10
+
+// Tag returns the record of key.
+func (r *Remote) Tag(ctx context.Context, key string) (blobcache.Tag, error) {
+	body, _, _, err := r.core.GetObject(ctx, r.bucket, r.TagName(key), minio.GetObjectOptions{})
+	if err != nil {
+		return blobcache.Tag{}, r.fail("GET", "tag record", err)
+	}
+	defer body.Close()
+	b, err := io.ReadAll(io.LimitReader(body, maxTagRecord+1))
+	if err != nil {
+		return blobcache.Tag{}, r.fail("GET", "tag record", err)
+	}
+	var rec tagRecord
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if len(b) > maxTagRecord {
+		err = errors.New("too large")
+	} else if err = dec.Decode(&rec); err == nil && rec.Key != key {
+		err = errors.New("it belongs to another key")
+	}
+	if err != nil {
+		return blobcache.Tag{}, fmt.Errorf("s3: bad tag record %s: %v", r.TagName(key), err)
+	}
+	return blobcache.Tag{Digest: rec.Digest, MediaType: rec.MediaType, Size: rec.Size, Checked: rec.Checked}, nil
+}
+
+// SetTag stores the record of key.
+func (r *Remote) SetTag(ctx context.Context, key string, t blobcache.Tag) error {
+	b, err := json.Marshal(tagRecord{Key: key, Digest: t.Digest, MediaType: t.MediaType, Size: t.Size, Checked: t.Checked})
+	if err != nil {
+		return err
+	}
+	_, err = r.client.PutObject(ctx, r.bucket, r.TagName(key), bytes.NewReader(b), int64(len(b)),
+		minio.PutObjectOptions{ContentType: "application/json"})
+	if err != nil {
+		return r.fail("PUT", "tag record", err)
+	}
+	return nil
+}
+
+// fail turns a client error into one that wraps blobcache.ErrNotFound for
+// a missing object, and whose message says what failed without what
+// changes from one object to the next (the store logs each condition
+// once): the service's error code and message, or the network error.
+func (r *Remote) fail(method, what string, err error) error {
+	var er minio.ErrorResponse
+	if errors.As(err, &er) {
+		if er.StatusCode == http.StatusNotFound && er.Code != "NoSuchBucket" {
+			return fmt.Errorf("%w: s3 %s of %s", blobcache.ErrNotFound, method, what)
+		}
+		return fmt.Errorf("s3 %s in bucket %s: %s (%s, status %d)", method, r.bucket, er.Message, er.Code, er.StatusCode)
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return fmt.Errorf("s3 %s: %w", method, err)
+}
+
+// encodeScopes joins the scopes that fit in S3 user metadata with spaces.
+// Scopes are registry URLs and repository names: a space or anything but
+// printable ASCII is not one, and is left out.
+func encodeScopes(scopes []string) string {
+	var b strings.Builder
+	for _, sc := range scopes {
+		if sc == "" || !printableASCII(sc) || b.Len()+1+len(sc) > maxScopes {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(sc)
+	}
+	return b.String()
+}
+
+func decodeScopes(v string) []string {
+	return strings.Fields(v)
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
