@@ -133,10 +133,20 @@ func (f *Fill) Digest() digest.Digest { return f.d }
 // error wraps ErrUnavailable (disk unwritable or full, store closed, or the
 // fill already ended, e.g. after LeaderTimeout).
 func (f *Fill) Start(src Source) error {
-	return f.start(src, false)
+	_, err := f.start(src, false, nil)
+	return err
 }
 
-func (f *Fill) start(src Source, fromRemote bool) error {
+// StartReading is Start for a leader that also reads the fill: its Reader
+// is attached before the copy begins, so it streams whatever arrives and
+// sees the fill's end as any reader does, however soon the upstream fails.
+func (f *Fill) StartReading(ctx context.Context, src Source) (*Reader, error) {
+	return f.start(src, false, ctx)
+}
+
+// start starts the copy; with a leader context it also returns the
+// leader's Reader, attached before the copy begins.
+func (f *Fill) start(src Source, fromRemote bool, leader context.Context) (*Reader, error) {
 	s := f.s
 	err := s.checkAvailable()
 	if err == nil && src.Size > 0 {
@@ -144,14 +154,14 @@ func (f *Fill) start(src Source, fromRemote bool) error {
 	}
 	if err != nil {
 		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, err), func() bool { return f.state == stateWaiting })
-		return err
+		return nil, err
 	}
 	file, err := os.CreateTemp(s.tmpDir, "fill-*")
 	if err != nil {
 		s.diskError(err)
 		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
 		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, err), func() bool { return f.state == stateWaiting })
-		return err
+		return nil, err
 	}
 	f.mu.Lock()
 	if f.state != stateWaiting {
@@ -162,7 +172,7 @@ func (f *Fill) start(src Source, fromRemote bool) error {
 		if ferr == nil {
 			ferr = errors.New("fill already started")
 		}
-		return fmt.Errorf("%w: %w", ErrUnavailable, ferr)
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ferr)
 	}
 	f.leader.Stop()
 	f.fromRemote = fromRemote
@@ -177,6 +187,10 @@ func (f *Fill) start(src Source, fromRemote bool) error {
 	f.file = file
 	f.fileRefs = 1 // the copy goroutine's
 	f.tmpPath = file.Name()
+	var r *Reader
+	if leader != nil {
+		r = f.attachLocked(leader)
+	}
 	if f.readers == 0 {
 		f.armLingerLocked()
 	}
@@ -188,7 +202,7 @@ func (f *Fill) start(src Source, fromRemote bool) error {
 	f.cond.Broadcast()
 	f.mu.Unlock()
 	go f.run(body, file, size)
-	return nil
+	return r, nil
 }
 
 // Fail (leader only) reports that upstream did not give the bytes (401, 404,
@@ -461,23 +475,9 @@ func (f *Fill) Reader(ctx context.Context) (*Reader, error) {
 	if f.file != nil {
 		// Attach to the shared descriptor: works while running and after
 		// the verdict, as long as someone still holds the file.
-		f.readers++
-		f.fileRefs++
-		f.lingerGen++ // a pending linger timer must not abandon us
-		if f.linger != nil {
-			f.linger.Stop()
-		}
-		if f.entry != nil {
-			f.entry.pins++
-		}
+		r := f.attachLocked(ctx)
 		f.mu.Unlock()
 		s.mu.Unlock()
-		r := &Reader{f: f, ctx: ctx}
-		r.stop = context.AfterFunc(ctx, func() {
-			f.mu.Lock()
-			f.cond.Broadcast()
-			f.mu.Unlock()
-		})
 		return r, nil
 	}
 	committed := f.committed
@@ -492,6 +492,27 @@ func (f *Fill) Reader(ctx context.Context) (*Reader, error) {
 		return nil, fmt.Errorf("%w: %w", ErrFillFailed, err)
 	}
 	return &Reader{blob: b}, nil
+}
+
+// attachLocked makes a Reader on the fill's file (f.mu held, and s.mu
+// too once the fill may have an entry to pin).
+func (f *Fill) attachLocked(ctx context.Context) *Reader {
+	f.readers++
+	f.fileRefs++
+	f.lingerGen++ // a pending linger timer must not abandon us
+	if f.linger != nil {
+		f.linger.Stop()
+	}
+	if f.entry != nil {
+		f.entry.pins++
+	}
+	r := &Reader{f: f, ctx: ctx}
+	r.stop = context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
+	return r
 }
 
 // Reader is an io.ReadSeekCloser over a fill, usable with http.ServeContent

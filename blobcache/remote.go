@@ -274,7 +274,7 @@ func (f *Fill) StartRemote(ctx context.Context) (started bool, err error) {
 	if len(e.Scopes) > 0 {
 		_ = s.Allow(f.d, e.Scopes...) // on the fill: kept if it commits
 	}
-	if err := f.start(Source{Body: e.Body, Size: e.Size, MediaType: e.MediaType}, true); err != nil {
+	if _, err := f.start(Source{Body: e.Body, Size: e.Size, MediaType: e.MediaType}, true, nil); err != nil {
 		e.Body.Close()
 		return false, err
 	}

@@ -392,3 +392,29 @@ func TestReadersEndBeforeTheCommitFlush(t *testing.T) {
 	releaseOnce.Do(func() { close(release) })
 	waitFor(t, "the commit", func() bool { return s.Contains(d) })
 }
+
+// TestLeaderReaderSeesAnEarlyFailure: the leader's Reader is attached
+// before the copy starts, so even an upstream that fails at once is seen
+// through the Reader (an error from Read, after at most the bytes that
+// came), never as a fill that is gone before the leader could read it.
+func TestLeaderReaderSeesAnEarlyFailure(t *testing.T) {
+	s := openStore(t, Options{})
+	data, d := blob(64<<10, 33)
+	f, _ := s.Join(d)
+	cut := errors.New("connection reset by test")
+	body := io.NopCloser(io.MultiReader(bytes.NewReader(data[:1000]), iotestErrReader{cut}))
+	r, err := f.StartReading(t.Context(), Source{Body: body, Size: int64(len(data))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the fill to fail", f.doneNow)
+	got, err := readAllFrom(r)
+	r.Close()
+	if !errors.Is(err, cut) || !bytes.Equal(got, data[:len(got)]) {
+		t.Fatalf("leader reader after an early failure: %d bytes, %v; want the upstream's error", len(got), err)
+	}
+}
+
+type iotestErrReader struct{ err error }
+
+func (e iotestErrReader) Read([]byte) (int, error) { return 0, e.err }

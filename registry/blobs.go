@@ -75,7 +75,8 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 		_ = c.Store.Allow(req.Digest, accessScope(t, req.Name))
 	}
 	src := blobcache.Source{Body: resp.Body, Size: resp.ContentLength, MediaType: blobMediaType(resp)}
-	if err := fill.Start(src); err != nil {
+	rd, err := fill.StartReading(r.Context(), src)
+	if err != nil {
 		// The cache cannot take it (disk full, unwritable): pass the
 		// bytes through as they come.
 		p.Logger.Debug("blob not cached", zap.String("digest", req.Digest.String()), zap.Error(err))
@@ -87,11 +88,6 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 		defer resp.Body.Close() // also when copyBody aborts the response
 		w.WriteHeader(http.StatusOK)
 		copyBody(w, resp.Body)
-		return
-	}
-	rd, err := fill.Reader(r.Context())
-	if err != nil {
-		p.writeUpstreamError(w, t, err)
 		return
 	}
 	if !grant.Anonymous() {
