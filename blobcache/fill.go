@@ -59,10 +59,6 @@ type Fill struct {
 	state     fillState
 	err       error // why the fill failed; wraps ErrFillFailed
 	committed bool  // bytes verified (and stored, unless too big for the cache)
-	// verified: every byte is written and matches size and digest. Readers
-	// get the held-back byte and a clean end from here on, without
-	// waiting for the fsync and rename of the commit.
-	verified  bool
 	entry     *entry
 	size      int64 // -1 while unknown
 	mediaType string
@@ -100,7 +96,7 @@ func (s *Store) Join(d digest.Digest) (f *Fill, leader bool) {
 	}
 	if s.entries[d] != nil {
 		f := s.endedFill(d, nil)
-		f.committed, f.verified = true, true
+		f.committed = true
 		return f, false
 	}
 	f = &Fill{s: s, d: d, started: make(chan struct{}), size: -1}
@@ -266,7 +262,6 @@ func (f *Fill) endCommittedLocked(e *entry, size int64) {
 	f.mu.Lock()
 	f.state = stateDone
 	f.committed = true
-	f.verified = true
 	f.entry = e
 	f.size = size
 	f.tmpPath = ""
@@ -323,17 +318,12 @@ func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
 		return
 	}
 	// The bytes are verified: from here on a disk error costs the entry,
-	// never the readers, who get every byte and a clean end now.
-	f.mu.Lock()
-	f.verified = true
-	f.size = n
-	f.cond.Broadcast()
-	f.mu.Unlock()
+	// never the readers, who get every byte and a clean end.
 	keep := true
 	if !s.opts.NoSync {
 		// Before the rename: a committed entry must survive a power loss
 		// with the bytes its name promises.
-		if err := s.syncData(file); err != nil {
+		if err := file.Sync(); err != nil {
 			s.diskError(err)
 			keep = false
 		}
@@ -564,7 +554,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 			f.mu.Unlock()
 			return 0, os.ErrClosed
 		}
-		if f.err != nil && !f.verified { // once verified, the bytes are good whatever came after
+		if f.err != nil {
 			err := f.err
 			size := f.size
 			f.mu.Unlock()
@@ -575,7 +565,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		avail = f.written
-		if !f.verified {
+		if !f.committed {
 			avail-- // the held-back byte: released only with the verdict
 			if r.end > 0 && avail > r.end-1 {
 				avail = r.end - 1 // the last byte of the caller's range, too
@@ -584,7 +574,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 		if r.off < avail {
 			break
 		}
-		if f.verified {
+		if f.committed {
 			f.mu.Unlock()
 			return 0, io.EOF
 		}

@@ -355,44 +355,6 @@ func TestNoRoomEvictsThenPassesThrough(t *testing.T) {
 	}
 }
 
-// TestReadersEndBeforeTheCommitFlush: readers get the last byte and a
-// clean end as soon as the bytes are verified, not after the fsync and
-// rename that commit them.
-func TestReadersEndBeforeTheCommitFlush(t *testing.T) {
-	s, err := Open(Options{Dir: t.TempDir()}) // with fsync
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	release := make(chan struct{})
-	var releaseOnce sync.Once
-	defer releaseOnce.Do(func() { close(release) }) // before Close waits for the fill
-	s.syncData = func(f *os.File) error {
-		<-release
-		return f.Sync()
-	}
-	data, d := blob(300<<10, 32)
-	f, _ := s.Join(d)
-	if err := f.Start(Source{Body: io.NopCloser(bytes.NewReader(data)), Size: int64(len(data))}); err != nil {
-		t.Fatal(err)
-	}
-	// Bounded, so that a reader waiting for the held flush fails the
-	// test instead of hanging it.
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	r, _ := f.Reader(ctx)
-	got, err := readAllFrom(r)
-	r.Close()
-	if err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("reader: %d bytes, %v", len(got), err)
-	}
-	if s.Contains(d) {
-		t.Fatal("committed before its flush")
-	}
-	releaseOnce.Do(func() { close(release) })
-	waitFor(t, "the commit", func() bool { return s.Contains(d) })
-}
-
 // TestLeaderReaderSeesAnEarlyFailure: the leader's Reader is attached
 // before the copy starts, so even an upstream that fails at once is seen
 // through the Reader (an error from Read, after at most the bytes that

@@ -151,9 +151,6 @@ type Store struct {
 	// writeData writes fill bytes to the temp file; tests replace it to
 	// simulate a disk that fills up mid-fill.
 	writeData func(f *os.File, p []byte) (int, error)
-	// syncData flushes a verified fill's file before its commit; tests
-	// replace it to hold a commit back.
-	syncData func(f *os.File) error
 	// freeSpace reports the bytes available to the cache on its file
 	// system; tests replace it to simulate a small disk.
 	freeSpace func() (int64, error)
@@ -198,7 +195,6 @@ func Open(opts Options) (*Store, error) {
 		fills:     make(map[digest.Digest]*Fill),
 		tags:      make(map[string]Tag),
 		writeData: (*os.File).Write,
-		syncData:  (*os.File).Sync,
 	}
 	s.freeSpace = func() (int64, error) { return availableBytes(s.opts.Dir) }
 	s.remote.r = opts.Remote
