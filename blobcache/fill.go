@@ -2,8 +2,10 @@ package blobcache
 
 import (
 	"context"
+	"encoding"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"sync"
@@ -23,7 +25,8 @@ const writebackChunk = 8 << 20
 
 // copyBufs bounds fill memory: one buffer per running fill, whatever the
 // blob size and number of readers (readers read into their callers' buffers).
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+// Its first byte is room for the byte a fill holds back between reads.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1+copyBufSize); return &b }}
 
 // Source is the upstream response a leader hands to Start.
 type Source struct {
@@ -46,6 +49,7 @@ type Fill struct {
 	s       *Store
 	d       digest.Digest
 	started chan struct{} // closed when the state leaves stateWaiting
+	ended   chan struct{} // closed when the state becomes stateDone
 
 	scopes map[string]struct{} // guarded by s.mu (Allow during the fill)
 
@@ -59,6 +63,7 @@ type Fill struct {
 	state     fillState
 	err       error // why the fill failed; wraps ErrFillFailed
 	committed bool  // bytes verified (and stored, unless too big for the cache)
+	finishing bool  // bytes verified and flushed: the last byte and the commit follow at once
 	entry     *entry
 	size      int64 // -1 while unknown
 	mediaType string
@@ -99,7 +104,7 @@ func (s *Store) Join(d digest.Digest) (f *Fill, leader bool) {
 		f.committed = true
 		return f, false
 	}
-	f = &Fill{s: s, d: d, started: make(chan struct{}), size: -1}
+	f = &Fill{s: s, d: d, started: make(chan struct{}), ended: make(chan struct{}), size: -1}
 	f.cond.L = &f.mu
 	f.leader = time.AfterFunc(s.opts.LeaderTimeout, func() {
 		f.fail(fmt.Errorf("%w: leader neither started nor failed within %v", ErrFillFailed, s.opts.LeaderTimeout),
@@ -110,10 +115,17 @@ func (s *Store) Join(d digest.Digest) (f *Fill, leader bool) {
 }
 
 func (s *Store) endedFill(d digest.Digest, err error) *Fill {
-	f := &Fill{s: s, d: d, started: make(chan struct{}), state: stateDone, err: err, size: -1}
+	f := &Fill{s: s, d: d, started: make(chan struct{}), ended: make(chan struct{}), state: stateDone, err: err, size: -1}
 	f.cond.L = &f.mu
 	close(f.started)
+	close(f.ended)
 	return f
+}
+
+func (f *Fill) isFinishing() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.finishing
 }
 
 // Digest returns the digest being filled.
@@ -233,6 +245,7 @@ func (f *Fill) fail(err error, cond func() bool) bool {
 		close(f.started)
 	}
 	f.state = stateDone
+	close(f.ended)
 	f.err = err
 	f.stopTimersLocked()
 	body, tmp := f.body, f.tmpPath
@@ -261,6 +274,7 @@ func (f *Fill) endCommittedLocked(e *entry, size int64) {
 	}
 	f.mu.Lock()
 	f.state = stateDone
+	close(f.ended)
 	f.committed = true
 	f.entry = e
 	f.size = size
@@ -304,7 +318,7 @@ func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
 	s := f.s
 	defer s.wg.Done()
 	defer f.releaseFile()
-	n, err := f.copy(body, file, size)
+	v, err := f.copy(body, file, size)
 	body.Close()
 	if err != nil {
 		if f.fromRemote && errors.Is(err, ErrDigestMismatch) {
@@ -322,11 +336,25 @@ func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
 	keep := true
 	if !s.opts.NoSync {
 		// Before the rename: a committed entry must survive a power loss
-		// with the bytes its name promises.
+		// with the bytes its name promises. Before the last byte too:
+		// the few milliseconds from that byte to the commit are all that
+		// requests arriving then wait for (see Store.AwaitCommit).
 		if err := file.Sync(); err != nil {
 			s.diskError(err)
 			keep = false
 		}
+	}
+	f.mu.Lock()
+	f.finishing = true
+	f.mu.Unlock()
+	sync := keep && !s.opts.NoSync
+	n, flushed, err := v.writeLast(sync)
+	if err != nil {
+		f.fail(err, nil)
+		return
+	}
+	if sync && !flushed {
+		keep = false
 	}
 	f.mu.Lock()
 	tmp, mt := f.tmpPath, f.mediaType
@@ -345,15 +373,25 @@ func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
 	}
 }
 
-// copy moves bytes and publishes progress. It returns the byte count once
-// size and digest are verified.
-func (f *Fill) copy(body io.Reader, file *os.File, size int64) (int64, error) {
+// copy moves bytes and publishes progress. Once size and digest are
+// verified it returns the verdict, holding the blob's last byte, which
+// verdict.writeLast puts into the file.
+//
+// The file never holds a complete blob before its bytes are verified (and
+// flushed, see run), so a reader may send whatever the file holds (with
+// sendfile) and still never end a response cleanly on bad bytes. Since the
+// size may be unknown, the last byte of every read waits in the buffer
+// until more comes or the body ends.
+func (f *Fill) copy(body io.Reader, file *os.File, size int64) (*verdict, error) {
 	s := f.s
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
+	// buf[0] is where the byte held back from the previous read goes, so
+	// that it is written together with the next one.
 	buf := *bp
-	h := f.d.Algorithm().Hash()
-	var written, flushed int64
+	v := &verdict{f: f, file: file, hash: f.d.Algorithm().Hash()}
+	var held byte
+	holding := false
 	// An upstream that stops sending without closing the connection
 	// would hold the fill, and every reader on it, forever.
 	var stalled atomic.Bool
@@ -363,31 +401,28 @@ func (f *Fill) copy(body io.Reader, file *os.File, size int64) (int64, error) {
 	})
 	defer watchdog.Stop()
 	for {
-		n, rerr := body.Read(buf)
+		n, rerr := body.Read(buf[1:])
 		if n > 0 {
 			watchdog.Reset(s.opts.StallTimeout)
-			if size >= 0 && written+int64(n) > size {
-				return 0, fmt.Errorf("%w: upstream sent more than the announced %d bytes", ErrDigestMismatch, size)
+			received := v.written + int64(n)
+			if holding {
+				received++
 			}
-			if _, werr := s.writeData(file, buf[:n]); werr != nil {
-				s.diskError(werr)
-				// What is written stays readable, and the hash of it
-				// lets readers fetch the rest and still verify it all.
-				return 0, newUnfinished(written, h, fmt.Errorf("writing cache file: %w", werr))
+			if size >= 0 && received > size {
+				return nil, fmt.Errorf("%w: upstream sent more than the announced %d bytes", ErrDigestMismatch, size)
 			}
-			h.Write(buf[:n])
-			written += int64(n)
-			if !s.opts.NoSync && written-flushed >= writebackChunk {
-				startWriteback(file, flushed, written-flushed)
-				flushed = written
+			start := 1
+			if holding {
+				buf[0], start = held, 0
 			}
-			f.mu.Lock()
-			done, ferr := f.state == stateDone, f.err
-			f.written = written
-			f.cond.Broadcast()
-			f.mu.Unlock()
-			if done {
-				return 0, ferr
+			held, holding = buf[n], true
+			if out := buf[start:n]; len(out) > 0 {
+				if err := v.write(out); err != nil {
+					return nil, err
+				}
+				if err := v.publish(); err != nil {
+					return nil, err
+				}
 			}
 		}
 		if rerr == io.EOF {
@@ -398,21 +433,116 @@ func (f *Fill) copy(body io.Reader, file *os.File, size int64) (int64, error) {
 			ferr := f.err
 			f.mu.Unlock()
 			if ferr != nil { // we were aborted: report why, not "read on closed body"
-				return 0, ferr
+				return nil, ferr
 			}
 			if stalled.Load() {
-				return 0, fmt.Errorf("upstream sent nothing for %v after %d bytes", s.opts.StallTimeout, written)
+				return nil, fmt.Errorf("upstream sent nothing for %v after %d bytes", s.opts.StallTimeout, v.written)
 			}
-			return 0, fmt.Errorf("reading upstream: %w", rerr)
+			return nil, fmt.Errorf("reading upstream: %w", rerr)
 		}
 	}
-	if size >= 0 && written != size {
-		return 0, fmt.Errorf("%w: upstream sent %d bytes, announced %d", ErrDigestMismatch, written, size)
+	received := v.written
+	if holding {
+		received++
+		v.last = []byte{held}
 	}
-	if got := digest.NewDigest(f.d.Algorithm(), h); got != f.d {
-		return 0, fmt.Errorf("%w: upstream bytes hash to %s", ErrDigestMismatch, got)
+	if size >= 0 && received != size {
+		return nil, fmt.Errorf("%w: upstream sent %d bytes, announced %d", ErrDigestMismatch, received, size)
 	}
-	return written, nil
+	// The hash of everything, from a copy of the file's.
+	all, err := cloneHash(f.d.Algorithm(), v.hash)
+	if err != nil {
+		return nil, err
+	}
+	all.Write(v.last)
+	if got := digest.NewDigest(f.d.Algorithm(), all); got != f.d {
+		return nil, fmt.Errorf("%w: upstream bytes hash to %s", ErrDigestMismatch, got)
+	}
+	return v, nil
+}
+
+// verdict is a fill whose bytes are verified, all in the file but the
+// last one.
+type verdict struct {
+	f       *Fill
+	file    *os.File
+	hash    hash.Hash // of the bytes in the file
+	written int64     // bytes in the file
+	flushed int64     // bytes handed to writeback
+	last    []byte    // the blob's last byte (none for an empty blob)
+}
+
+// write appends p to the file, hashed. A disk error leaves what was
+// written readable, and its hash lets readers fetch the rest from the
+// upstream and still verify it all.
+func (v *verdict) write(p []byte) error {
+	s := v.f.s
+	if _, err := s.writeData(v.file, p); err != nil {
+		s.diskError(err)
+		return newUnfinished(v.written, v.hash, fmt.Errorf("writing cache file: %w", err))
+	}
+	v.hash.Write(p)
+	v.written += int64(len(p))
+	if !s.opts.NoSync && v.written-v.flushed >= writebackChunk {
+		startWriteback(v.file, v.flushed, v.written-v.flushed)
+		v.flushed = v.written
+	}
+	return nil
+}
+
+// publish tells the readers how many bytes the file holds.
+func (v *verdict) publish() error {
+	f := v.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.written = v.written
+	f.cond.Broadcast()
+	if f.state == stateDone {
+		return f.err
+	}
+	return nil
+}
+
+// writeLast completes the file with the blob's last byte, flushed when
+// sync, and returns the blob's size and whether the flush worked.
+func (v *verdict) writeLast(sync bool) (size int64, flushed bool, err error) {
+	flushed = sync
+	if len(v.last) > 0 {
+		if err := v.write(v.last); err != nil {
+			return 0, false, err
+		}
+		if sync {
+			if err := v.file.Sync(); err != nil {
+				v.f.s.diskError(err)
+				flushed = false
+			}
+		}
+		if err := v.publish(); err != nil {
+			return 0, false, err
+		}
+	}
+	return v.written, flushed, nil
+}
+
+// cloneHash copies the state of h, a hash of algorithm alg.
+func cloneHash(alg digest.Algorithm, h hash.Hash) (hash.Hash, error) {
+	m, ok := h.(encoding.BinaryMarshaler)
+	if !ok {
+		return nil, fmt.Errorf("blobcache: cannot copy a %s hash", alg)
+	}
+	state, err := m.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	c := alg.Hash()
+	u, ok := c.(encoding.BinaryUnmarshaler)
+	if !ok {
+		return nil, fmt.Errorf("blobcache: cannot copy a %s hash", alg)
+	}
+	if err := u.UnmarshalBinary(state); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 func (f *Fill) releaseFile() {
@@ -525,6 +655,7 @@ type Reader struct {
 
 	resume ResumeFunc // SetResume
 	res    *resumed   // the upstream rest, once the fill stopped on a disk error
+	own    *os.File   // the fill's file opened for SendTo
 }
 
 // Info returns the digest, media type and size (-1 while unknown).
@@ -546,52 +677,18 @@ func (r *Reader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	f := r.f
-	f.mu.Lock()
-	var avail int64
-	for {
-		if r.closed {
-			f.mu.Unlock()
-			return 0, os.ErrClosed
+	avail, err := r.wait()
+	if err != nil {
+		var u *Unfinished
+		if size := r.Info().Size; r.resume != nil && size >= 0 && errors.As(err, &u) {
+			return r.readUnfinished(p, u, size)
 		}
-		if f.err != nil {
-			err := f.err
-			size := f.size
-			f.mu.Unlock()
-			var u *Unfinished
-			if r.resume != nil && size >= 0 && errors.As(err, &u) {
-				return r.readUnfinished(p, u, size)
-			}
-			return 0, err
-		}
-		avail = f.written
-		if !f.committed {
-			avail-- // the held-back byte: released only with the verdict
-			if r.end > 0 && avail > r.end-1 {
-				avail = r.end - 1 // the last byte of the caller's range, too
-			}
-		}
-		if r.off < avail {
-			break
-		}
-		if f.committed {
-			f.mu.Unlock()
-			return 0, io.EOF
-		}
-		// ctx only matters when we would block: bytes already there are
-		// delivered regardless.
-		if err := r.ctx.Err(); err != nil {
-			f.mu.Unlock()
-			return 0, err
-		}
-		f.cond.Wait()
+		return 0, err
 	}
-	file := f.file
-	f.mu.Unlock()
 	if int64(len(p)) > avail-r.off {
 		p = p[:avail-r.off]
 	}
-	n, err := file.ReadAt(p, r.off)
+	n, err := r.f.file.ReadAt(p, r.off)
 	r.off += int64(n)
 	if err == io.EOF && n == len(p) {
 		err = nil
@@ -601,6 +698,116 @@ func (r *Reader) Read(p []byte) (int, error) {
 		err = io.ErrUnexpectedEOF
 	}
 	return n, err
+}
+
+// wait blocks until the file holds bytes at the Reader's offset that may
+// be read and returns where they end; or io.EOF at the end of a committed
+// blob; or why no more bytes will come (the fill's error, ctx's, or
+// os.ErrClosed). ctx only matters when it would block: bytes already there
+// are delivered regardless.
+func (r *Reader) wait() (avail int64, err error) {
+	f := r.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for {
+		switch {
+		case r.closed:
+			return 0, os.ErrClosed
+		case f.err != nil:
+			return 0, f.err
+		}
+		// The file never holds the blob's last byte before the verdict
+		// (see copy); a range that ends earlier holds back its own last
+		// byte here.
+		avail = f.written
+		if !f.committed && r.end > 0 && avail > r.end-1 {
+			avail = r.end - 1
+		}
+		switch {
+		case r.off < avail:
+			return avail, nil
+		case f.committed:
+			return 0, io.EOF
+		}
+		if err := r.ctx.Err(); err != nil {
+			return 0, err
+		}
+		f.cond.Wait()
+	}
+}
+
+// SendTo writes the blob from the Reader's offset to its end into w as
+// its bytes arrive, handing w.ReadFrom a descriptor of the fill's file of
+// its own, which a network connection sends with sendfile: no copy through
+// this process. The file never holds the blob's last byte before the
+// verdict, so whatever it holds may go out. A failed fill ends it with the
+// fill's error, as Read does (a fill stopped by a full disk goes on
+// through Read, from the upstream). For whole-blob responses only: a range
+// end set with SetRangeEnd is not honoured.
+func (r *Reader) SendTo(w interface {
+	io.Writer
+	io.ReaderFrom
+}) (int64, error) {
+	if r.blob != nil {
+		return w.ReadFrom(r.blob.File)
+	}
+	own, err := r.ownFile()
+	if err != nil {
+		return io.Copy(writerOnly{w}, r) // no descriptor of our own: copy
+	}
+	var sent int64
+	size := r.Info().Size
+	for {
+		if size >= 0 && r.off >= size {
+			// Every byte went out, the last one only after the verdict:
+			// done, without waiting for the commit that follows.
+			return sent, nil
+		}
+		if _, err := r.wait(); err != nil {
+			if err == io.EOF {
+				return sent, nil
+			}
+			var u *Unfinished
+			if errors.As(err, &u) && r.resume != nil {
+				n, err := io.Copy(writerOnly{w}, r)
+				return sent + n, err
+			}
+			return sent, err
+		}
+		if _, err := own.Seek(r.off, io.SeekStart); err != nil {
+			return sent, err
+		}
+		n, err := w.ReadFrom(own)
+		r.off += n
+		sent += n
+		if err != nil {
+			return sent, err
+		}
+	}
+}
+
+// writerOnly hides every method of a writer but Write, so that io.Copy
+// does not hand the copy back to its ReadFrom.
+type writerOnly struct{ w io.Writer }
+
+func (w writerOnly) Write(p []byte) (int, error) { return w.w.Write(p) }
+
+// ownFile opens the fill's file anew for this Reader: an open file of its
+// own, whose offset no other reader moves.
+func (r *Reader) ownFile() (*os.File, error) {
+	if r.own != nil {
+		return r.own, nil
+	}
+	f := r.f
+	f.mu.Lock()
+	file := f.file // held open by this Reader's reference
+	f.mu.Unlock()
+	own, err := reopen(file)
+	if err != nil {
+		return nil, err
+	}
+	r.own = own
+	return own, nil
 }
 
 // Seek sets the offset for the next Read. Offsets beyond the bytes written so
@@ -673,6 +880,9 @@ func (r *Reader) Close() error {
 	f.cond.Broadcast() // wakes our own Read if it waits in another goroutine
 	f.mu.Unlock()
 	r.stop()
+	if r.own != nil {
+		r.own.Close()
+	}
 	if e != nil {
 		f.s.unpin(e)
 	}

@@ -22,6 +22,7 @@ package blobcache
 
 import (
 	"container/list"
+	"context"
 	_ "crypto/sha256" // registers sha256 for go-digest
 	_ "crypto/sha512" // registers sha384/sha512 for go-digest
 	"encoding/hex"
@@ -371,7 +372,9 @@ func (s *Store) Close() error {
 	}
 	s.mu.Unlock()
 	for _, f := range fills {
-		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, ErrClosed), nil)
+		// A fill whose bytes are all verified and flushed is committed
+		// in a moment (its client may have every byte already): let it.
+		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, ErrClosed), func() bool { return !f.finishing })
 	}
 	s.wg.Wait()
 	s.stopUploads()
@@ -476,6 +479,35 @@ func (s *Store) open(d digest.Digest, used bool) (*Blob, error) {
 		_ = os.Chtimes(dataPath, now, e.modTime)
 	}
 	return &Blob{Info: e.info, ModTime: e.modTime, File: f, s: s, e: e}, nil
+}
+
+// AwaitCommit waits, if d's fill has all its bytes verified and is only
+// being committed (its last byte and a rename: milliseconds), for that
+// commit, and reports whether d is committed now. With no such fill it
+// returns at once. A request that comes just after a client got the whole
+// blob thus finds it a hit, as it would a moment later.
+func (s *Store) AwaitCommit(ctx context.Context, d digest.Digest) bool {
+	if checkDigest(d) != nil {
+		return false
+	}
+	s.mu.Lock()
+	f := s.fills[d]
+	s.mu.Unlock()
+	if f == nil {
+		return false
+	}
+	f.mu.Lock()
+	finishing := f.finishing && f.state == stateRunning
+	f.mu.Unlock()
+	if !finishing {
+		return false
+	}
+	select {
+	case <-f.ended:
+	case <-ctx.Done():
+		return false
+	}
+	return s.Contains(d)
 }
 
 // Contains reports whether d is committed, without opening or touching it.
@@ -639,7 +671,7 @@ func (s *Store) put(d digest.Digest, mediaType string, data []byte, from origin)
 func (s *Store) commit(info Info, tmpPath string, f *Fill, from origin) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed && (f == nil || !f.isFinishing()) {
 		os.Remove(tmpPath)
 		return ErrClosed
 	}

@@ -29,6 +29,11 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 	if p.serveCached(w, r, t, req, grant) {
 		return
 	}
+	// A fill with every byte verified is being committed: that takes a
+	// moment, and then it is a hit like any other.
+	if c.Store.AwaitCommit(r.Context(), req.Digest) && p.serveCached(w, r, t, req, grant) {
+		return
+	}
 	if r.Method == http.MethodHead {
 		// A HEAD needs no bytes: ask the upstream rather than fill.
 		p.forward(w, r, t, req, grant, statusMiss)
@@ -157,6 +162,21 @@ func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, t target, req 
 		rd.SetResume(func(ctx context.Context, offset int64) (io.ReadCloser, error) {
 			return p.fetchBlobFrom(ctx, t, req, grant, offset)
 		})
+		if sendTo, ok := w.(interface {
+			io.Writer
+			io.ReaderFrom
+		}); ok && wholeFileRequest(r) {
+			// The whole blob over a plain connection: the file goes out
+			// with sendfile as it grows.
+			h := w.Header()
+			h.Set("Accept-Ranges", "bytes")
+			h.Set("Content-Length", strconv.FormatInt(info.Size, 10))
+			w.WriteHeader(http.StatusOK)
+			if _, err := rd.SendTo(sendTo); err != nil {
+				panic(http.ErrAbortHandler)
+			}
+			return
+		}
 	}
 	http.ServeContent(bodyWriter{w}, r, "", time.Time{}, er)
 	if er.err != nil {
