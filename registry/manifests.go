@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -203,9 +204,45 @@ func tagKey(t target, req Request, r *http.Request) (key, base, accept string) {
 	return base + "\x00" + accept, base, accept
 }
 
+// acceptKeys remembers acceptKey's answers: clients send a handful of
+// distinct Accept headers, each with every manifest request, and parsing
+// them was a tenth of a cache hit's cost.
+var acceptKeys struct {
+	sync.Mutex
+	m map[string]string
+}
+
+// acceptKeysMax bounds the memo, which starts over when full, and
+// acceptKeyMaxMemo the Accept values it keeps (real clients send less).
+const (
+	acceptKeysMax    = 1024
+	acceptKeyMaxMemo = 1024
+)
+
 // acceptKey normalises Accept values: media types without parameters,
 // lower case, sorted, de-duplicated.
 func acceptKey(values []string) string {
+	raw := strings.Join(values, "\n")
+	acceptKeys.Lock()
+	key, ok := acceptKeys.m[raw]
+	acceptKeys.Unlock()
+	if ok {
+		return key
+	}
+	key = normaliseAccept(values)
+	if len(raw) > acceptKeyMaxMemo {
+		return key // not worth the memory
+	}
+	acceptKeys.Lock()
+	if acceptKeys.m == nil || len(acceptKeys.m) >= acceptKeysMax {
+		acceptKeys.m = make(map[string]string)
+	}
+	acceptKeys.m[raw] = key
+	acceptKeys.Unlock()
+	return key
+}
+
+func normaliseAccept(values []string) string {
 	seen := map[string]bool{}
 	var types []string
 	for _, v := range values {

@@ -296,3 +296,29 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// TestOpenRemembersButStillExpires: a token opened once opens again from
+// the memo, and still expires on time there.
+func TestOpenRemembersButStillExpires(t *testing.T) {
+	s, err := NewSealer([]byte("a test key of more than sixteen bytes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tok, err := s.Seal(Grant{Upstream: "u", Scopes: []string{"repository:a:pull"}, Expiry: now.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		g, err := s.Open(tok, now)
+		if err != nil || g.Upstream != "u" || len(g.Scopes) != 1 {
+			t.Fatalf("Open = %+v, %v", g, err)
+		}
+	}
+	if _, ok := s.opened[tok]; !ok {
+		t.Fatal("an opened token was not remembered")
+	}
+	if _, err := s.Open(tok, now.Add(2*time.Minute)); err != ErrInvalidToken {
+		t.Fatalf("a remembered token past its expiry opened: %v", err)
+	}
+}

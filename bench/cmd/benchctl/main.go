@@ -41,6 +41,7 @@ type Config struct {
 	Budget                                                              time.Duration
 	UpstreamMBps                                                        float64
 	ColdWANMBps                                                         float64
+	CaddyWriteChunk                                                     string
 	Fanout                                                              []int
 	SmallDur                                                            time.Duration
 	Conns                                                               int
@@ -147,6 +148,7 @@ func main() {
 		}
 	}
 	c.UpstreamMBps, _ = strconv.ParseFloat(os.Getenv("UPSTREAM_MBPS"), 64)
+	c.CaddyWriteChunk = os.Getenv("CADDY_WRITE_MAX_CHUNK")
 	c.ColdWANMBps = 100
 	if v := os.Getenv("COLD_WAN_MBPS"); v != "" {
 		c.ColdWANMBps, _ = strconv.ParseFloat(v, 64)

@@ -46,6 +46,9 @@ func (h *H) report() error {
 		sizes = append(sizes, fmt.Sprintf("%s: %d x %s", name, len(im.Layers), mib(im.Layers[0].Size)))
 	}
 	rows = append(rows, []string{"images", strings.Join(sizes, "; ")})
+	if h.cfg.CaddyWriteChunk != "" {
+		rows = append(rows, []string{"Caddy write_max_chunk (every Caddy system)", h.cfg.CaddyWriteChunk})
+	}
 	rows = append(rows, []string{"load average (1, 5, 15 min) at start / end", h.loadStart + " / " + loadAvg()})
 	b.WriteString(mdTable([]string{"", ""}, rows))
 	b.WriteString("\n")

@@ -78,13 +78,19 @@ func (h *H) caddyServer(key, name, site string) *Server {
 			body = fmt.Sprintf("docker_proxy %s {\n\t\tcache %s {\n\t\t\ttag_ttl %s\n\t\t\tmax_size 20GiB\n\t\t}\n\t}",
 				h.counterURL, s.Cache, h.cfg.TagTTL)
 		}
+		servers := ""
+		if h.cfg.CaddyWriteChunk != "" {
+			// Caddy's write chunk (64 KiB by default) bounds each
+			// sendfile call; nginx's sendfile_max_chunk is 2 MiB.
+			servers = fmt.Sprintf("\n\tservers {\n\t\ttimeouts {\n\t\t\twrite_max_chunk %s\n\t\t}\n\t}", h.cfg.CaddyWriteChunk)
+		}
 		conf := fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:%d
 	auto_https disable_redirects
 	http_port %d
 	https_port %d
-	persist_config off
+	persist_config off%s
 }
 
 http://127.0.0.1:%d {
@@ -95,7 +101,7 @@ https://127.0.0.1:%d {
 	tls internal
 	%s
 }
-`, ap, hp, tp, hp, body, tp, body)
+`, ap, hp, tp, servers, hp, body, tp, body)
 		cf := filepath.Join(s.Dir, "Caddyfile")
 		if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
 			return err
