@@ -497,8 +497,25 @@ func (s *Store) uploadTag(ctx context.Context, key string, t Tag) {
 }
 
 // WaitUploads waits until every upload queued so far has ended (done,
-// failed or dropped), or ctx is done. For tests and orderly shutdowns.
+// failed or dropped), or ctx is done; first, fills that are being
+// committed (their clients may have every byte already) commit and queue
+// theirs. For tests and orderly shutdowns.
 func (s *Store) WaitUploads(ctx context.Context) error {
+	s.mu.Lock()
+	var finishing []*Fill
+	for _, f := range s.fills {
+		if f.isFinishing() {
+			finishing = append(finishing, f)
+		}
+	}
+	s.mu.Unlock()
+	for _, f := range finishing {
+		select {
+		case <-f.ended:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	u := s.uploads
 	u.mu.Lock()
 	if u.pending == 0 {
