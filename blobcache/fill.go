@@ -374,22 +374,22 @@ func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
 }
 
 // copy moves bytes and publishes progress. Once size and digest are
-// verified it returns the verdict, holding the blob's last byte, which
-// verdict.writeLast puts into the file.
+// verified it returns the file's writer, holding the blob's last byte,
+// which fillWriter.writeLast puts into the file.
 //
 // The file never holds a complete blob before its bytes are verified (and
 // flushed, see run), so a reader may send whatever the file holds (with
 // sendfile) and still never end a response cleanly on bad bytes. Since the
 // size may be unknown, the last byte of every read waits in the buffer
 // until more comes or the body ends.
-func (f *Fill) copy(body io.Reader, file *os.File, size int64) (*verdict, error) {
+func (f *Fill) copy(body io.Reader, file *os.File, size int64) (*fillWriter, error) {
 	s := f.s
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	// buf[0] is where the byte held back from the previous read goes, so
 	// that it is written together with the next one.
 	buf := *bp
-	v := &verdict{f: f, file: file, hash: f.d.Algorithm().Hash()}
+	v := &fillWriter{f: f, file: file, hash: f.d.Algorithm().Hash()}
 	var held byte
 	holding := false
 	// An upstream that stops sending without closing the connection
@@ -461,9 +461,10 @@ func (f *Fill) copy(body io.Reader, file *os.File, size int64) (*verdict, error)
 	return v, nil
 }
 
-// verdict is a fill whose bytes are verified, all in the file but the
-// last one.
-type verdict struct {
+// fillWriter is a fill's temp file as the copy writes it: what it holds,
+// the hash of that, and (once the bytes are verified) the blob's last
+// byte, which goes in last.
+type fillWriter struct {
 	f       *Fill
 	file    *os.File
 	hash    hash.Hash // of the bytes in the file
@@ -475,7 +476,7 @@ type verdict struct {
 // write appends p to the file, hashed. A disk error leaves what was
 // written readable, and its hash lets readers fetch the rest from the
 // upstream and still verify it all.
-func (v *verdict) write(p []byte) error {
+func (v *fillWriter) write(p []byte) error {
 	s := v.f.s
 	if _, err := s.writeData(v.file, p); err != nil {
 		s.diskError(err)
@@ -491,7 +492,7 @@ func (v *verdict) write(p []byte) error {
 }
 
 // publish tells the readers how many bytes the file holds.
-func (v *verdict) publish() error {
+func (v *fillWriter) publish() error {
 	f := v.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -505,7 +506,7 @@ func (v *verdict) publish() error {
 
 // writeLast completes the file with the blob's last byte, flushed when
 // sync, and returns the blob's size and whether the flush worked.
-func (v *verdict) writeLast(sync bool) (size int64, flushed bool, err error) {
+func (v *fillWriter) writeLast(sync bool) (size int64, flushed bool, err error) {
 	flushed = sync
 	if len(v.last) > 0 {
 		if err := v.write(v.last); err != nil {
