@@ -54,10 +54,15 @@ func (p *Proxy) serveManifestByDigest(w http.ResponseWriter, r *http.Request, t 
 		p.relay(w, r, t, req, res.reply.response(), statusMiss)
 	case res.err != nil:
 		p.writeUpstreamError(w, t, res.err)
-	case res.shared:
-		// Another instance fetched it, maybe with other credentials.
+	case res.shared, res.cached:
+		// Another instance or another round fetched it, maybe with
+		// other credentials.
 		if p.mayRead(w, r, t, req, grant, req.Digest) {
-			writeManifest(w, r, res.m, statusShared)
+			status := statusShared
+			if res.cached {
+				status = statusHit
+			}
+			writeManifest(w, r, res.m, status)
 		}
 	default:
 		writeManifest(w, r, res.m, statusMiss)
@@ -72,6 +77,9 @@ type digestResult struct {
 	// shared: m came from the shared tier, not from the upstream with
 	// this identity, which may still have to be allowed to read it.
 	shared bool
+	// cached: m was in the cache already, stored by a round that ended
+	// just before this one began; access is to be checked as for shared.
+	cached bool
 }
 
 // fetchByDigest gets a manifest by digest from the shared tier or else
@@ -81,6 +89,11 @@ type digestResult struct {
 func (p *Proxy) fetchByDigest(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (res digestResult, ok bool) {
 	key := "digest\x00" + t.up.String() + "\x00" + req.Name + "\x00" + d.String() + "\x00" + identityKey(grant)
 	flight := p.Cache.tagFlight.DoChan(key, func() (any, error) {
+		// A round that ended between this request's look at the cache
+		// and this one may have stored it already.
+		if m, ok := p.cachedManifest(d); ok {
+			return digestResult{m: m, cached: true}, nil
+		}
 		ctx, stop := detached(r.Context(), upstreamAnswerTimeout)
 		defer stop()
 		if m, ok := p.sharedManifest(ctx, d); ok {
@@ -104,6 +117,26 @@ func (p *Proxy) fetchByDigest(r *http.Request, t target, req Request, grant toke
 	case <-r.Context().Done():
 		return digestResult{}, false
 	}
+}
+
+// cachedManifest returns manifest d if the cache holds it.
+func (p *Proxy) cachedManifest(d digest.Digest) (manifest, bool) {
+	h, ok := p.Cache.lookup(d)
+	if !ok {
+		return manifest{}, false
+	}
+	defer h.Close()
+	body := h.body
+	if body == nil {
+		if h.Size > maxManifestSize {
+			return manifest{}, false
+		}
+		body = make([]byte, h.Size)
+		if _, err := h.blob.File.ReadAt(body, 0); err != nil && !(err == io.EOF && h.Size == 0) {
+			return manifest{}, false
+		}
+	}
+	return manifest{digest: d, mediaType: h.MediaType, body: body}, true
 }
 
 // sharedManifest copies manifest d from the shared tier into the store, if
@@ -271,6 +304,8 @@ type tagResult struct {
 	err            error
 	// shared: the manifest came from the shared tier.
 	shared bool
+	// settled: another round had just settled the tag; nothing was asked.
+	settled bool
 }
 
 // storedReply is an upstream answer kept in memory so that every request
@@ -330,6 +365,12 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 		if known {
 			timeout = revalidationTimeout
 		}
+		// A round that ended between this request's look at the record
+		// and this one may have settled the tag already.
+		if cur, ok := c.Store.Tag(key); ok && time.Since(cur.Checked) < c.TagTTL &&
+			(!known || cur.Checked.After(rec.Checked)) && c.Store.Contains(cur.Digest) {
+			return tagResult{tag: cur, settled: true}, nil
+		}
 		ctx, stop := detached(r.Context(), timeout)
 		defer stop()
 		shared := r.WithContext(ctx)
@@ -370,6 +411,8 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 	default:
 		status := statusMiss
 		switch {
+		case res.settled:
+			status = statusHit
 		case res.shared:
 			status = statusShared
 		case known && res.tag.Digest == rec.Digest:
@@ -470,12 +513,13 @@ func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req Request, grant t
 		return tagResult{reply: res.reply}
 	case res.err != nil:
 		return tagResult{err: res.err}
-	case res.shared:
-		// Stored already, with the shared tier's scopes: nothing
-		// here says this identity may read it (serveTagRecord asks).
+	case res.shared, res.cached:
+		// Stored already, with the shared tier's scopes or by another
+		// round: nothing here says this identity may read it
+		// (serveTagRecord asks).
 		tag := blobcache.Tag{Digest: d, MediaType: res.m.mediaType, Size: int64(len(res.m.body)), Checked: checked}
 		p.Cache.setTag(key, tag)
-		return tagResult{tag: tag, shared: true}
+		return tagResult{tag: tag, shared: res.shared, settled: res.cached}
 	}
 	return p.keepTag(t, req, grant, key, res.m, checked)
 }
