@@ -96,9 +96,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //     tag's digest is served without asking the upstream.
 //   - s3 adds a shared tier behind the cache: an S3-compatible bucket that
 //     several instances behind one load balancer share. endpoint (an http
-//     or https URL: its scheme decides TLS), bucket, access_key and
-//     secret_key are required; region (empty: ask the service; "auto" for
-//     R2) and prefix (put before every object name) are optional.
+//     or https URL: its scheme decides TLS) and bucket are required;
+//     access_key and secret_key go together (without them, the standard
+//     AWS credentials sign: environment, shared credentials file, instance
+//     role); region (empty: ask the service; "auto" for R2) and prefix
+//     (put before every object name) are optional.
 //     Placeholders such as {env.S3_SECRET_KEY} are kept and expanded when
 //     the handler is provisioned. Every handler naming the same cache
 //     directory should give the same s3 block (a snippet helps).

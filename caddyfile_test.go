@@ -585,7 +585,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"s3 without block", "docker_proxy docker.io {\n\tcache {\n\t\ts3\n\t}\n}", 3, []string{"s3: endpoint is required"}},
 		{"s3 without endpoint", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tbucket cache\n\t\t\taccess_key id\n\t\t\tsecret_key pw\n\t\t}\n\t}\n}", 3, []string{"s3: endpoint is required"}},
 		{"s3 without bucket", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tendpoint https://s3.example.com\n\t\t\taccess_key \"{env.ID}\"\n\t\t\tsecret_key {env.KEY}\n\t\t}\n\t}\n}", 3, []string{"s3: bucket is required"}},
-		{"s3 without secret_key", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tendpoint https://s3.example.com\n\t\t\tbucket cache\n\t\t\taccess_key id\n\t\t}\n\t}\n}", 3, []string{"access_key and secret_key are both required"}},
+		{"s3 without secret_key", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tendpoint https://s3.example.com\n\t\t\tbucket cache\n\t\t\taccess_key id\n\t\t}\n\t}\n}", 3, []string{"give both access_key and secret_key, or neither"}},
 		{"s3 unknown subdirective", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tsecret pw\n\t\t}\n\t}\n}", 4, []string{"unknown s3 subdirective 'secret'"}},
 		{"s3 subdirective repeated", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tbucket cache-a\n\t\t\tbucket cache-b\n\t\t}\n\t}\n}", 5, []string{"bucket already specified"}},
 		{"s3 subdirective without value", "docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tregion\n\t\t}\n\t}\n}", 4, []string{"wrong argument count", "'region'"}},

@@ -285,17 +285,17 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// check checks a shared tier config as the Caddyfile does: endpoint,
-// bucket and both keys given, endpoint and bucket valid unless they hold
-// placeholders (checked again once expanded).
+// check checks a shared tier config as the Caddyfile does: endpoint and
+// bucket given, both keys or neither, endpoint and bucket valid unless
+// they hold placeholders (checked again once expanded).
 func (c *S3Config) check() error {
 	switch {
 	case c.Endpoint == "":
 		return errors.New("s3: endpoint is required")
 	case c.Bucket == "":
 		return errors.New("s3: bucket is required")
-	case c.AccessKey == "" || c.SecretKey == "":
-		return errors.New("s3: access_key and secret_key are both required")
+	case (c.AccessKey == "") != (c.SecretKey == ""):
+		return errors.New("s3: " + s3remote.KeysRule)
 	}
 	if !hasPlaceholder(c.Endpoint) {
 		if err := s3remote.CheckEndpoint(c.Endpoint); err != nil {
@@ -342,10 +342,11 @@ func (h *Handler) sharedTier(repl *caddy.Replacer) (*sharedRemote, error) {
 		AccessKey: repl.ReplaceKnown(c.AccessKey, ""),
 		SecretKey: repl.ReplaceKnown(c.SecretKey, ""),
 	}
-	for _, f := range []struct{ name, value string }{
-		{"endpoint", cfg.Endpoint}, {"bucket", cfg.Bucket}, {"access_key", cfg.AccessKey}, {"secret_key", cfg.SecretKey},
+	for _, f := range []struct{ name, given, value string }{
+		{"endpoint", c.Endpoint, cfg.Endpoint}, {"bucket", c.Bucket, cfg.Bucket},
+		{"access_key", c.AccessKey, cfg.AccessKey}, {"secret_key", c.SecretKey, cfg.SecretKey},
 	} {
-		if f.value == "" {
+		if f.given != "" && f.value == "" {
 			return nil, fmt.Errorf("cache s3: %s is empty once placeholders are expanded (is its environment variable set?)", f.name)
 		}
 	}

@@ -109,7 +109,7 @@ func TestValidateGivesJSONTheCaddyfileChecks(t *testing.T) {
 		{"negative tag_ttl", Handler{Upstream: "docker.io", Cache: &CacheConfig{TagTTL: caddy.Duration(-time.Minute)}}, "tag_ttl"},
 		{"s3 without endpoint", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Bucket: "cache", AccessKey: "id", SecretKey: "pw"}}}, "s3: endpoint is required"},
 		{"s3 without bucket", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Endpoint: "https://s3.example.com", AccessKey: "id", SecretKey: "pw"}}}, "s3: bucket is required"},
-		{"s3 without secret_key", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Endpoint: "https://s3.example.com", Bucket: "cache", AccessKey: "id"}}}, "access_key and secret_key are both required"},
+		{"s3 without secret_key", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Endpoint: "https://s3.example.com", Bucket: "cache", AccessKey: "id"}}}, "give both access_key and secret_key, or neither"},
 		{"s3 endpoint without scheme", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Endpoint: "s3.example.com", Bucket: "cache", AccessKey: "id", SecretKey: "pw"}}}, "http:// or https://"},
 		{"s3 bad bucket", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Endpoint: "https://s3.example.com", Bucket: "a", AccessKey: "id", SecretKey: "pw"}}}, "invalid bucket 'a'"},
 		{"s3 with the cache off", Handler{Upstream: "docker.io", Cache: &CacheConfig{Disabled: true, S3: &S3Config{Endpoint: "https://s3.example.com", Bucket: "cache", AccessKey: "id", SecretKey: "pw"}}}, "disabled"},

@@ -46,7 +46,11 @@ type Config struct {
 	Region string
 	// Prefix is put before every object name, e.g. "docker_proxy/".
 	Prefix string
-	// AccessKey and SecretKey sign the requests.
+	// AccessKey and SecretKey sign the requests. Without them, the
+	// standard AWS credentials do: AWS_ACCESS_KEY_ID and
+	// AWS_SECRET_ACCESS_KEY (or MinIO's MINIO_ROOT_USER and
+	// MINIO_ROOT_PASSWORD), the shared credentials file, or the role of
+	// the instance (EC2, ECS, EKS).
 	AccessKey, SecretKey string
 	// Transport carries the requests; nil uses a default one.
 	Transport http.RoundTripper
@@ -60,11 +64,14 @@ func (c Config) Validate() error {
 	if err := CheckBucket(c.Bucket); err != nil {
 		return err
 	}
-	if c.AccessKey == "" || c.SecretKey == "" {
-		return errors.New("s3: access_key and secret_key are both required")
+	if (c.AccessKey == "") != (c.SecretKey == "") {
+		return errors.New("s3: " + KeysRule)
 	}
 	return nil
 }
+
+// KeysRule says which of the keys to give.
+const KeysRule = "give both access_key and secret_key, or neither (then the environment's AWS credentials, a shared credentials file or the instance's role sign the requests)"
 
 // CheckEndpoint checks that endpoint is an http or https URL with a host
 // and nothing after it but an optional "/".
@@ -120,8 +127,17 @@ func New(cfg Config) (*Remote, error) {
 		return nil, err
 	}
 	u, _ := url.Parse(cfg.Endpoint)
+	creds := credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, "")
+	if cfg.AccessKey == "" {
+		creds = credentials.NewChainCredentials([]credentials.Provider{
+			&credentials.EnvAWS{},
+			&credentials.EnvMinio{},
+			&credentials.FileAWSCredentials{},
+			&credentials.IAM{},
+		})
+	}
 	client, err := minio.New(u.Host, &minio.Options{
-		Creds:     credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
+		Creds:     creds,
 		Secure:    u.Scheme == "https",
 		Region:    cfg.Region,
 		Transport: cfg.Transport,

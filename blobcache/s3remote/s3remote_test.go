@@ -171,6 +171,11 @@ func TestConfigValidate(t *testing.T) {
 	if err := good.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
+	keyless := good
+	keyless.AccessKey, keyless.SecretKey = "", ""
+	if err := keyless.Validate(); err != nil {
+		t.Fatalf("config without keys (the environment's then): %v", err)
+	}
 	for _, tt := range []struct {
 		change func(*Config)
 		want   string
@@ -183,8 +188,8 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.Endpoint = "https://id:pw@s3.example.com" }, "access_key and secret_key"},
 		{func(c *Config) { c.Bucket = "" }, "bucket is required"},
 		{func(c *Config) { c.Bucket = "Cache_Bucket" }, "invalid bucket 'Cache_Bucket'"},
-		{func(c *Config) { c.AccessKey = "" }, "access_key and secret_key are both required"},
-		{func(c *Config) { c.SecretKey = "" }, "access_key and secret_key are both required"},
+		{func(c *Config) { c.AccessKey = "" }, "give both access_key and secret_key, or neither"},
+		{func(c *Config) { c.SecretKey = "" }, "give both access_key and secret_key, or neither"},
 	} {
 		c := good
 		tt.change(&c)
@@ -195,5 +200,31 @@ func TestConfigValidate(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "a-secret-value") {
 			t.Errorf("error %q shows the secret", err)
 		}
+	}
+}
+
+// TestKeysFromTheEnvironment: with neither key configured, the standard
+// AWS credentials of the environment sign the requests.
+func TestKeysFromTheEnvironment(t *testing.T) {
+	srv := testminio.Start(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", testminio.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", testminio.SecretKey)
+	r, err := New(Config{Endpoint: srv.Endpoint, Bucket: srv.Bucket, Region: "us-east-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("signed with the environment's keys")
+	d := digest.FromBytes(data)
+	ctx := context.Background()
+	if err := r.Put(ctx, blobcache.Info{Digest: d, Size: int64(len(data))}, nil, bytes.NewReader(data)); err != nil {
+		t.Fatalf("Put with the environment's keys: %v", err)
+	}
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "not-the-key")
+	wrong, err := New(Config{Endpoint: srv.Endpoint, Bucket: srv.Bucket, Region: "us-east-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wrong.Has(ctx, d); err == nil {
+		t.Fatal("a wrong key from the environment was accepted: the environment was not used")
 	}
 }
