@@ -99,7 +99,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //     or https URL: its scheme decides TLS) and bucket are required;
 //     access_key and secret_key go together (without them, the standard
 //     AWS credentials sign: environment, shared credentials file, instance
-//     role); region (empty: ask the service; "auto" for R2) and prefix
+//     role); region (empty: AWS_REGION, else us-east-1; "auto" for R2) and prefix
 //     (put before every object name) are optional.
 //     Placeholders such as {env.S3_SECRET_KEY} are kept and expanded when
 //     the handler is provisioned. Every handler naming the same cache

@@ -47,7 +47,8 @@ type S3Config struct {
 	// https://s3.eu-west-1.amazonaws.com or http://minio:9000.
 	Endpoint string `json:"endpoint"`
 	Bucket   string `json:"bucket"`
-	// Region of the bucket; empty asks the service, R2 wants "auto".
+	// Region of the bucket; empty takes AWS_REGION, else us-east-1. R2
+	// wants "auto".
 	Region string `json:"region,omitempty"`
 	// Prefix is put before every object name, e.g. "docker_proxy/".
 	Prefix    string `json:"prefix,omitempty"`

@@ -27,9 +27,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
-	"github.com/minio/minio-go/v7/pkg/s3utils"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
@@ -41,15 +45,14 @@ type Config struct {
 	// https://s3.eu-west-1.amazonaws.com or http://127.0.0.1:9000.
 	Endpoint string
 	Bucket   string
-	// Region is the bucket's region; empty asks the service (AWS), "auto"
-	// suits R2.
+	// Region is the bucket's region; empty takes AWS_REGION or the shared
+	// config file's, else us-east-1. "auto" suits R2.
 	Region string
 	// Prefix is put before every object name, e.g. "docker_proxy/".
 	Prefix string
 	// AccessKey and SecretKey sign the requests. Without them, the
 	// standard AWS credentials do: AWS_ACCESS_KEY_ID and
-	// AWS_SECRET_ACCESS_KEY (or MinIO's MINIO_ROOT_USER and
-	// MINIO_ROOT_PASSWORD), the shared credentials file, or the role of
+	// AWS_SECRET_ACCESS_KEY, the shared credentials file, or the role of
 	// the instance (EC2, ECS, EKS).
 	AccessKey, SecretKey string
 	// Transport carries the requests; nil uses a default one.
@@ -104,21 +107,53 @@ func CheckBucket(bucket string) error {
 	if bucket == "" {
 		return errors.New("s3: bucket is required")
 	}
-	if err := s3utils.CheckValidBucketNameStrict(bucket); err != nil {
+	if err := checkBucketName(bucket); err != nil {
 		return fmt.Errorf("s3: invalid bucket '%s': %v", bucket, err)
+	}
+	return nil
+}
+
+// checkBucketName applies S3's rules for bucket names: 3 to 63 lower-case
+// letters, digits, dots and hyphens, starting and ending with a letter or
+// digit, no two dots in a row, not an IP address.
+func checkBucketName(b string) error {
+	if len(b) < 3 || len(b) > 63 {
+		return errors.New("a bucket name has 3 to 63 characters")
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c == '.' || c == '-':
+			if i == 0 || i == len(b)-1 {
+				return errors.New("a bucket name starts and ends with a letter or digit")
+			}
+			if c == '.' && b[i-1] == '.' {
+				return errors.New("a bucket name has no two dots in a row")
+			}
+		default:
+			return fmt.Errorf("a bucket name has lower-case letters, digits, dots and hyphens only, not %q", c)
+		}
+	}
+	if strings.Count(b, ".") == 3 && strings.Trim(b, "0123456789.") == "" {
+		return errors.New("a bucket name is not an IP address")
 	}
 	return nil
 }
 
 // Remote is a blobcache.Remote on one bucket.
 type Remote struct {
-	client *minio.Client
-	core   minio.Core
-	bucket string
-	prefix string
+	client   *s3.Client
+	uploader *manager.Uploader
+	bucket   string
+	prefix   string
 }
 
 var _ blobcache.Remote = (*Remote)(nil)
+
+// uploadPart is the size of the parts of a multipart upload (big layers);
+// the parts are read from the entry's file, not buffered.
+const uploadPart = 16 << 20
 
 // New returns the Remote of cfg. It makes no request: a bucket that cannot
 // be reached shows in the store's log when it is first used.
@@ -126,33 +161,47 @@ func New(cfg Config) (*Remote, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	u, _ := url.Parse(cfg.Endpoint)
-	creds := credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, "")
-	if cfg.AccessKey == "" {
-		creds = credentials.NewChainCredentials([]credentials.Provider{
-			&credentials.EnvAWS{},
-			&credentials.EnvMinio{},
-			&credentials.FileAWSCredentials{},
-			&credentials.IAM{},
-		})
-	}
-	client, err := minio.New(u.Host, &minio.Options{
-		Creds:     creds,
-		Secure:    u.Scheme == "https",
-		Region:    cfg.Region,
-		Transport: cfg.Transport,
-		// Few retries: a request waits for the remote a few seconds at
+	opts := []func(*config.LoadOptions) error{
+		// Few attempts: a request waits for the remote a few seconds at
 		// most, then the upstream answers it.
-		MaxRetries: 2,
-	})
+		config.WithRetryMaxAttempts(2),
+	}
+	if cfg.Region != "" {
+		opts = append(opts, config.WithRegion(cfg.Region))
+	}
+	if cfg.AccessKey != "" {
+		opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(cfg.AccessKey, cfg.SecretKey, "")))
+	}
+	if cfg.Transport != nil {
+		opts = append(opts, config.WithHTTPClient(&http.Client{Transport: cfg.Transport}))
+	}
+	awsCfg, err := config.LoadDefaultConfig(context.Background(), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("s3: %v", err)
 	}
+	if awsCfg.Region == "" {
+		awsCfg.Region = "us-east-1"
+	}
+	endpoint, _ := url.Parse(cfg.Endpoint)
+	client := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
+		o.BaseEndpoint = aws.String(strings.TrimSuffix(cfg.Endpoint, "/"))
+		// Bucket in the path: what MinIO and most S3-compatible
+		// services expect; AWS takes it in the host name.
+		o.UsePathStyle = !strings.HasSuffix(endpoint.Hostname(), ".amazonaws.com")
+		// Checksums only where S3 requires them: some compatible
+		// services refuse the newer trailing checksums.
+		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+	})
+	uploader := manager.NewUploader(client, func(u *manager.Uploader) {
+		u.PartSize = uploadPart
+		u.Concurrency = 2
+	})
 	prefix := strings.Trim(cfg.Prefix, "/")
 	if prefix != "" {
 		prefix += "/"
 	}
-	return &Remote{client: client, core: minio.Core{Client: client}, bucket: cfg.Bucket, prefix: prefix}, nil
+	return &Remote{client: client, uploader: uploader, bucket: cfg.Bucket, prefix: prefix}, nil
 }
 
 // BlobName is the object name of d's bytes.
@@ -167,29 +216,34 @@ func (r *Remote) TagName(key string) string {
 	return r.prefix + "tags/" + h[:2] + "/" + h + ".json"
 }
 
-// scopesKey is the user metadata key of an entry's scopes; maxScopes
-// bounds its value, below S3's 2 KiB for all user metadata.
+// scopesKey is the user metadata key of an entry's scopes (S3 keeps
+// metadata keys in lower case); maxScopes bounds its value, below S3's
+// 2 KiB for all user metadata.
 const (
-	scopesKey = "Scopes"
+	scopesKey = "scopes"
 	maxScopes = 1900
 )
 
 // Open returns d's body, media type and scopes.
 func (r *Remote) Open(ctx context.Context, d digest.Digest) (*blobcache.RemoteEntry, error) {
-	body, info, h, err := r.core.GetObject(ctx, r.bucket, r.BlobName(d), minio.GetObjectOptions{})
+	out, err := r.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &r.bucket, Key: aws.String(r.BlobName(d))})
 	if err != nil {
 		return nil, r.fail("GET", d.String(), err)
 	}
+	size := int64(-1)
+	if out.ContentLength != nil {
+		size = *out.ContentLength
+	}
 	return &blobcache.RemoteEntry{
-		Info:   blobcache.Info{Digest: d, Size: info.Size, MediaType: info.ContentType},
-		Scopes: decodeScopes(h.Get("X-Amz-Meta-" + scopesKey)),
-		Body:   body,
+		Info:   blobcache.Info{Digest: d, Size: size, MediaType: aws.ToString(out.ContentType)},
+		Scopes: decodeScopes(out.Metadata[scopesKey]),
+		Body:   out.Body,
 	}, nil
 }
 
 // Has reports whether the bucket holds d.
 func (r *Remote) Has(ctx context.Context, d digest.Digest) (bool, error) {
-	_, err := r.client.StatObject(ctx, r.bucket, r.BlobName(d), minio.StatObjectOptions{})
+	_, err := r.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &r.bucket, Key: aws.String(r.BlobName(d))})
 	if err != nil {
 		err = r.fail("HEAD", d.String(), err)
 		if errors.Is(err, blobcache.ErrNotFound) {
@@ -200,21 +254,22 @@ func (r *Remote) Has(ctx context.Context, d digest.Digest) (bool, error) {
 	return true, nil
 }
 
-// Put uploads an entry.
+// Put uploads an entry. A body that is an io.ReaderAt and io.Seeker (the
+// entry's file) is read part by part, never buffered whole.
 func (r *Remote) Put(ctx context.Context, info blobcache.Info, scopes []string, body io.Reader) error {
-	opts := minio.PutObjectOptions{
-		ContentType: info.MediaType,
-		// Parts are read from the file in parallel, one buffer each:
-		// two bound the memory an upload takes.
-		NumThreads: 2,
+	in := &s3.PutObjectInput{
+		Bucket:      &r.bucket,
+		Key:         aws.String(r.BlobName(info.Digest)),
+		Body:        body,
+		ContentType: aws.String(info.MediaType),
+	}
+	if info.MediaType == "" {
+		in.ContentType = aws.String("application/octet-stream")
 	}
 	if v := encodeScopes(scopes); v != "" {
-		opts.UserMetadata = map[string]string{scopesKey: v}
+		in.Metadata = map[string]string{scopesKey: v}
 	}
-	if opts.ContentType == "" {
-		opts.ContentType = "application/octet-stream"
-	}
-	if _, err := r.client.PutObject(ctx, r.bucket, r.BlobName(info.Digest), body, info.Size, opts); err != nil {
+	if _, err := r.uploader.Upload(ctx, in); err != nil {
 		return r.fail("PUT", info.Digest.String(), err)
 	}
 	return nil
@@ -235,12 +290,12 @@ const maxTagRecord = 64 << 10
 
 // Tag returns the record of key.
 func (r *Remote) Tag(ctx context.Context, key string) (blobcache.Tag, error) {
-	body, _, _, err := r.core.GetObject(ctx, r.bucket, r.TagName(key), minio.GetObjectOptions{})
+	out, err := r.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &r.bucket, Key: aws.String(r.TagName(key))})
 	if err != nil {
 		return blobcache.Tag{}, r.fail("GET", "tag record", err)
 	}
-	defer body.Close()
-	b, err := io.ReadAll(io.LimitReader(body, maxTagRecord+1))
+	defer out.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Body, maxTagRecord+1))
 	if err != nil {
 		return blobcache.Tag{}, r.fail("GET", "tag record", err)
 	}
@@ -264,8 +319,10 @@ func (r *Remote) SetTag(ctx context.Context, key string, t blobcache.Tag) error 
 	if err != nil {
 		return err
 	}
-	_, err = r.client.PutObject(ctx, r.bucket, r.TagName(key), bytes.NewReader(b), int64(len(b)),
-		minio.PutObjectOptions{ContentType: "application/json"})
+	_, err = r.client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: &r.bucket, Key: aws.String(r.TagName(key)),
+		Body: bytes.NewReader(b), ContentType: aws.String("application/json"),
+	})
 	if err != nil {
 		return r.fail("PUT", "tag record", err)
 	}
@@ -277,16 +334,24 @@ func (r *Remote) SetTag(ctx context.Context, key string, t blobcache.Tag) error 
 // changes from one object to the next (the store logs each condition
 // once): the service's error code and message, or the network error.
 func (r *Remote) fail(method, what string, err error) error {
-	var er minio.ErrorResponse
-	if errors.As(err, &er) {
-		if er.StatusCode == http.StatusNotFound && er.Code != "NoSuchBucket" {
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) && re.HTTPStatusCode() != 0 { // 0: no answer
+		code, msg := "", ""
+		var ae smithy.APIError
+		if errors.As(err, &ae) {
+			code, msg = ae.ErrorCode(), ae.ErrorMessage()
+		}
+		status := re.HTTPStatusCode()
+		if status == http.StatusNotFound && code != "NoSuchBucket" {
 			return fmt.Errorf("%w: s3 %s of %s", blobcache.ErrNotFound, method, what)
 		}
-		return fmt.Errorf("s3 %s in bucket %s: %s (%s, status %d)", method, r.bucket, er.Message, er.Code, er.StatusCode)
+		return fmt.Errorf("s3 %s in bucket %s: %s (%s, status %d)", method, r.bucket, msg, code, status)
 	}
+	// A request that got no answer: its *url.Error quotes the URL, with
+	// the object's name; the cause alone says what failed.
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		err = ue.Err
+		return fmt.Errorf("s3 %s: %w", method, ue.Err)
 	}
 	return fmt.Errorf("s3 %s: %w", method, err)
 }

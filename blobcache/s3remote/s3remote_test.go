@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -226,5 +227,39 @@ func TestKeysFromTheEnvironment(t *testing.T) {
 	}
 	if _, err := wrong.Has(ctx, d); err == nil {
 		t.Fatal("a wrong key from the environment was accepted: the environment was not used")
+	}
+}
+
+// TestBigEntryInParts: an entry bigger than a part goes up as a multipart
+// upload read from its file, and comes back whole.
+func TestBigEntryInParts(t *testing.T) {
+	srv := testminio.Start(t)
+	r := newRemote(t, srv, srv.Bucket, "")
+	data := make([]byte, 2*uploadPart+12345)
+	for i := range data {
+		data[i] = byte(i*7 + i>>11)
+	}
+	d := digest.FromBytes(data)
+	f, err := os.CreateTemp(t.TempDir(), "entry")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	info := blobcache.Info{Digest: d, Size: int64(len(data)), MediaType: "application/vnd.oci.image.layer.v1.tar"}
+	if err := r.Put(ctx, info, []string{"scope-a"}, io.NewSectionReader(f, 0, info.Size)); err != nil {
+		t.Fatalf("Put of %d bytes: %v", len(data), err)
+	}
+	e, err := r.Open(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Body.Close()
+	got, err := io.ReadAll(e.Body)
+	if err != nil || digest.FromBytes(got) != d || e.Size != info.Size || e.MediaType != info.MediaType {
+		t.Fatalf("Open: %d bytes (size %d, %q), %v; want the %d bytes put", len(got), e.Size, e.MediaType, err, len(data))
 	}
 }

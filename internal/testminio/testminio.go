@@ -25,8 +25,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
 )
 
 // Credentials of every server Start runs.
@@ -43,7 +45,7 @@ type Server struct {
 	Bucket string
 	// Client is a client of the server, for tests that look at or damage
 	// what is in the bucket.
-	Client *minio.Client
+	Client *s3.Client
 
 	cmd      *exec.Cmd
 	exited   chan struct{}
@@ -127,18 +129,20 @@ func start(t testing.TB, bin string) (*Server, error) {
 		out, _ := os.ReadFile(filepath.Join(dir, "minio.log"))
 		return nil, fmt.Errorf("%v; its output:\n%s", err, out)
 	}
-	s.Client, err = minio.New(addr, &minio.Options{Creds: credentials.NewStaticV4(AccessKey, SecretKey, ""), MaxRetries: 1})
-	if err != nil {
-		s.Stop()
-		return nil, err
-	}
+	s.Client = s3.New(s3.Options{
+		Region:       "us-east-1",
+		BaseEndpoint: aws.String(s.Endpoint),
+		UsePathStyle: true,
+		Credentials:  credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, ""),
+	})
 	// Health checks may pass before the object layer is up, which then
 	// answers "Server not initialized yet": try until it takes it.
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for {
-		err := s.Client.MakeBucket(ctx, s.Bucket, minio.MakeBucketOptions{})
-		if err == nil || minio.ToErrorResponse(err).Code == "BucketAlreadyOwnedByYou" {
+		_, err := s.Client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(s.Bucket)})
+		var ae smithy.APIError
+		if err == nil || errors.As(err, &ae) && ae.ErrorCode() == "BucketAlreadyOwnedByYou" {
 			return s, nil
 		}
 		select {
@@ -192,11 +196,15 @@ func (s *Server) Stop() {
 func (s *Server) Objects(t testing.TB, prefix string) []string {
 	t.Helper()
 	var names []string
-	for obj := range s.Client.ListObjects(context.Background(), s.Bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
-		if obj.Err != nil {
-			t.Fatalf("listing bucket: %v", obj.Err)
+	pages := s3.NewListObjectsV2Paginator(s.Client, &s3.ListObjectsV2Input{Bucket: aws.String(s.Bucket), Prefix: aws.String(prefix)})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(context.Background())
+		if err != nil {
+			t.Fatalf("listing bucket: %v", err)
 		}
-		names = append(names, obj.Key)
+		for _, obj := range page.Contents {
+			names = append(names, aws.ToString(obj.Key))
+		}
 	}
 	return names
 }
@@ -204,12 +212,12 @@ func (s *Server) Objects(t testing.TB, prefix string) []string {
 // Get returns an object's bytes.
 func (s *Server) Get(t testing.TB, name string) []byte {
 	t.Helper()
-	obj, err := s.Client.GetObject(context.Background(), s.Bucket, name, minio.GetObjectOptions{})
+	out, err := s.Client.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(name)})
 	if err != nil {
 		t.Fatalf("getting %s: %v", name, err)
 	}
-	defer obj.Close()
-	b, err := io.ReadAll(obj)
+	defer out.Body.Close()
+	b, err := io.ReadAll(out.Body)
 	if err != nil {
 		t.Fatalf("reading %s: %v", name, err)
 	}
@@ -221,12 +229,11 @@ func (s *Server) Get(t testing.TB, name string) []byte {
 func (s *Server) Put(t testing.TB, name string, data []byte) {
 	t.Helper()
 	ctx := context.Background()
-	var opts minio.PutObjectOptions
-	if info, err := s.Client.StatObject(ctx, s.Bucket, name, minio.StatObjectOptions{}); err == nil {
-		opts.ContentType, opts.UserMetadata = info.ContentType, info.UserMetadata
+	in := &s3.PutObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(name), Body: bytes.NewReader(data)}
+	if head, err := s.Client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(name)}); err == nil {
+		in.ContentType, in.Metadata = head.ContentType, head.Metadata
 	}
-	_, err := s.Client.PutObject(ctx, s.Bucket, name, bytes.NewReader(data), int64(len(data)), opts)
-	if err != nil {
+	if _, err := s.Client.PutObject(ctx, in); err != nil {
 		t.Fatalf("putting %s: %v", name, err)
 	}
 }
