@@ -847,7 +847,7 @@ func TestConcurrentColdPullsByDigestCostOneGET(t *testing.T) {
 			}
 			got, err := remote.Image(e.ref("docker.example.test", "team/app@"+desc.Digest.String()), e.remoteOptions(nil)...)
 			if err == nil {
-				err = sameImage(got, img)
+				err = testupstream.SameImage(got, img)
 			}
 			if err != nil {
 				errs <- err

@@ -2,8 +2,6 @@ package dockerproxy_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -171,50 +169,7 @@ func (e *proxyEnv) pullImage(ref name.Reference, auth authn.Authenticator, want 
 	if err != nil {
 		return err
 	}
-	return sameImage(img, want)
-}
-
-func sameImage(got, want v1.Image) error {
-	gd, err := got.Digest()
-	if err != nil {
-		return err
-	}
-	wd, err := want.Digest()
-	if err != nil {
-		return err
-	}
-	if gd != wd {
-		return fmt.Errorf("manifest digest %s, want %s", gd, wd)
-	}
-	gc, err := got.RawConfigFile()
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	wc, _ := want.RawConfigFile()
-	if string(gc) != string(wc) {
-		return fmt.Errorf("config differs")
-	}
-	layers, err := got.Layers()
-	if err != nil {
-		return err
-	}
-	for _, l := range layers {
-		d, _ := l.Digest()
-		rc, err := l.Compressed()
-		if err != nil {
-			return fmt.Errorf("layer %s: %w", d, err)
-		}
-		h := sha256.New()
-		_, err = io.Copy(h, rc)
-		rc.Close()
-		if err != nil {
-			return fmt.Errorf("layer %s: %w", d, err)
-		}
-		if sum := "sha256:" + hex.EncodeToString(h.Sum(nil)); sum != d.String() {
-			return fmt.Errorf("layer %s: bytes hash to %s", d, sum)
-		}
-	}
-	return nil
+	return testupstream.SameImage(img, want)
 }
 
 // logContains reports whether Caddy's log file contains s.

@@ -436,7 +436,7 @@ func pullIndex(t *testing.T, e *proxyEnv, ref interface{ String() string }, want
 		if err != nil {
 			t.Fatalf("child %s: %v", desc.Digest, err)
 		}
-		if err := sameImage(gi, wi); err != nil {
+		if err := testupstream.SameImage(gi, wi); err != nil {
 			t.Fatalf("child %s (%s): %v", desc.Digest, desc.Platform, err)
 		}
 	}
@@ -621,7 +621,7 @@ func TestClientHeadersAndCredentialsGoOnlyWhereTheyBelong(t *testing.T) {
 			}
 			got, err := remote.Image(e.ref("docker.example.test", "team/secret:v1"), opts...)
 			if err == nil {
-				err = sameImage(got, img)
+				err = testupstream.SameImage(got, img)
 			}
 			if err != nil {
 				t.Fatalf("logged-in pull: %v", err)

@@ -6,8 +6,6 @@ package registry
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -95,7 +93,7 @@ func (in *instance) pullImage(repoTag string, auth authn.Authenticator, want v1.
 	if err != nil {
 		return err
 	}
-	return sameContent(got, want)
+	return testupstream.SameImage(got, want)
 }
 
 // pullIndex pulls an index and every image in it.
@@ -119,48 +117,8 @@ func (in *instance) pullIndex(repoTag string, want v1.ImageIndex) error {
 			return fmt.Errorf("child %s: %w", desc.Digest, err)
 		}
 		wi, _ := want.Image(desc.Digest)
-		if err := sameContent(gi, wi); err != nil {
+		if err := testupstream.SameImage(gi, wi); err != nil {
 			return fmt.Errorf("child %s: %w", desc.Digest, err)
-		}
-	}
-	return nil
-}
-
-func sameContent(got, want v1.Image) error {
-	gd, err := got.Digest()
-	if err != nil {
-		return err
-	}
-	wd, _ := want.Digest()
-	if gd != wd {
-		return fmt.Errorf("image digest %s, want %s", gd, wd)
-	}
-	gc, err := got.RawConfigFile()
-	if err != nil {
-		return err
-	}
-	wc, _ := want.RawConfigFile()
-	if !bytes.Equal(gc, wc) {
-		return fmt.Errorf("config differs")
-	}
-	layers, err := got.Layers()
-	if err != nil {
-		return err
-	}
-	for _, l := range layers {
-		d, _ := l.Digest()
-		rc, err := l.Compressed()
-		if err != nil {
-			return err
-		}
-		h := sha256.New()
-		_, err = io.Copy(h, rc)
-		rc.Close()
-		if err != nil {
-			return fmt.Errorf("layer %s: %w", d, err)
-		}
-		if sum := "sha256:" + hex.EncodeToString(h.Sum(nil)); sum != d.String() {
-			return fmt.Errorf("layer %s: bytes hash to %s", d, sum)
 		}
 	}
 	return nil
