@@ -754,7 +754,7 @@ func (r *Reader) SendTo(w interface {
 	}
 	own, err := r.ownFile()
 	if err != nil {
-		return io.Copy(writerOnly{w}, r) // no descriptor of our own: copy
+		return io.Copy(w, r) // no descriptor of our own: copy
 	}
 	var sent int64
 	size := r.Info().Size
@@ -770,7 +770,7 @@ func (r *Reader) SendTo(w interface {
 			}
 			var u *Unfinished
 			if errors.As(err, &u) && r.resume != nil {
-				n, err := io.Copy(writerOnly{w}, r)
+				n, err := io.Copy(w, r)
 				return sent + n, err
 			}
 			return sent, err
@@ -786,12 +786,6 @@ func (r *Reader) SendTo(w interface {
 		}
 	}
 }
-
-// writerOnly hides every method of a writer but Write, so that io.Copy
-// does not hand the copy back to its ReadFrom.
-type writerOnly struct{ w io.Writer }
-
-func (w writerOnly) Write(p []byte) (int, error) { return w.w.Write(p) }
 
 // ownFile opens the fill's file anew for this Reader: an open file of its
 // own, whose offset no other reader moves.
