@@ -521,8 +521,9 @@ func TestPrivateContentIsNotServedToOthers(t *testing.T) {
 		if resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("anonymous GET %s = %d (%d bytes), want 401", p, resp.StatusCode, len(body))
 		}
-		// A refusal says it came from the upstream's verdict, not the cache.
-		if got, want := resp.Header.Get("Cache-Status"), "docker_proxy; fwd=request; fwd-status=401"; got != want {
+		// A refusal reads as the upstream's, cached or not
+		// (TestRefusalsDoNotTellWhatIsCached).
+		if got, want := resp.Header.Get("Cache-Status"), "docker_proxy; fwd=miss; fwd-status=401"; got != want {
 			t.Errorf("anonymous GET %s: Cache-Status %q, want %q", p, got, want)
 		}
 	}
@@ -543,14 +544,24 @@ func TestPrivateContentIsNotServedToOthers(t *testing.T) {
 		t.Errorf("the accepted client's second pull fetched %d blobs upstream, want 0 (served from cache)", n)
 	}
 
-	// A newly admitted user, with the upstream's object store failing:
-	// the access check is the registry's own answer, and its redirect to
-	// the store already says yes, so the cached layers are served.
+	// A newly admitted user. The registry answers blob HEADs with a
+	// redirect to its object store: a redirect is not an answer, the
+	// store's is. While the store fails, access cannot be confirmed;
+	// once it answers, the cached layers are served without a fetch.
 	up.SetPrivate("team/secret", "bob", "bob-pw")
+	bob := &authn.Basic{Username: "bob", Password: "bob-pw"}
 	up.Faults.SetObjectStoreStatus(http.StatusInternalServerError)
-	defer up.Faults.SetObjectStoreStatus(0)
-	if err := e.pullImage(ref, &authn.Basic{Username: "bob", Password: "bob-pw"}, img); err != nil {
-		t.Errorf("newly admitted client while the object store fails: %v", err)
+	if err := e.pullImage(ref, bob, img); !isStatus(err, http.StatusServiceUnavailable) {
+		t.Errorf("newly admitted client while the object store fails: %v, want 503", err)
+	}
+	up.Faults.SetObjectStoreStatus(0)
+	fetched = up.Counters.ObjectStoreGETs()
+	if err := e.pullImage(ref, bob, img); err != nil {
+		t.Errorf("newly admitted client: %v", err)
+	}
+	// Each layer's access check costs its first byte from the store.
+	if n, layers := up.Counters.ObjectStoreGETs()-fetched, int64(len(layerDigests(t, img))); n > layers {
+		t.Errorf("the newly admitted client's pull fetched %d times from the object store, want at most %d (one-byte access checks)", n, layers)
 	}
 }
 

@@ -51,7 +51,7 @@ func freePort(t testing.TB) string {
 
 var testHosts = []string{
 	"docker.example.test", "ghcr.example.test", "quay.example.test", "mirror.example.test",
-	"unknown.example.test", "registry.docker.example.test", "hub.example.test",
+	"unknown.example.test", "registry.docker.example.test", "hub.example.test", "k8s.example.test",
 }
 
 // startProxy runs Caddy with the given site block body. In it, {PORT} is

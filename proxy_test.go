@@ -714,8 +714,14 @@ func TestClientHeadersAndCredentialsGoOnlyWhereTheyBelong(t *testing.T) {
 // loginToken gets a token for a logged-in client from the proxy.
 func loginToken(t *testing.T, e *proxyEnv, user, pass, repo string) string {
 	t.Helper()
+	return loginTokenOn(t, e, "docker.example.test", user, pass, repo)
+}
+
+// loginTokenOn is loginToken on another host of the proxy.
+func loginTokenOn(t *testing.T, e *proxyEnv, host, user, pass, repo string) string {
+	t.Helper()
 	h := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))}}
-	resp, body := e.do("GET", "docker.example.test", "/v2/auth?scope=repository:"+repo+":pull", h)
+	resp, body := e.do("GET", host, "/v2/auth?scope=repository:"+repo+":pull", h)
 	var tr struct{ Token string }
 	if err := json.Unmarshal([]byte(body), &tr); err != nil || resp.StatusCode != 200 || tr.Token == "" {
 		t.Fatalf("login token: %d %s", resp.StatusCode, body)

@@ -1,66 +1,156 @@
 package registry
 
 // Access: the cache never widens what an identity may read.
+//
+// Access is recorded per identity, upstream and repository: who the
+// upstream answered (a client's own credentials, this handler's configured
+// account for that upstream, or anonymous), which upstream, which
+// repository. Only the upstream's final answer about the content itself
+// confirms access: a 2xx to a request for that digest in that repository,
+// after following redirects. A redirect is not an answer (registry.k8s.io
+// redirects every request without looking), nor is the digest a tag
+// resolves to.
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
 
 	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
-// grantRead records that grant's identity may read d in scope.
-func (p *Proxy) grantRead(grant tokenauth.Grant, scope string, d digest.Digest) {
-	if grant.Anonymous() {
-		// The upstream served the proxy's own identity: every client
-		// of the route may read it. A digest the store does not hold
-		// (a tag resolved by a HEAD) is remembered as a verdict instead.
-		if p.Cache.Store.Allow(d, scope) == nil {
-			return
-		}
+// Identities as access records name them.
+const (
+	// anonymousIdentity: the proxy asked the upstream without credentials.
+	anonymousIdentity = "anonymous"
+	// accountIdentity prefixes a configured account's user name.
+	accountIdentity = "account:"
+	// clientIdentity prefixes a client's own credentials (a keyed hash
+	// from its token, or a hash of its upstream Authorization).
+	clientIdentity = "client:"
+)
+
+// ownIdentity names the identity the proxy itself has at up: the
+// configured account, or anonymous. Two sites configured with the same
+// account have the same access; a site without one never reads what an
+// account fetched.
+func (p *Proxy) ownIdentity(up Upstream) string {
+	if creds := p.Upstream.Credentials[up.Name]; creds != nil {
+		return accountIdentity + url.QueryEscape(creds.Username)
 	}
-	p.Cache.remember(grant, scope, d)
+	return anonymousIdentity
 }
 
-func (c *Cache) remember(grant tokenauth.Grant, scope string, d digest.Digest) {
-	c.Verdicts.Confirm(verdictKey(grant, scope, d), time.Now())
+// clientOwn names the credentials the client brought, or "" when it
+// brought none (its requests go out as the proxy's own identity). A grant
+// issued offline keeps its Subject but asks upstream as the proxy.
+func clientOwn(g tokenauth.Grant) string {
+	switch {
+	case g.Subject != "":
+		return clientIdentity + "sub:" + g.Subject
+	case !g.Anonymous():
+		sum := sha256.Sum256([]byte(g.Authorization))
+		return clientIdentity + hex.EncodeToString(sum[:16])
+	}
+	return ""
 }
 
-// remembered reports whether the upstream confirmed grant's access to d in
-// scope within the last window.
-func (c *Cache) remembered(grant tokenauth.Grant, scope string, d digest.Digest, window time.Duration) bool {
-	return c.Verdicts.Within(verdictKey(grant, scope, d), window, time.Now())
+// askedAs names who the upstream answers for requests made on grant's
+// behalf: the client's credentials, or the proxy's own identity.
+func (p *Proxy) askedAs(g tokenauth.Grant, up Upstream) string {
+	if g.Anonymous() {
+		return p.ownIdentity(up)
+	}
+	return clientOwn(g)
 }
 
-func verdictKey(grant tokenauth.Grant, scope string, d digest.Digest) string {
-	return identityKey(grant) + "\x00" + scope + "\x00" + d.String()
+// accessScope names what an identity may read: a repository of an
+// upstream, as that identity. It is the scope the store persists (and the
+// shared tier carries) for the proxy's own identities.
+func accessScope(identity string, t target, name string) string {
+	return identity + "|" + t.up.String() + "/" + name
+}
+
+// grantRead records that the upstream just served d of name to the
+// identity grant's requests go out as. The proxy's own identities are
+// persisted with the entry (every client of this handler may read what
+// they may); a client's own credentials are remembered for a while.
+func (p *Proxy) grantRead(grant tokenauth.Grant, t target, name string, d digest.Digest) {
+	id := p.askedAs(grant, t.up)
+	scope := accessScope(id, t, name)
+	if grant.Anonymous() && p.Cache.Store.Allow(d, scope) == nil {
+		return
+	}
+	// A client's credentials, or a digest the store does not hold.
+	p.Cache.Verdicts.Confirm(verdictKey(scope, d), time.Now())
+}
+
+func verdictKey(scope string, d digest.Digest) string { return scope + "\x00" + d.String() }
+
+// tagAnswer records that the upstream just told grant's identity where
+// req's tag points. That lets a HEAD of the tag be answered from its
+// record; it says nothing of the content under the digest.
+func (p *Proxy) tagAnswer(grant tokenauth.Grant, t target, req Request) {
+	p.Cache.Verdicts.Confirm(tagVerdictKey(accessScope(p.askedAs(grant, t.up), t, req.Name), req.Tag), time.Now())
+}
+
+// tagAnswered reports whether the upstream told grant's client where req's
+// tag points lately: this handler's own identity within tag_ttl, or the
+// client's credentials within a minute.
+func (p *Proxy) tagAnswered(grant tokenauth.Grant, t target, req Request) bool {
+	c, now := p.Cache, time.Now()
+	if c.Verdicts.Within(tagVerdictKey(accessScope(p.ownIdentity(t.up), t, req.Name), req.Tag), max(c.verdictTTL, c.TagTTL), now) {
+		return true
+	}
+	client := clientOwn(grant)
+	return client != "" && c.Verdicts.Within(tagVerdictKey(accessScope(client, t, req.Name), req.Tag), c.verdictTTL, now)
+}
+
+func tagVerdictKey(scope, tag string) string { return scope + "\x00tag:" + tag }
+
+// remembered reports whether the upstream confirmed identity's access to
+// d of name within the last window.
+func (c *Cache) remembered(identity string, t target, name string, d digest.Digest, window time.Duration) bool {
+	return c.Verdicts.Within(verdictKey(accessScope(identity, t, name), d), window, time.Now())
+}
+
+// knownReadable reports whether grant's client may read d of name without
+// asking the upstream: this handler's own identity may (recorded with the
+// entry, or confirmed within tag_ttl), or the client's credentials were
+// confirmed within window.
+func (p *Proxy) knownReadable(grant tokenauth.Grant, t target, name string, d digest.Digest, window time.Duration) bool {
+	c := p.Cache
+	own := p.ownIdentity(t.up)
+	if c.Store.Allowed(d, accessScope(own, t, name)) || c.remembered(own, t, name, d, max(window, c.TagTTL)) {
+		return true
+	}
+	client := clientOwn(grant)
+	return client != "" && c.remembered(client, t, name, d, window)
 }
 
 // mayRead decides whether grant's identity may read cached content d of
-// req's repository, and if not, answers the request (401 with the proxy's
-// challenge, the upstream's 404, or 503 when the upstream cannot be asked).
-// The cache never widens access: content is served to every client of a
-// route only if the proxy's own identity could read it in that repository;
-// anything else needs the upstream to accept this identity (a HEAD, which
-// Docker Hub does not count).
+// req's repository, and if not, answers the request as a refusal of the
+// upstream's (the same answer a request for content the cache does not
+// hold gets), or 503 when the upstream cannot be asked.
 func (p *Proxy) mayRead(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) bool {
 	ok, resp, err := p.checkAccess(r, t, req, grant, d)
 	switch {
 	case ok:
 		return true
 	case resp != nil:
-		// The upstream's answer was to a HEAD: answer this request
-		// with the registry error that status means.
-		drain(resp.Body)
-		w.Header().Set("Cache-Status", statusRefused+"; fwd-status="+strconv.Itoa(resp.StatusCode))
-		p.writeDenied(w, r, t, req, resp)
+		p.writeRefusal(w, r, t, req, resp)
 	default:
-		w.Header().Set("Cache-Status", statusRefused+"; detail=upstream-unavailable")
+		p.Logger.Warn("upstream cannot confirm access to cached content",
+			zap.String("upstream", t.up.Name), zap.String("repository", req.Name), zap.Error(err))
+		w.Header().Set("Cache-Status", statusMiss+"; detail=upstream-unavailable")
 		WriteError(w, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
-			Message: "the upstream registry cannot confirm access to " + req.Name + " right now: " + err.Error()})
+			Message: "the upstream registry cannot confirm access to " + req.Name + " right now"})
 	}
 	return false
 }
@@ -73,46 +163,32 @@ func (p *Proxy) mayReadQuiet(r *http.Request, t target, req Request, grant token
 	return ok
 }
 
+// checkAccess reports whether grant's identity may read d in req's
+// repository: known already, or confirmed now by the upstream's final
+// answer to a HEAD of the digest (which Docker Hub does not count). A
+// refusal comes back as the upstream's response (401, 403, 404).
 func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (bool, *http.Response, error) {
 	c := p.Cache
-	scope := accessScope(t, req.Name)
-	// What the upstream confirmed for the proxy's own identity holds as
-	// long as a tag does: within tag_ttl nothing is asked upstream.
-	window := c.verdictTTL
-	if grant.Anonymous() {
-		window = max(window, c.TagTTL)
-	}
-	if c.Store.Allowed(d, scope) || c.remembered(grant, scope, d, window) {
+	if p.knownReadable(grant, t, req.Name, d, c.verdictTTL) {
 		return true, nil, nil
 	}
-	// When the upstream cannot answer, what it confirmed for this client
-	// lately still holds; nothing it never confirmed does.
+	// When the upstream cannot answer, what it confirmed for this
+	// client's own credentials lately still holds; nothing it never
+	// confirmed does.
 	confirmedBefore := func() bool {
-		return grant.Subject != "" && c.remembered(grant, scope, d, offlineAccessWindow)
-	}
-	check := req
-	check.Tag, check.Digest = "", d
-	if req.Kind != KindBlob {
-		check.Kind = KindManifest
-	}
-	o := outboundFor(r, check, http.MethodHead)
-	// The registry's own redirect (to a CDN) already says yes: following
-	// it would ask a host that knows nothing of access, with a URL that
-	// may be signed for GET only.
-	o.keepRedirect = true
-	if o.header.Get("Accept") == "" && check.Kind == KindManifest {
-		o.header.Set("Accept", "*/*")
+		client := clientOwn(grant)
+		return client != "" && c.remembered(client, t, req.Name, d, offlineAccessWindow)
 	}
 	ctx, stop := detached(r.Context(), revalidationTimeout)
 	defer stop()
-	resp, err := p.Upstream.Do(ctx, t.up, grant, o)
+	resp, err := p.askAccess(r.WithContext(ctx), t, req, grant, d)
 	if err != nil {
 		return confirmedBefore(), nil, err
 	}
 	switch {
-	case resp.StatusCode < 400:
+	case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent:
 		drain(resp.Body)
-		p.grantRead(grant, scope, d)
+		p.grantRead(grant, t, req.Name, d)
 		return true, nil, nil
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusNotFound:
 		if grant.Anonymous() && confirmedBefore() {
@@ -128,8 +204,47 @@ func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokena
 	}
 }
 
-// writeDenied answers a request the upstream refused for this identity.
-func (p *Proxy) writeDenied(w http.ResponseWriter, r *http.Request, t target, req Request, resp *http.Response) {
+// askAccess asks the upstream for d in req's repository as grant's
+// identity, following redirects to the final answer: a HEAD, and for a
+// blob whose HEAD the redirect target will not answer (a URL signed for
+// GET only) a GET of its first byte.
+func (p *Proxy) askAccess(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (*http.Response, error) {
+	check := req
+	check.Tag, check.Digest = "", d
+	if req.Kind != KindBlob {
+		check.Kind = KindManifest
+	}
+	o := outboundFor(r, check, http.MethodHead)
+	if check.Kind == KindManifest && o.header.Get("Accept") == "" {
+		o.header.Set("Accept", "*/*")
+	}
+	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	if err != nil || check.Kind != KindBlob || definitive(resp.StatusCode) || resp.StatusCode == http.StatusTooManyRequests {
+		return resp, err
+	}
+	drain(resp.Body)
+	o = outboundFor(r, check, http.MethodGet)
+	o.header.Set("Range", "bytes=0-0")
+	return p.Upstream.Do(r.Context(), t.up, grant, o)
+}
+
+// definitive reports whether an answer to an access check says yes or no
+// for good: content served, or the registry's refusal.
+func definitive(status int) bool {
+	switch status {
+	case http.StatusOK, http.StatusPartialContent, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
+		return true
+	}
+	return false
+}
+
+// writeRefusal answers a request the upstream refused for this identity:
+// the proxy's challenge for a 401, a registry error for 403 and 404. A
+// refusal reads the same whether or not the cache holds the content, so
+// that nobody learns what others pulled.
+func (p *Proxy) writeRefusal(w http.ResponseWriter, r *http.Request, t target, req Request, resp *http.Response) {
+	drain(resp.Body)
+	w.Header().Set("Cache-Status", statusMiss+"; fwd-status="+strconv.Itoa(resp.StatusCode))
 	switch resp.StatusCode {
 	case http.StatusUnauthorized:
 		errParam := ""
@@ -140,10 +255,15 @@ func (p *Proxy) writeDenied(w http.ResponseWriter, r *http.Request, t target, re
 	case http.StatusForbidden:
 		WriteError(w, &Error{Status: http.StatusForbidden, Code: CodeDenied, Message: "access to " + req.Name + " denied by the upstream registry"})
 	default:
-		code := CodeManifestUnknown
-		if req.Kind == KindBlob {
-			code = CodeBlobUnknown
-		}
-		WriteError(w, &Error{Status: http.StatusNotFound, Code: code, Message: req.Reference() + " is not in " + req.Name})
+		WriteError(w, &Error{Status: http.StatusNotFound, Code: unknownCode(req.Kind), Message: req.Reference() + " is not in " + req.Name})
 	}
+}
+
+// isRefusal reports whether an upstream answer to a request for content
+// is a refusal that writeRefusal answers.
+func isRefusal(req Request, status int) bool {
+	if req.Kind != KindManifest && req.Kind != KindBlob {
+		return false
+	}
+	return status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound
 }

@@ -76,9 +76,9 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 		p.relay(w, r, t, req, resp, statusMiss)
 		return
 	}
-	if grant.Anonymous() {
-		_ = c.Store.Allow(req.Digest, accessScope(t, req.Name))
-	}
+	// The upstream's final answer for this digest: this identity may
+	// read it (kept with the fill, so only if its bytes prove right).
+	p.grantRead(grant, t, req.Name, req.Digest)
 	src := blobcache.Source{Body: resp.Body, Size: resp.ContentLength, MediaType: blobMediaType(resp)}
 	rd, err := fill.StartReading(r.Context(), src)
 	if err != nil {
@@ -94,9 +94,6 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 		w.WriteHeader(http.StatusOK)
 		copyBody(w, resp.Body)
 		return
-	}
-	if !grant.Anonymous() {
-		c.remember(grant, accessScope(t, req.Name), req.Digest)
 	}
 	p.serveFill(w, r, t, req, grant, rd, statusMiss)
 }

@@ -3,8 +3,6 @@ package registry
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"io"
 	"net/http"
 	"strconv"
@@ -155,23 +153,6 @@ const (
 	verdictTTL          = time.Minute
 	offlineAccessWindow = 24 * time.Hour
 )
-
-// accessScope names a repository of an upstream for access records.
-func accessScope(t target, name string) string { return t.up.String() + "/" + name }
-
-// identityKey names an identity without holding its secret.
-func identityKey(g tokenauth.Grant) string {
-	switch {
-	case g.Subject != "":
-		// The client's credentials, whichever upstream token they
-		// were exchanged for this time.
-		return "sub:" + g.Subject
-	case g.Anonymous():
-		return "proxy"
-	}
-	sum := sha256.Sum256([]byte(g.Authorization))
-	return hex.EncodeToString(sum[:16])
-}
 
 // serveCached answers a request by digest from the cache, if the entry is
 // there: the content, or the refusal when this identity may not read it.

@@ -87,7 +87,7 @@ type digestResult struct {
 // requests of one identity (Docker Hub counts every GET). ok is false if
 // the client left while waiting.
 func (p *Proxy) fetchByDigest(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (res digestResult, ok bool) {
-	key := "digest\x00" + t.up.String() + "\x00" + req.Name + "\x00" + d.String() + "\x00" + identityKey(grant)
+	key := "digest\x00" + t.up.String() + "\x00" + req.Name + "\x00" + d.String() + "\x00" + p.askedAs(grant, t.up)
 	flight := p.Cache.tagFlight.DoChan(key, func() (any, error) {
 		// A round that ended between this request's look at the cache
 		// and this one may have stored it already.
@@ -211,11 +211,7 @@ func (p *Proxy) storeManifest(t target, req Request, grant tokenauth.Grant, m ma
 		return
 	}
 	c.memory.add(&memoryEntry{digest: m.digest, mediaType: m.mediaType, body: m.body, modTime: time.Now()})
-	if grant.Anonymous() {
-		_ = c.Store.Allow(m.digest, accessScope(t, req.Name))
-	} else {
-		c.remember(grant, accessScope(t, req.Name), m.digest)
-	}
+	p.grantRead(grant, t, req.Name, m.digest)
 }
 
 func writeManifest(w http.ResponseWriter, r *http.Request, m manifest, cacheStatus string) {
@@ -357,7 +353,7 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 	if fresh && p.serveTagRecord(w, r, t, req, grant, rec, hitStatus) {
 		return
 	}
-	flight := c.tagFlight.DoChan(key+"\x00"+identityKey(grant)+"\x00"+r.Method, func() (any, error) {
+	flight := c.tagFlight.DoChan(key+"\x00"+p.askedAs(grant, t.up)+"\x00"+r.Method, func() (any, error) {
 		// Shared by every request of this identity for the tag: it must
 		// not end with the first one's. A revalidation that takes too
 		// long counts as an upstream failure (stale-if-error).
@@ -446,20 +442,18 @@ func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant toke
 	}
 	if p.Cache.Store.Contains(d) || r.Method == http.MethodHead {
 		// No GET (which Docker Hub counts): the manifest is cached, or
-		// a HEAD needs none. The HEAD just proved this identity may
-		// read the tag.
+		// a HEAD needs none. The HEAD says where the tag points, not
+		// that this identity may read cached content of that digest:
+		// serving it is checked by digest (serveTagRecord).
 		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
 		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
 		if d == rec.Digest && rec.Size > 0 {
 			tag.MediaType, tag.Size = rec.MediaType, rec.Size
 		}
-		p.grantRead(grant, accessScope(t, req.Name), d)
+		p.tagAnswer(grant, t, req)
 		p.Cache.setTag(key, tag)
 		return tagResult{tag: tag}
 	}
-	// The HEAD proved this identity may read d here, wherever the
-	// manifest now comes from (the shared tier, or a GET).
-	p.Cache.remember(grant, accessScope(t, req.Name), d)
 	return p.fetchTagByDigest(r, t, req, grant, key, d, time.Now())
 }
 
@@ -480,7 +474,7 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 		}
 		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
 		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
-		p.grantRead(grant, accessScope(t, req.Name), d)
+		p.tagAnswer(grant, t, req)
 		p.Cache.setTag(key, tag)
 		return tagResult{tag: tag}
 	}
@@ -495,6 +489,7 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 		}
 		return tagResult{reply: keepReply(reply)}
 	}
+	p.tagAnswer(grant, t, req)
 	return p.keepTag(t, req, grant, key, m, time.Now())
 }
 
@@ -567,12 +562,16 @@ func manifestHeader(m manifest) http.Header {
 }
 
 // serveTagRecord answers from a tag record if the cache has what it
-// needs and the identity may read it; false means "not answered".
+// needs and the identity may read it; false means "not answered". A HEAD
+// is answered from the record alone if the upstream lately answered this
+// identity for the tag. Cached content is always checked by digest: a
+// tag's answer names a digest, it does not confirm access to whatever the
+// cache holds under it.
 func (p *Proxy) serveTagRecord(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, tag blobcache.Tag, cacheStatus string) bool {
 	c := p.Cache
 	h, ok := c.lookup(tag.Digest)
 	if !ok {
-		if r.Method != http.MethodHead || tag.Size <= 0 || !p.mayReadQuiet(r, t, req, grant, tag.Digest) {
+		if r.Method != http.MethodHead || tag.Size <= 0 || !(p.tagAnswered(grant, t, req) || p.mayReadQuiet(r, t, req, grant, tag.Digest)) {
 			return false
 		}
 		// A HEAD is answered from the record alone.

@@ -118,8 +118,11 @@ func (p *Proxy) route(r *http.Request) (t target, routed bool, _ *Error) {
 	if ns := r.URL.Query().Get("ns"); ns != "" {
 		up, ok := p.Router.ByName(ns)
 		if !ok {
+			// The configured registries' names may be internal
+			// host:ports: they go to the log, not to the client.
+			p.Logger.Debug("ns= names no configured registry", zap.String("ns", ns), zap.Strings("registries", p.Router.Names()))
 			return t, false, &Error{Status: http.StatusNotFound, Code: CodeNameUnknown,
-				Message: "registry " + ns + " is not proxied here", Detail: map[string]any{"registries": p.Router.Names()}}
+				Message: "registry " + ns + " is not proxied here"}
 		}
 		t.up, t.ns = up, ns
 		return t, true, nil
@@ -385,6 +388,12 @@ var hopHeaders = []string{
 // challenge, Link headers keep the client's form, the body streams.
 func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, t target, req Request, resp *http.Response, cacheStatus string) {
 	defer resp.Body.Close()
+	if p.Cache != nil && isRefusal(req, resp.StatusCode) {
+		// The same answer as when the cache holds the content and the
+		// access check is refused: nothing tells what is cached.
+		p.writeRefusal(w, r, t, req, resp)
+		return
+	}
 	if resp.StatusCode == http.StatusUnauthorized {
 		drain(resp.Body)
 		errParam := ""

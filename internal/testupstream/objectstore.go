@@ -51,6 +51,10 @@ func (u *Upstream) serveObject(w http.ResponseWriter, r *http.Request) {
 		writeS3Error(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "The specified method is not allowed against this resource.")
 		return
 	}
+	if r.Method == http.MethodHead && u.opts.SignedForGETOnly {
+		writeS3Error(w, http.StatusForbidden, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided.")
+		return
+	}
 	if r.Header.Get("Authorization") != "" {
 		writeS3Error(w, http.StatusForbidden, "InvalidArgument",
 			"Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified")

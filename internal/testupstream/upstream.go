@@ -74,6 +74,10 @@ type Options struct {
 	// redirect to the object store too, as distribution does with its
 	// storage redirect on, instead of answering them itself.
 	RedirectBlobHEADs bool
+	// SignedForGETOnly makes the object store refuse HEAD of its signed
+	// URLs, as S3 does with a URL presigned for GET (the method is part of
+	// the signature).
+	SignedForGETOnly bool
 	// RateLimit is the limit advertised in ratelimit-limit; default 100.
 	RateLimit int
 	// EnforceRateLimit makes manifest GETs answer 429 once RateLimit GETs
