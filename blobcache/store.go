@@ -610,10 +610,11 @@ func (s *Store) remove(d digest.Digest) bool {
 // Put stores a small entry (a manifest) synchronously: it verifies that data
 // hashes to d, writes it and commits it atomically. Errors wrap
 // ErrDigestMismatch, ErrInvalidDigest or ErrUnavailable (disk trouble).
-// Putting an entry that is already committed is a no-op. A new entry is
-// uploaded to the remote in the background.
-func (s *Store) Put(d digest.Digest, mediaType string, data []byte) error {
-	return s.put(d, mediaType, data, origin{upload: true})
+// Putting an entry that is already committed is a no-op (Allow adds
+// scopes to it). A new entry is uploaded to the remote in the background,
+// with scopes, which may read it from the start.
+func (s *Store) Put(d digest.Digest, mediaType string, data []byte, scopes ...string) error {
+	return s.put(d, mediaType, data, origin{upload: true, scopes: scopes})
 }
 
 // PutLocal is Put for an entry that stays with this store: it is never

@@ -203,10 +203,15 @@ func (p *Proxy) fetchManifest(r *http.Request, t target, req Request, grant toke
 }
 
 // storeManifest keeps m; what the proxy fetched with its own identity is
-// readable by every client of the route.
+// readable by every client of the route. Its scope goes in with the entry,
+// so that the shared tier never receives the manifest without it.
 func (p *Proxy) storeManifest(t target, req Request, grant tokenauth.Grant, m manifest) {
 	c := p.Cache
-	if err := c.Store.Put(m.digest, m.mediaType, m.body); err != nil {
+	var scopes []string
+	if grant.Anonymous() {
+		scopes = append(scopes, accessScope(p.askedAs(grant, t.up), t, req.Name))
+	}
+	if err := c.Store.Put(m.digest, m.mediaType, m.body, scopes...); err != nil {
 		p.Logger.Debug("manifest not cached", zap.String("digest", m.digest.String()), zap.Error(err))
 		return
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/caddy-dockerproxy/dockerproxy/blobcache/s3remote"
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testminio"
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
+	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
 // instance is one proxy of a shared-tier test, with the Cache-Status of
@@ -404,4 +405,53 @@ func mustDigest(t *testing.T, s string) digest.Digest {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// TestSharedTierKeepsConfiguredCredentialsToTheirSite: instance A has
+// credentials for the upstream, B none; they share the tier. What A's
+// credentials fetched reaches B through the bucket, with A's identity in
+// its scopes: B's anonymous clients are refused, by tag and by digest,
+// because B's own identity is.
+func TestSharedTierKeepsConfiguredCredentialsToTheirSite(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	up.SetPrivate("team/secret", "bot", "bot-pw")
+	img := up.PushRandomImage(t, "team/secret", "v1", 2, 32<<10)
+	_, shared := startShared(t)
+
+	a := newInstance(t, up, shared, time.Hour)
+	upstream, _ := a.p.Router.ForHost(a.host)
+	a.p.Upstream.Credentials = map[string]*tokenauth.Credentials{upstream.Name: {Username: "bot", Secret: "bot-pw"}}
+	if err := a.pullImage("team/secret:v1", nil, img); err != nil {
+		t.Fatalf("A, anonymous client with A's credentials: %v", err)
+	}
+	a.waitUploads()
+
+	b := newInstance(t, up, shared, time.Hour)
+	if err := b.pullImage("team/secret:v1", nil, img); err == nil {
+		t.Error("B served the image A's credentials fetched to an anonymous client")
+	}
+	md, _ := img.Digest()
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	for _, path := range []string{"/v2/team/secret/blobs/" + ld.String(), "/v2/team/secret/manifests/" + md.String(), "/v2/team/secret/manifests/v1"} {
+		resp, body, err := get("http://" + b.host + path)
+		if err != nil || resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("anonymous GET %s on B: %v, %v, %d bytes; want 401", path, status(resp), err, len(body))
+		}
+	}
+	if len(b.served) > 0 {
+		t.Errorf("B answered %v with 200", b.served)
+	}
+
+	// An instance with the same account is the same identity: it is
+	// served from the tier without fetching from the upstream.
+	c := newInstance(t, up, shared, time.Hour)
+	c.p.Upstream.Credentials = a.p.Upstream.Credentials
+	up.Counters.Reset()
+	if err := c.pullImage("team/secret:v1", nil, img); err != nil {
+		t.Fatalf("C, with A's account: %v", err)
+	}
+	if n := up.Counters.ObjectStoreGETs(); n != 0 {
+		t.Errorf("C fetched %d blobs upstream, want 0 (the shared tier has them)", n)
+	}
 }
