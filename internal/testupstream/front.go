@@ -358,9 +358,30 @@ func (u *Upstream) serveTags(w http.ResponseWriter, r *http.Request, rt route, p
 	}
 	body, _ := json.Marshal(tagList{Name: rt.repo, Tags: tags})
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
-	if r.Method == http.MethodGet {
-		_, _ = w.Write(body)
+	chunked := u.Faults.listChunked.Load()
+	if !chunked {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	}
+	w.WriteHeader(http.StatusOK)
+	if chunked {
+		// Sent at once: net/http would otherwise add the length of a
+		// body short enough to end before its buffer fills.
+		_ = http.NewResponseController(w).Flush()
+	}
+	if r.Method != http.MethodGet {
+		return
+	}
+	if cut := u.Faults.listCutAfter.Load(); cut >= 0 && cut < int64(len(body)) {
+		_, _ = w.Write(body[:cut])
+		rc := http.NewResponseController(w)
+		_ = rc.Flush()
+		conn, buf, err := rc.Hijack()
+		if err != nil {
+			panic(http.ErrAbortHandler)
+		}
+		_ = buf.Flush()
+		_ = conn.Close()
+		return
+	}
+	_, _ = w.Write(body)
 }
