@@ -180,16 +180,35 @@ func (u *Upstream) rateHeaders(w http.ResponseWriter, remaining int64) {
 	w.Header().Set("docker-ratelimit-source", "127.0.0.1")
 }
 
+// acceptsIndex reports whether r accepts an index type. An entry with q=0
+// says the type is not acceptable (RFC 9110), and the upstream honours it
+// as such registries do.
 func acceptsIndex(r *http.Request) bool {
 	for _, v := range r.Header.Values("Accept") {
 		for _, part := range strings.Split(v, ",") {
-			mt := strings.TrimSpace(strings.SplitN(part, ";", 2)[0])
-			if mt == string(types.OCIImageIndex) || mt == string(types.DockerManifestList) {
-				return true
+			mt, params, _ := strings.Cut(part, ";")
+			mt = strings.TrimSpace(mt)
+			if mt != string(types.OCIImageIndex) && mt != string(types.DockerManifestList) {
+				continue
 			}
+			if q, err := strconv.ParseFloat(qParam(params), 64); err == nil && q == 0 {
+				continue
+			}
+			return true
 		}
 	}
 	return false
+}
+
+// qParam returns the q parameter of media type parameters ("" if none).
+func qParam(params string) string {
+	for _, p := range strings.Split(params, ";") {
+		k, v, _ := strings.Cut(p, "=")
+		if strings.EqualFold(strings.TrimSpace(k), "q") {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 func (u *Upstream) serveManifest(w http.ResponseWriter, r *http.Request, rt route) {
