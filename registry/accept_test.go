@@ -7,6 +7,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -194,6 +196,26 @@ func FuzzNormaliseAccept(f *testing.F) {
 			mt, params, err := mime.ParseMediaType(part)
 			if err != nil || !acceptRanges[mt] || len(params) > 1 || (len(params) == 1 && params["q"] != "0") {
 				t.Fatalf("normal form %q has the range %q", got, part)
+			}
+		}
+	})
+}
+
+// FuzzParseQValue checks parseQValue against RFC 9110's qvalue grammar.
+func FuzzParseQValue(f *testing.F) {
+	for _, s := range []string{"0", "1", "0.5", "0.000", "1.000", "1.001", ".5", "0.1234", "", "1e0", "-0", "0x0", "00"} {
+		f.Add(s)
+	}
+	grammar := regexp.MustCompile(`^(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)$`)
+	f.Fuzz(func(t *testing.T, q string) {
+		zero, valid := parseQValue(q)
+		if valid != grammar.MatchString(q) {
+			t.Fatalf("parseQValue(%q) valid = %v, grammar says %v", q, valid, !valid)
+		}
+		if valid {
+			v, err := strconv.ParseFloat(strings.TrimSuffix(q, "."), 64)
+			if err != nil || zero != (v == 0) {
+				t.Fatalf("parseQValue(%q) zero = %v, value %v (%v)", q, zero, v, err)
 			}
 		}
 	})

@@ -5,9 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
 )
 
@@ -92,5 +96,28 @@ func TestBigTagListCutUpstreamAbortsTheClient(t *testing.T) {
 	n, err := io.Copy(io.Discard, resp.Body)
 	if err == nil {
 		t.Errorf("the client read %d bytes (%s) and a clean end of a list the upstream cut", n, status(resp))
+	}
+}
+
+// TestListRecordsStayBounded: every n= makes its own list answer, and so
+// its own kept list and record; under max_size they are evicted like
+// anything else instead of piling up.
+func TestListRecordsStayBounded(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	up.PushRandomImage(t, "team/app", "1", 1, 64)
+	dir := t.TempDir()
+	const maxSize = 64 << 10
+	p, srv := newTestProxyWith(t, up, time.Hour, blobcache.Options{Dir: dir, MaxSize: maxSize}, zap.NewNop())
+	for n := 1; n <= 200; n++ {
+		resp, _, err := get(fmt.Sprintf("%s/v2/team/app/tags/list?n=%d", srv.URL, n))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("n=%d: %s, %v", n, status(resp), err)
+		}
+	}
+	if got := p.Cache.Store.Size(); got > maxSize {
+		t.Errorf("the store counts %d bytes, max_size is %d", got, maxSize)
+	}
+	if files := countFiles(t, filepath.Join(dir, "tags")); files > maxSize/4096 {
+		t.Errorf("%d list records on disk under a max_size of %d bytes", files, maxSize)
 	}
 }
