@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -151,5 +152,42 @@ func TestTagRecordsCountedAfterRestart(t *testing.T) {
 	}
 	if _, ok := s.Tag("key-7"); !ok {
 		t.Error("the record read last was evicted")
+	}
+}
+
+// TestTagRecordsConcurrentUse: writers, readers and eviction of records
+// running together keep the index and the disk in step.
+func TestTagRecordsConcurrentUse(t *testing.T) {
+	dir := t.TempDir()
+	const keep = 8
+	s := openStore(t, Options{Dir: dir, MaxSize: keep * tagBlock})
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				key := fmt.Sprintf("key-%d", (g*7+i)%20)
+				if i%3 == 0 {
+					if got, ok := s.Tag(key); ok && got.Size < 0 {
+						t.Errorf("record %s: %+v", key, got)
+					}
+					continue
+				}
+				if err := s.SetTag(key, testTag(i)); err != nil {
+					t.Error(err)
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	s.mu.Lock()
+	indexed, counted := len(s.tagIndex), s.tagTotal
+	s.mu.Unlock()
+	if indexed > keep || counted != int64(indexed)*tagBlock {
+		t.Errorf("%d records indexed counting %d bytes; want at most %d, %d bytes each", indexed, counted, keep, tagBlock)
+	}
+	if n := tagFiles(t, dir); n != indexed {
+		t.Errorf("%d record files on disk, %d indexed", n, indexed)
 	}
 }
