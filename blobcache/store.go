@@ -78,7 +78,7 @@ const (
 // Options configures a Store.
 type Options struct {
 	Dir     string        // created if missing
-	MaxSize int64         // bytes of committed data on disk; 0 = unbounded; LRU eviction beyond it
+	MaxSize int64         // bytes of committed data and tag records on disk; 0 = unbounded; LRU eviction beyond it
 	Linger  time.Duration // how long a fill goes on with no reader left (default 1m); after that it is abandoned and cleaned
 	Logger  *zap.Logger   // may be nil
 
@@ -141,8 +141,11 @@ type Store struct {
 	diskDown     bool   // a disk error was logged and no commit succeeded since
 	diskCause    string // the condition last logged, so a lasting one is logged once
 
-	tagMu sync.Mutex // serialises tag writes with the in-memory tag map
-	tags  map[string]Tag
+	// Tag records: indexed like entries, in a recency list of their own;
+	// eviction takes whichever of the two lists' oldest was used longer ago.
+	tagIndex map[string]*tagEntry // by file name
+	tagLRU   *list.List           // of *tagEntry, front = most recently used
+	tagTotal int64                // bytes counted for tag records
 
 	wg sync.WaitGroup // fill goroutines
 
@@ -194,7 +197,8 @@ func Open(opts Options) (*Store, error) {
 		entries:   make(map[digest.Digest]*entry),
 		lru:       list.New(),
 		fills:     make(map[digest.Digest]*Fill),
-		tags:      make(map[string]Tag),
+		tagIndex:  make(map[string]*tagEntry),
+		tagLRU:    list.New(),
 		writeData: (*os.File).Write,
 	}
 	s.freeSpace = func() (int64, error) { return availableBytes(s.opts.Dir) }
@@ -210,12 +214,15 @@ func Open(opts Options) (*Store, error) {
 	if err := s.load(); err != nil {
 		return nil, err
 	}
+	if err := s.loadTags(); err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	s.evictLocked()
-	n, total := len(s.entries), s.total
+	n, tags, total := len(s.entries), len(s.tagIndex), s.total+s.tagTotal
 	s.mu.Unlock()
 	s.startUploads()
-	s.log.Info("blob cache opened", zap.String("dir", opts.Dir), zap.Int("entries", n),
+	s.log.Info("blob cache opened", zap.String("dir", opts.Dir), zap.Int("entries", n), zap.Int("tag_records", tags),
 		zap.Int64("bytes", total), zap.Int64("max_size", opts.MaxSize))
 	return s, nil
 }
@@ -533,8 +540,8 @@ func (s *Store) Stat(d digest.Digest) (Info, error) {
 	return Info{}, fmt.Errorf("%w: %s", ErrNotFound, d)
 }
 
-// SetMaxSize changes the bound on committed data (0 = unbounded), as a
-// config reload asks, and evicts down to it at once.
+// SetMaxSize changes the bound on committed data and tag records (0 =
+// unbounded), as a config reload asks, and evicts down to it at once.
 func (s *Store) SetMaxSize(n int64) {
 	if n < 0 {
 		n = 0
@@ -545,11 +552,12 @@ func (s *Store) SetMaxSize(n int64) {
 	s.evictLocked()
 }
 
-// Size returns the bytes of committed data.
+// Size returns the bytes counted against MaxSize: committed data and tag
+// records.
 func (s *Store) Size() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.total
+	return s.total + s.tagTotal
 }
 
 func (s *Store) unpin(e *entry) {
@@ -561,19 +569,29 @@ func (s *Store) unpin(e *entry) {
 	}
 }
 
-// evictLocked removes least recently used unpinned entries until the data
-// fits MaxSize. Pinned entries are skipped, so the store may stay above
-// MaxSize until their readers close (unpin calls back here).
+// evictLocked removes the least recently used unpinned entries and tag
+// records until they fit MaxSize. Pinned entries are skipped, so the store
+// may stay above MaxSize until their readers close (unpin calls back here).
 func (s *Store) evictLocked() {
 	if s.opts.MaxSize <= 0 || s.closed {
 		return
 	}
-	for el := s.lru.Back(); el != nil && s.total > s.opts.MaxSize; {
-		prev := el.Prev()
-		if e := el.Value.(*entry); e.pins == 0 {
-			s.removeLocked(e)
+	el := s.lru.Back()
+	for s.total+s.tagTotal > s.opts.MaxSize {
+		for el != nil && el.Value.(*entry).pins > 0 {
+			el = el.Prev()
 		}
-		el = prev
+		tel := s.tagLRU.Back()
+		switch {
+		case tel != nil && (el == nil || !el.Value.(*entry).used.Before(tel.Value.(*tagEntry).used)):
+			s.removeTagLocked(tel.Value.(*tagEntry))
+		case el != nil:
+			prev := el.Prev()
+			s.removeLocked(el.Value.(*entry))
+			el = prev
+		default:
+			return // all pinned
+		}
 	}
 }
 
@@ -806,22 +824,39 @@ func (s *Store) writeSidecarLocked(e *entry) error {
 // the old or the new content, never a torn one. No fsync: losing a sidecar
 // or tag update in a power loss only costs a cache miss or a revalidation.
 func (s *Store) writeFileAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(s.tmpDir, "meta-*")
+	tmp, err := s.writeTemp(b)
 	if err != nil {
 		return err
+	}
+	return place(tmp, path)
+}
+
+// writeTemp writes b to a new file in tmp/ and returns its path.
+func (s *Store) writeTemp(b []byte) (string, error) {
+	tmp, err := os.CreateTemp(s.tmpDir, "meta-*")
+	if err != nil {
+		return "", err
 	}
 	_, err = tmp.Write(b)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.MkdirAll(filepath.Dir(path), 0o755)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
 	if err != nil {
 		os.Remove(tmp.Name())
+		return "", err
+	}
+	return tmp.Name(), nil
+}
+
+// place renames the temp file tmp to path, creating path's directory; on
+// failure tmp is removed.
+func place(tmp, path string) error {
+	err := os.MkdirAll(filepath.Dir(path), 0o755)
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
 	}
 	return err
 }

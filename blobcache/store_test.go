@@ -368,7 +368,7 @@ func TestRestart(t *testing.T) {
 	if !fileExists(junk) || !fileExists(junk2) {
 		t.Fatal("unknown files must be left alone")
 	}
-	if s2.Size() != int64(len(manifest)+len(layer)) {
+	if s2.Size() != int64(len(manifest)+len(layer))+tagBlock { // the entries and one tag record
 		t.Fatalf("Size() after restart = %d", s2.Size())
 	}
 	// A retry after the interrupted fill makes a new leader.

@@ -24,6 +24,23 @@ var indexTypes = []string{
 	"application/vnd.oci.image.index.v1+json",
 }
 
+// acceptRanges are the media ranges of an Accept that the proxy passes on
+// and keys records by: the manifest and index types of Docker and OCI, and
+// the wildcards that could admit them. Registries choose a manifest's form
+// by these alone; any other type in an Accept changes nothing but would
+// split the cache.
+var acceptRanges = map[string]bool{
+	"application/vnd.docker.distribution.manifest.v2+json":      true,
+	"application/vnd.docker.distribution.manifest.list.v2+json": true,
+	"application/vnd.docker.distribution.manifest.v1+json":      true,
+	"application/vnd.docker.distribution.manifest.v1+prettyjws": true,
+	"application/vnd.oci.image.manifest.v1+json":                true,
+	"application/vnd.oci.image.index.v1+json":                   true,
+	"application/vnd.oci.artifact.manifest.v1+json":             true,
+	"*/*":           true,
+	"application/*": true,
+}
+
 func isIndexType(mt string) bool {
 	for _, t := range indexTypes {
 		if strings.EqualFold(mt, t) {

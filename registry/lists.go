@@ -20,8 +20,15 @@ import (
 	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
-// maxListSize bounds a list answer the proxy keeps.
+// maxListSize bounds a list answer the proxy keeps; a bigger one (the tag
+// lists of large registries) is streamed to the client and not kept.
 const maxListSize = 4 << 20
+
+// readCloser reads from one reader and closes another.
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
 
 // listMediaType marks a kept list answer in the store.
 const listMediaType = "application/vnd.docker-proxy.list.v1+json"
@@ -49,16 +56,21 @@ func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req 
 	if err == nil {
 		switch {
 		case resp.StatusCode == http.StatusOK:
-			body, rerr := io.ReadAll(io.LimitReader(resp.Body, maxListSize+1))
-			resp.Body.Close()
+			head, rerr := io.ReadAll(io.LimitReader(resp.Body, maxListSize+1))
 			if rerr != nil {
+				// Nothing went to the client yet: this is an upstream
+				// failure like any other.
+				resp.Body.Close()
 				err = rerr
 				break
 			}
-			if len(body) <= maxListSize {
-				p.keepList(t, req, grant, listKey(t, req, r), resp.Header, body)
+			if len(head) <= maxListSize {
+				p.keepList(t, req, grant, listKey(t, req, r), resp.Header, head)
 			}
-			resp.Body = io.NopCloser(bytes.NewReader(body))
+			// A list too big to keep still reaches the client whole:
+			// what was read, then the rest as it comes. relay aborts the
+			// client's connection if the rest fails.
+			resp.Body = readCloser{io.MultiReader(bytes.NewReader(head), resp.Body), resp.Body}
 			p.relay(w, r, t, req, resp, statusMiss)
 			return
 		case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:

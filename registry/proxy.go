@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"mime"
 	"net"
 	"net/http"
 	"net/url"
@@ -333,8 +332,9 @@ func upstreamQuery(r *http.Request, req Request) string {
 // forwardHeaders are the client headers an upstream needs: Accept for
 // manifests and referrers, Range for blobs, the client's User-Agent. Never
 // the client's Authorization: the identity decides that. Malformed values
-// are not passed on: an Accept keeps only the media ranges that parse, and
-// a Range that does not parse is ignored (RFC 9110 lets a server do that).
+// are not passed on: an Accept goes as normaliseAccept makes it, exactly as
+// it keys records, and a Range that does not parse is ignored (RFC 9110
+// lets a server do that).
 func forwardHeaders(r *http.Request, req Request) http.Header {
 	h := http.Header{}
 	if ua := r.Header.Get("User-Agent"); ua != "" {
@@ -342,7 +342,7 @@ func forwardHeaders(r *http.Request, req Request) http.Header {
 	}
 	switch req.Kind {
 	case KindManifest, KindReferrers:
-		if accept := cleanAccept(r.Header.Values("Accept")); accept != "" {
+		if accept := acceptKey(r.Header.Values("Accept")); accept != "" {
 			h.Set("Accept", accept)
 		}
 	case KindBlob:
@@ -355,26 +355,6 @@ func forwardHeaders(r *http.Request, req Request) http.Header {
 
 // byteRanges matches a Range header of byte ranges.
 var byteRanges = regexp.MustCompile(`^bytes=(?:\d+-\d*|-\d+)(?:\s*,\s*(?:\d+-\d*|-\d+))*$`)
-
-// cleanAccept re-serialises the media ranges of Accept values that parse.
-func cleanAccept(values []string) string {
-	var out []string
-	for _, v := range values {
-		for _, part := range strings.Split(v, ",") {
-			mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-			if err != nil || !strings.Contains(mt, "/") {
-				continue
-			}
-			if q, ok := params["q"]; ok {
-				if _, err := strconv.ParseFloat(q, 64); err == nil {
-					mt += ";q=" + q
-				}
-			}
-			out = append(out, mt)
-		}
-	}
-	return strings.Join(out, ", ")
-}
 
 // hopHeaders are removed from relayed responses (RFC 9110, 7.6.1), with
 // the ones the proxy rewrites or must not pass on.

@@ -15,6 +15,8 @@ type Faults struct {
 
 	cutAfter     atomic.Int64 // <0: off
 	chunked      atomic.Bool
+	listCutAfter atomic.Int64 // <0: off
+	listChunked  atomic.Bool
 	corrupt      atomic.Bool
 	regStatus    atomic.Int64
 	objStatus    atomic.Int64
@@ -31,6 +33,7 @@ type Faults struct {
 func newFaults(u *Upstream) *Faults {
 	f := &Faults{u: u}
 	f.cutAfter.Store(-1)
+	f.listCutAfter.Store(-1)
 	f.retryAfter.Store(60)
 	return f
 }
@@ -47,6 +50,16 @@ func (f *Faults) CutBlobsAfter(n int64) { f.cutAfter.Store(n) }
 // the chunked coding left unfinished: a proxy that relays such a body must
 // abort its own response, since ending it cleanly would look complete.
 func (f *Faults) ChunkBlobs(on bool) { f.chunked.Store(on) }
+
+// ChunkLists makes the registry send tags/list bodies without
+// Content-Length, in chunked transfer coding, as registries that stream big
+// tag lists do.
+func (f *Faults) ChunkLists(on bool) { f.listChunked.Store(on) }
+
+// CutListsAfter makes the registry send at most n body bytes of every
+// tags/list response and then close the connection abruptly, so the client
+// sees an unexpected EOF, never a clean short body. n < 0 turns it off.
+func (f *Faults) CutListsAfter(n int64) { f.listCutAfter.Store(n) }
 
 // CorruptBlobs makes the object store flip the last byte of every blob it
 // serves (same length, wrong content, wrong digest). The last byte is chosen
@@ -120,6 +133,8 @@ func (f *Faults) SetDown(down bool) error {
 func (f *Faults) Reset() error {
 	f.CutBlobsAfter(-1)
 	f.ChunkBlobs(false)
+	f.CutListsAfter(-1)
+	f.ChunkLists(false)
 	f.CorruptBlobs(false)
 	f.SetRegistryStatus(0)
 	f.SetObjectStoreStatus(0)

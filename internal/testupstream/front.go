@@ -180,16 +180,35 @@ func (u *Upstream) rateHeaders(w http.ResponseWriter, remaining int64) {
 	w.Header().Set("docker-ratelimit-source", "127.0.0.1")
 }
 
+// acceptsIndex reports whether r accepts an index type. An entry with q=0
+// says the type is not acceptable (RFC 9110), and the upstream honours it
+// as such registries do.
 func acceptsIndex(r *http.Request) bool {
 	for _, v := range r.Header.Values("Accept") {
 		for _, part := range strings.Split(v, ",") {
-			mt := strings.TrimSpace(strings.SplitN(part, ";", 2)[0])
-			if mt == string(types.OCIImageIndex) || mt == string(types.DockerManifestList) {
-				return true
+			mt, params, _ := strings.Cut(part, ";")
+			mt = strings.TrimSpace(mt)
+			if mt != string(types.OCIImageIndex) && mt != string(types.DockerManifestList) {
+				continue
 			}
+			if q, err := strconv.ParseFloat(qParam(params), 64); err == nil && q == 0 {
+				continue
+			}
+			return true
 		}
 	}
 	return false
+}
+
+// qParam returns the q parameter of media type parameters ("" if none).
+func qParam(params string) string {
+	for _, p := range strings.Split(params, ";") {
+		k, v, _ := strings.Cut(p, "=")
+		if strings.EqualFold(strings.TrimSpace(k), "q") {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 func (u *Upstream) serveManifest(w http.ResponseWriter, r *http.Request, rt route) {
@@ -358,9 +377,30 @@ func (u *Upstream) serveTags(w http.ResponseWriter, r *http.Request, rt route, p
 	}
 	body, _ := json.Marshal(tagList{Name: rt.repo, Tags: tags})
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
-	if r.Method == http.MethodGet {
-		_, _ = w.Write(body)
+	chunked := u.Faults.listChunked.Load()
+	if !chunked {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	}
+	w.WriteHeader(http.StatusOK)
+	if chunked {
+		// Sent at once: net/http would otherwise add the length of a
+		// body short enough to end before its buffer fills.
+		_ = http.NewResponseController(w).Flush()
+	}
+	if r.Method != http.MethodGet {
+		return
+	}
+	if cut := u.Faults.listCutAfter.Load(); cut >= 0 && cut < int64(len(body)) {
+		_, _ = w.Write(body[:cut])
+		rc := http.NewResponseController(w)
+		_ = rc.Flush()
+		conn, buf, err := rc.Hijack()
+		if err != nil {
+			panic(http.ErrAbortHandler)
+		}
+		_ = buf.Flush()
+		_ = conn.Close()
+		return
+	}
+	_, _ = w.Write(body)
 }
