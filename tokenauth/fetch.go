@@ -37,9 +37,8 @@ var ErrRefused = errors.New("token service refused the credentials")
 // proxy's own identity are cached until shortly before they expire and
 // fetched once for any number of concurrent requests.
 type Fetcher struct {
-	// Client does the HTTP requests; it must not follow redirects to other
-	// hosts with credentials (the default client drops Authorization on
-	// cross-host redirects, which is what we want).
+	// Client does the HTTP requests. Whatever its CheckRedirect, a
+	// redirect keeps the credentials only to the realm's exact origin.
 	Client *http.Client
 	// UserAgent is sent to the token service.
 	UserAgent string
@@ -160,11 +159,7 @@ func (f *Fetcher) fetch(ctx context.Context, ch Challenge, scopes []string, cred
 	if f.UserAgent != "" {
 		req.Header.Set("User-Agent", f.UserAgent)
 	}
-	client := f.Client
-	if client == nil {
-		client = http.DefaultClient
-	}
-	resp, err := client.Do(req)
+	resp, err := realmClient(f.Client).Do(req)
 	if err != nil {
 		return Token{}, fmt.Errorf("token service %s: %w", realm.Host, err)
 	}
