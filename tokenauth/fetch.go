@@ -38,7 +38,8 @@ var ErrRefused = errors.New("token service refused the credentials")
 // fetched once for any number of concurrent requests.
 type Fetcher struct {
 	// Client does the HTTP requests. Whatever its CheckRedirect, a
-	// redirect keeps the credentials only to the realm's exact origin.
+	// redirect keeps the credentials only to the realm's exact origin, and
+	// its transport is guarded by the request's netguard policy.
 	Client *http.Client
 	// UserAgent is sent to the token service.
 	UserAgent string

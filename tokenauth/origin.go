@@ -22,13 +22,12 @@ func sameOrigin(a, b *url.URL) bool {
 // net/http's default does.
 const maxRealmRedirects = 10
 
-// realmClient returns the client for token requests: base, with redirects
-// that keep Authorization only on the realm's exact origin.
+// realmClient returns the client for token requests: base, with its
+// transport guarded by the request's netguard policy (a realm is a host
+// the upstream named), and redirects that keep Authorization only on the
+// realm's exact origin.
 func realmClient(base *http.Client) *http.Client {
-	if base == nil {
-		base = http.DefaultClient
-	}
-	c := *base
+	c := *netguard.WrapClient(base)
 	next := c.CheckRedirect
 	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
 		if !sameOrigin(req.URL, via[0].URL) {
