@@ -207,8 +207,7 @@ func (c *Client) doAsProxy(ctx context.Context, up Upstream, req *http.Request, 
 	creds := c.Credentials[up.Name]
 	scopes := []string{o.scope}
 	if ch := c.learnt(up); ch != nil && o.scope != "" {
-		if err := c.authorize(ctx, req, ch, scopes, creds); err == nil {
-			resp, err := c.send(req)
+		if resp, sent, err := c.sendWithToken(ctx, req, ch, scopes, creds); sent {
 			if err != nil || resp.StatusCode != http.StatusUnauthorized {
 				return resp, err
 			}
@@ -223,6 +222,47 @@ func (c *Client) doAsProxy(ctx context.Context, up Upstream, req *http.Request, 
 		return resp, err
 	}
 	return c.retryWithChallenge(ctx, up, req, resp, o, creds)
+}
+
+// sendWithToken sends req with the proxy's token for ch and scopes. A
+// Bearer token may be one lent from another repository of the same realm
+// (tokenauth.Fetcher.FetchShared): if the upstream refuses it, that is
+// reported and req goes once more with the repository's own token. sent is
+// false when no token could be had, and req was not sent.
+func (c *Client) sendWithToken(ctx context.Context, req *http.Request, ch *tokenauth.Challenge, scopes []string, creds *tokenauth.Credentials) (_ *http.Response, sent bool, _ error) {
+	if !ch.IsBearer() {
+		if err := c.authorize(ctx, req, ch, scopes, creds); err != nil {
+			return nil, false, nil
+		}
+		resp, err := c.send(req)
+		return resp, true, err
+	}
+	tok, lent, err := c.Tokens.FetchShared(ctx, *ch, scopes, creds)
+	if err != nil {
+		return nil, false, nil
+	}
+	req.Header.Set("Authorization", "Bearer "+tok.Value)
+	resp, err := c.send(req)
+	if err != nil || !lent {
+		return resp, true, err
+	}
+	// Some registries answer 403 rather than 401 to a token for another
+	// repository: both mean "not this token", and the repository's own
+	// token gets the real answer.
+	refused := resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden
+	c.Tokens.Lent(*ch, creds, !refused)
+	if !refused {
+		return resp, true, nil
+	}
+	drain(resp.Body)
+	retry := req.Clone(ctx)
+	if err := c.authorize(ctx, retry, ch, scopes, creds); err != nil {
+		retry.Header.Del("Authorization")
+		resp, err := c.send(retry)
+		return resp, true, err
+	}
+	resp, err = c.send(retry)
+	return resp, true, err
 }
 
 func (c *Client) retryWithChallenge(ctx context.Context, up Upstream, req *http.Request, resp *http.Response, o outbound, creds *tokenauth.Credentials) (*http.Response, error) {

@@ -286,9 +286,8 @@ func TestFetchCaching(t *testing.T) {
 
 	// An entry past its expiry is fetched again.
 	f.mu.Lock()
-	for k, tok := range f.cache {
-		tok.Expiry = time.Now().Add(-time.Second)
-		f.cache[k] = tok
+	for _, e := range f.cache {
+		e.Value.(*cached).tok.Expiry = time.Now().Add(-time.Second)
 	}
 	f.mu.Unlock()
 	fetch(ch, []string{"repository:a:pull", "repository:b:pull"}, nil)
