@@ -248,14 +248,18 @@ func Dial(dial DialFunc) DialFunc {
 		if !ok || !strings.EqualFold(target, addr) || !p.restricts(target) {
 			return conn, nil
 		}
-		if ap, err := netip.ParseAddrPort(conn.RemoteAddr().String()); err == nil && !Internal(ap.Addr()) {
+		// A connection that is not IP (a unix socket, through a custom
+		// transport) is not the internet either, and is left alone.
+		ra := conn.RemoteAddr()
+		if ra == nil {
 			return conn, nil
-		} else if err == nil {
-			_ = conn.Close()
-			host, _, _ := net.SplitHostPort(addr)
-			return nil, &RefusedError{Host: host, Addr: ap.Addr().Unmap()}
 		}
-		// Not an IP connection (a unix socket): not the internet either.
-		return conn, nil
+		ap, err := netip.ParseAddrPort(ra.String())
+		if err != nil || !Internal(ap.Addr()) {
+			return conn, nil
+		}
+		_ = conn.Close()
+		host, _, _ := net.SplitHostPort(addr)
+		return nil, &RefusedError{Host: host, Addr: ap.Addr().Unmap()}
 	}
 }
