@@ -61,9 +61,8 @@ type Fetcher struct {
 
 // cached is one token in the cache.
 type cached struct {
-	key   string
-	tok   Token
-	group string
+	key string
+	tok Token
 }
 
 // entryOverhead approximates what a cache entry costs beyond its key and
@@ -147,7 +146,7 @@ func (f *Fetcher) store(key, group string, tok Token) {
 	if e, ok := f.cache[key]; ok {
 		f.removeLocked(e)
 	}
-	c := &cached{key: key, tok: tok, group: group}
+	c := &cached{key: key, tok: tok}
 	f.cache[key] = f.lru.PushFront(c)
 	f.bytes += c.cost()
 	for f.bytes > f.maxCacheBytes() && f.lru.Len() > 1 {
