@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
 	"github.com/caddy-dockerproxy/dockerproxy/blobcache/s3remote"
+	"github.com/caddy-dockerproxy/dockerproxy/netguard"
 	"github.com/caddy-dockerproxy/dockerproxy/registry"
 	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
@@ -202,7 +204,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.proxy = &registry.Proxy{
 		Router:   router,
 		Upstream: upstreamClient,
-		Auth:     &tokenauth.Endpoint{Sealer: sealer, Fetcher: tokens, Accepted: accepted, OfflineWindow: offlineWindow},
+		Auth:     &tokenauth.Endpoint{Sealer: sealer, Fetcher: tokens, Accepted: accepted, OfflineWindow: offlineWindow, Logger: h.logger},
 		Cache:    cache,
 		Logger:   h.logger,
 		Scheme:   clientScheme,
@@ -371,13 +373,32 @@ func (h *Handler) loadTransport(ctx caddy.Context) (http.RoundTripper, error) {
 		if !ok {
 			return nil, fmt.Errorf("transport module %T is not an http.RoundTripper", mod)
 		}
+		guardDial(rt)
 		return rt, nil
 	}
 	ht := new(reverseproxy.HTTPTransport)
 	if err := ht.Provision(ctx); err != nil {
 		return nil, fmt.Errorf("provisioning transport: %v", err)
 	}
+	guardDial(ht)
 	return ht, nil
+}
+
+// guardDial makes the transport's connections subject to the netguard
+// policy of the request they are made for, so that a redirect target or
+// realm whose name resolves to an internal address only when dialled is
+// refused too. Other transports get the check before each request only
+// (registry.Client and tokenauth.Fetcher do that whatever the transport).
+func guardDial(rt http.RoundTripper) {
+	ht, ok := rt.(*reverseproxy.HTTPTransport)
+	if !ok || ht.Transport == nil {
+		return
+	}
+	dial := ht.Transport.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	ht.Transport.DialContext = netguard.Dial(dial)
 }
 
 func (h *Handler) cacheDirectory() string {

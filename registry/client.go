@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/caddy-dockerproxy/dockerproxy/netguard"
 	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
@@ -28,9 +32,24 @@ type Client struct {
 	Credentials map[string]*tokenauth.Credentials
 	// UserAgent is sent upstream, followed by the client's own.
 	UserAgent string
+	// Policy gives the netguard policy of the requests made on behalf of
+	// an upstream: whether its redirects and token realms may lead to
+	// internal addresses. Nil: UpstreamPolicy, from where the upstream's
+	// configured host is. Tests that serve everything on loopback set it
+	// to declare an upstream public.
+	Policy func(ctx context.Context, up Upstream) netguard.Policy
 
 	mu         sync.Mutex
 	challenges map[string]learntChallenge // by upstream base URL
+	policies   map[string]learntPolicy    // by upstream base URL
+
+	guardOnce sync.Once
+	guarded   *http.Client // HTTP with a netguard transport
+}
+
+type learntPolicy struct {
+	p       netguard.Policy
+	learned time.Time
 }
 
 type learntChallenge struct {
@@ -49,6 +68,7 @@ const maxRedirects = 5
 // its answer to GET /v2/ (nil if it needs no authentication). The realm
 // comes from the upstream only, never from a client's request.
 func (c *Client) Challenge(ctx context.Context, up Upstream) (*tokenauth.Challenge, error) {
+	ctx = c.guard(ctx, up)
 	key := up.String()
 	c.mu.Lock()
 	lc, ok := c.challenges[key]
@@ -140,6 +160,7 @@ type outbound struct {
 
 // Do sends o to up as grant's identity and returns the final response.
 func (c *Client) Do(ctx context.Context, up Upstream, grant tokenauth.Grant, o outbound) (*http.Response, error) {
+	ctx = c.guard(ctx, up)
 	req, err := c.newRequest(ctx, up, o)
 	if err != nil {
 		return nil, err
@@ -186,8 +207,7 @@ func (c *Client) doAsProxy(ctx context.Context, up Upstream, req *http.Request, 
 	creds := c.Credentials[up.Name]
 	scopes := []string{o.scope}
 	if ch := c.learnt(up); ch != nil && o.scope != "" {
-		if err := c.authorize(ctx, req, ch, scopes, creds); err == nil {
-			resp, err := c.send(req)
+		if resp, sent, err := c.sendWithToken(ctx, req, ch, scopes, creds); sent {
 			if err != nil || resp.StatusCode != http.StatusUnauthorized {
 				return resp, err
 			}
@@ -204,6 +224,47 @@ func (c *Client) doAsProxy(ctx context.Context, up Upstream, req *http.Request, 
 	return c.retryWithChallenge(ctx, up, req, resp, o, creds)
 }
 
+// sendWithToken sends req with the proxy's token for ch and scopes. A
+// Bearer token may be one lent from another repository of the same realm
+// (tokenauth.Fetcher.FetchShared): if the upstream refuses it, that is
+// reported and req goes once more with the repository's own token. sent is
+// false when no token could be had, and req was not sent.
+func (c *Client) sendWithToken(ctx context.Context, req *http.Request, ch *tokenauth.Challenge, scopes []string, creds *tokenauth.Credentials) (_ *http.Response, sent bool, _ error) {
+	if !ch.IsBearer() {
+		if err := c.authorize(ctx, req, ch, scopes, creds); err != nil {
+			return nil, false, nil
+		}
+		resp, err := c.send(req)
+		return resp, true, err
+	}
+	tok, lent, err := c.Tokens.FetchShared(ctx, *ch, scopes, creds)
+	if err != nil {
+		return nil, false, nil
+	}
+	req.Header.Set("Authorization", "Bearer "+tok.Value)
+	resp, err := c.send(req)
+	if err != nil || !lent {
+		return resp, true, err
+	}
+	// Some registries answer 403 rather than 401 to a token for another
+	// repository: both mean "not this token", and the repository's own
+	// token gets the real answer.
+	refused := resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden
+	c.Tokens.Lent(*ch, creds, !refused)
+	if !refused {
+		return resp, true, nil
+	}
+	drain(resp.Body)
+	retry := req.Clone(ctx)
+	if err := c.authorize(ctx, retry, ch, scopes, creds); err != nil {
+		retry.Header.Del("Authorization")
+		resp, err := c.send(retry)
+		return resp, true, err
+	}
+	resp, err = c.send(retry)
+	return resp, true, err
+}
+
 func (c *Client) retryWithChallenge(ctx context.Context, up Upstream, req *http.Request, resp *http.Response, o outbound, creds *tokenauth.Credentials) (*http.Response, error) {
 	ch := pickChallenge(resp.Header)
 	if ch == nil {
@@ -215,6 +276,10 @@ func (c *Client) retryWithChallenge(ctx context.Context, up Upstream, req *http.
 		scopes = strings.Fields(s)
 	}
 	if err := c.authorize(ctx, req, ch, scopes, creds); err != nil {
+		if refused := (*netguard.RefusedError)(nil); errors.As(err, &refused) {
+			drain(resp.Body)
+			return nil, fmt.Errorf("upstream %s names token realm %s: %w", up.Name, ch.Realm(), err)
+		}
 		if errors.Is(err, tokenauth.ErrRefused) {
 			// The configured credentials are wrong: say so rather
 			// than hand the client a 401 it can do nothing about.
@@ -358,6 +423,10 @@ func (c *Client) hop(ctx context.Context, loc *url.URL, o outbound, authorizatio
 	realm := tokenauth.Challenge{Scheme: ch.Scheme, Params: map[string]string{"realm": ch.Realm(), "service": ch.Service()}}
 	scopes := strings.Fields(ch.Params["scope"])
 	tok, err := c.Tokens.Fetch(ctx, realm, scopes, nil)
+	if refused := (*netguard.RefusedError)(nil); errors.As(err, &refused) {
+		drain(resp.Body)
+		return nil, fmt.Errorf("upstream redirect target %s names token realm %s: %w", loc.Host, realm.Realm(), err)
+	}
 	if err != nil {
 		return resp, nil // the 401 stands
 	}
@@ -373,7 +442,8 @@ func (c *Client) hop(ctx context.Context, loc *url.URL, o outbound, authorizatio
 // CheckRedirect can stop it, and when that fails its error quotes the
 // Location, signature and all: that error becomes a redirectError.
 func (c *Client) send(req *http.Request) (*http.Response, error) {
-	resp, err := c.HTTP.Do(req)
+	c.guardOnce.Do(func() { c.guarded = netguard.WrapClient(c.HTTP) })
+	resp, err := c.guarded.Do(req)
 	if err != nil && strings.Contains(err.Error(), "failed to parse Location header") {
 		return nil, &redirectError{reason: "without a usable Location"}
 	}
@@ -473,6 +543,7 @@ func drain(body io.ReadCloser) {
 // CheckBasic asks the upstream whether it accepts a Basic Authorization
 // value (for registries that challenge with Basic rather than tokens).
 func (c *Client) CheckBasic(ctx context.Context, up Upstream, authorization string) error {
+	ctx = c.guard(ctx, up)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, up.URL.JoinPath("/v2/").String(), nil)
 	if err != nil {
 		return err
@@ -491,4 +562,65 @@ func (c *Client) CheckBasic(ctx context.Context, up Upstream, authorization stri
 		return &upstreamStatusError{status: resp.StatusCode}
 	}
 	return nil
+}
+
+// guard returns ctx carrying the netguard policy of up: requests made with
+// it to any host but the upstream's own (redirect targets, token realms)
+// are refused on internal addresses unless the upstream is on one.
+func (c *Client) guard(ctx context.Context, up Upstream) context.Context {
+	var p netguard.Policy
+	if c.Policy != nil {
+		p = c.Policy(ctx, up)
+	} else {
+		p = c.upstreamPolicy(ctx, up)
+	}
+	return netguard.WithPolicy(ctx, p)
+}
+
+// upstreamPolicy is UpstreamPolicy, remembered for challengeTTL: the
+// upstream's addresses change rarely, and a lookup per request would cost
+// more than the request.
+func (c *Client) upstreamPolicy(ctx context.Context, up Upstream) netguard.Policy {
+	key := up.String()
+	c.mu.Lock()
+	lp, ok := c.policies[key]
+	c.mu.Unlock()
+	if ok && time.Since(lp.learned) < challengeTTL {
+		return lp.p
+	}
+	p, err := UpstreamPolicy(ctx, up, net.DefaultResolver)
+	if err != nil {
+		// Not remembered: the next request asks again. Meanwhile the
+		// upstream counts as public, the safe side.
+		return p
+	}
+	c.mu.Lock()
+	if c.policies == nil {
+		c.policies = map[string]learntPolicy{}
+	}
+	c.policies[key] = learntPolicy{p: p, learned: time.Now()}
+	c.mu.Unlock()
+	return p
+}
+
+// UpstreamPolicy is the netguard policy of up as configured: it is on an
+// internal address (and its redirects and realms may be too) when its host
+// is an internal IP literal, or a name that resolves to at least one
+// internal address. A private registry at registry.lan or 10.0.0.5 keeps
+// working; a public one cannot send the proxy to the proxy's own network.
+// When the name does not resolve, the upstream counts as public and the
+// error says why.
+func UpstreamPolicy(ctx context.Context, up Upstream, r netguard.Resolver) (netguard.Policy, error) {
+	p := netguard.Policy{Home: netguard.HostPort(up.URL)}
+	host := up.URL.Hostname()
+	if a, err := netip.ParseAddr(host); err == nil {
+		p.AllowInternal = netguard.Internal(a)
+		return p, nil
+	}
+	addrs, err := r.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return p, err
+	}
+	p.AllowInternal = slices.ContainsFunc(addrs, netguard.Internal)
+	return p, nil
 }

@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-dockerproxy/dockerproxy/netguard"
 	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
@@ -263,7 +264,9 @@ func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request, t target) {
 	up.CheckBasic = func(ctx context.Context, authorization string) error {
 		return p.Upstream.CheckBasic(ctx, t.up, authorization)
 	}
-	p.Auth.Serve(w, r, treq, up)
+	// The realm gets a client's credentials: it is held to the
+	// upstream's netguard policy like any host the upstream names.
+	p.Auth.Serve(w, r.WithContext(p.Upstream.guard(r.Context(), t.up)), treq, up)
 }
 
 // forward sends the request upstream as grant's identity and relays the
@@ -456,7 +459,12 @@ func (p *Proxy) writeUpstreamError(w http.ResponseWriter, t target, err error) {
 	var re *redirectError
 	status, code, reason := http.StatusBadGateway, CodeUnavailable, "the request failed"
 	var nerr net.Error
+	var refused *netguard.RefusedError
 	switch {
+	case errors.As(err, &refused):
+		// Before any other case: the refusal may be wrapped as a
+		// redirect or a dial error.
+		reason = "it sent the proxy to an internal address, which the proxy does not connect to"
 	case errors.As(err, &re):
 		reason = "it redirected " + re.reason
 	case errors.As(err, &se):

@@ -11,6 +11,10 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-dockerproxy/dockerproxy/netguard"
 )
 
 // Upstream is what the token endpoint needs to know of the upstream a
@@ -50,8 +54,18 @@ type Endpoint struct {
 	Accepted *Confirmations
 	// OfflineWindow defaults to 24h.
 	OfflineWindow time.Duration
+	// Logger gets what clients are not told (internal addresses). Nil:
+	// no log.
+	Logger *zap.Logger
 
 	once sync.Once
+}
+
+func (e *Endpoint) logger() *zap.Logger {
+	if e.Logger != nil {
+		return e.Logger
+	}
+	return zap.NewNop()
 }
 
 func (e *Endpoint) offlineWindow() time.Duration {
@@ -146,6 +160,14 @@ func (e *Endpoint) Serve(w http.ResponseWriter, r *http.Request, treq TokenReque
 		tok, err := e.Fetcher.Fetch(r.Context(), *up.Challenge, scopes, treq.creds)
 		if errors.Is(err, ErrRefused) {
 			writeOAuthError(w, http.StatusUnauthorized, "invalid_grant", "the upstream registry refused these credentials")
+			return
+		}
+		if refused := (*netguard.RefusedError)(nil); errors.As(err, &refused) {
+			// Not a token service that is down: one the proxy will not
+			// ask. The client learns that much; the log gets where.
+			e.logger().Warn("upstream token realm refused", zap.String("upstream", up.ID), zap.Error(err))
+			writeOAuthError(w, http.StatusBadGateway, "temporarily_unavailable",
+				"the upstream registry's token service is at an internal address, which the proxy does not connect to")
 			return
 		}
 		if err != nil {

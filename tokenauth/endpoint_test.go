@@ -558,3 +558,19 @@ func TestIdentifyIssuedToken(t *testing.T) {
 		}
 	}
 }
+
+// TestEndpointClientCredentialsOnlyToRealmOrigin: a client's Basic
+// credentials, passed to the upstream's realm, do not follow the realm's
+// redirect to another port of its host.
+func TestEndpointClientCredentialsOnlyToRealmOrigin(t *testing.T) {
+	fx := newEndpointFixture(t)
+	other := newTokenServer(t)
+	fx.ts.setReply(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+"/token?"+r.URL.RawQuery, http.StatusTemporaryRedirect)
+	})
+	r := withBasic(getToken("service=registry.docker.io&scope=repository:alice/private:pull"), "alice", "secret-pw")
+	serveToken(fx.e, fx.bearerUpstream(), r)
+	if _, pass, ok := other.last(t).BasicAuth(); ok {
+		t.Errorf("the realm's redirect target on another port got the client's password %q", pass)
+	}
+}

@@ -1,6 +1,7 @@
 package tokenauth
 
 import (
+	"container/list"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -33,20 +34,50 @@ type Token struct {
 // ErrRefused means the token service refused the credentials (401/403).
 var ErrRefused = errors.New("token service refused the credentials")
 
-// Fetcher obtains tokens from upstream token services. Tokens for the
-// proxy's own identity are cached until shortly before they expire and
-// fetched once for any number of concurrent requests.
+// Fetcher obtains tokens from upstream token services. Tokens are cached
+// until shortly before they expire, within a memory bound, and fetched once
+// for any number of concurrent requests.
 type Fetcher struct {
-	// Client does the HTTP requests; it must not follow redirects to other
-	// hosts with credentials (the default client drops Authorization on
-	// cross-host redirects, which is what we want).
+	// Client does the HTTP requests. Whatever its CheckRedirect, a
+	// redirect keeps the credentials only to the realm's exact origin, and
+	// its transport is guarded by the request's netguard policy.
 	Client *http.Client
 	// UserAgent is sent to the token service.
 	UserAgent string
+	// MaxCacheBytes bounds the cached tokens: their values and keys,
+	// counted in bytes. Beyond it the least recently used go first.
+	// Default 4 MiB, some two thousand of Docker Hub's tokens (a few
+	// minutes' worth of new repository names for a busy proxy: the
+	// tokens live five minutes).
+	MaxCacheBytes int
 
 	mu     sync.Mutex
-	cache  map[string]Token
+	cache  map[string]*list.Element // of *cached, by cacheKey
+	lru    list.List                // most recently used first
+	bytes  int                      // what the cached entries cost
+	groups map[string]*tokenGroup   // by groupKey, for FetchShared
 	flight singleflight.Group
+}
+
+// cached is one token in the cache.
+type cached struct {
+	key string
+	tok Token
+}
+
+// entryOverhead approximates what a cache entry costs beyond its key and
+// token: the list element, the map slot, the struct.
+const entryOverhead = 160
+
+func (c *cached) cost() int { return len(c.key) + len(c.tok.Value) + entryOverhead }
+
+const defaultMaxCacheBytes = 4 << 20
+
+func (f *Fetcher) maxCacheBytes() int {
+	if f.MaxCacheBytes > 0 {
+		return f.MaxCacheBytes
+	}
+	return defaultMaxCacheBytes
 }
 
 // maxTokenResponse bounds what we read from a token service.
@@ -57,21 +88,15 @@ const maxTokenResponse = 1 << 20
 // scopes and credentials; the cache key holds only a hash of the secret.
 func (f *Fetcher) Fetch(ctx context.Context, ch Challenge, scopes []string, creds *Credentials) (Token, error) {
 	key := cacheKey(ch, scopes, creds)
-	f.mu.Lock()
-	if t, ok := f.cache[key]; ok && time.Until(t.Expiry) > 0 {
-		f.mu.Unlock()
+	if t, ok := f.lookup(key); ok {
 		return t, nil
 	}
-	f.mu.Unlock()
 	// The shared fetch must not die with the first caller's request: it
 	// runs on its own context, and each caller waits on its own.
 	done := f.flight.DoChan(key, func() (any, error) {
-		f.mu.Lock()
-		if t, ok := f.cache[key]; ok && time.Until(t.Expiry) > 0 {
-			f.mu.Unlock()
+		if t, ok := f.lookup(key); ok {
 			return t, nil
 		}
-		f.mu.Unlock()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
 		t, err := f.fetch(fctx, ch, scopes, creds)
@@ -80,15 +105,9 @@ func (f *Fetcher) Fetch(ctx context.Context, ch Challenge, scopes []string, cred
 		}
 		// Renew a little before the service's expiry so a token never
 		// runs out between our check and the upstream's.
-		cached := t
-		cached.Expiry = t.Expiry.Add(-time.Until(t.Expiry) / 10)
-		f.mu.Lock()
-		if f.cache == nil {
-			f.cache = map[string]Token{}
-		}
-		f.pruneLocked()
-		f.cache[key] = cached
-		f.mu.Unlock()
+		kept := t
+		kept.Expiry = t.Expiry.Add(-time.Until(t.Expiry) / 10)
+		f.store(key, groupKey(ch, creds), kept)
 		return t, nil
 	})
 	select {
@@ -99,37 +118,78 @@ func (f *Fetcher) Fetch(ctx context.Context, ch Challenge, scopes []string, cred
 	}
 }
 
+// lookup returns the live cached token of key, and marks it used.
+func (f *Fetcher) lookup(key string) (Token, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.cache[key]
+	if !ok {
+		return Token{}, false
+	}
+	c := e.Value.(*cached)
+	if time.Until(c.tok.Expiry) <= 0 {
+		f.removeLocked(e)
+		return Token{}, false
+	}
+	f.lru.MoveToFront(e)
+	return c.tok, true
+}
+
+// store caches tok under key, evicting the least recently used tokens
+// beyond the memory bound, and makes it its group's token to lend.
+func (f *Fetcher) store(key, group string, tok Token) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cache == nil {
+		f.cache = map[string]*list.Element{}
+	}
+	if e, ok := f.cache[key]; ok {
+		f.removeLocked(e)
+	}
+	c := &cached{key: key, tok: tok}
+	f.cache[key] = f.lru.PushFront(c)
+	f.bytes += c.cost()
+	for f.bytes > f.maxCacheBytes() && f.lru.Len() > 1 {
+		f.removeLocked(f.lru.Back())
+	}
+	if g := f.groups[group]; g != nil {
+		g.latest = tok
+	}
+}
+
+func (f *Fetcher) removeLocked(e *list.Element) {
+	c := f.lru.Remove(e).(*cached)
+	delete(f.cache, c.key)
+	f.bytes -= c.cost()
+}
+
 // fetchTimeout bounds one request to a token service.
 const fetchTimeout = 30 * time.Second
 
 // Forget drops a cached token, after the upstream refused it.
 func (f *Fetcher) Forget(ch Challenge, scopes []string, creds *Credentials) {
 	f.mu.Lock()
-	delete(f.cache, cacheKey(ch, scopes, creds))
-	f.mu.Unlock()
-}
-
-func (f *Fetcher) pruneLocked() {
-	if len(f.cache) < 1024 {
-		return
-	}
-	now := time.Now()
-	for k, t := range f.cache {
-		if t.Expiry.Before(now) {
-			delete(f.cache, k)
-		}
+	defer f.mu.Unlock()
+	if e, ok := f.cache[cacheKey(ch, scopes, creds)]; ok {
+		f.removeLocked(e)
 	}
 }
 
 func cacheKey(ch Challenge, scopes []string, creds *Credentials) string {
 	s := append([]string(nil), scopes...)
 	sort.Strings(s)
+	return groupKey(ch, creds) + "\x00" + strings.Join(s, " ")
+}
+
+// groupKey names the tokens of one realm, service and identity; the key
+// holds only a hash of the secret.
+func groupKey(ch Challenge, creds *Credentials) string {
 	id := "anonymous"
 	if creds != nil {
 		sum := sha256.Sum256([]byte(creds.Username + "\x00" + creds.Secret))
 		id = hex.EncodeToString(sum[:])
 	}
-	return ch.Realm() + "\x00" + ch.Service() + "\x00" + strings.Join(s, " ") + "\x00" + id
+	return ch.Realm() + "\x00" + ch.Service() + "\x00" + id
 }
 
 // fetch asks the token service with a GET, the form every registry
@@ -160,11 +220,7 @@ func (f *Fetcher) fetch(ctx context.Context, ch Challenge, scopes []string, cred
 	if f.UserAgent != "" {
 		req.Header.Set("User-Agent", f.UserAgent)
 	}
-	client := f.Client
-	if client == nil {
-		client = http.DefaultClient
-	}
-	resp, err := client.Do(req)
+	resp, err := realmClient(f.Client).Do(req)
 	if err != nil {
 		return Token{}, fmt.Errorf("token service %s: %w", realm.Host, err)
 	}

@@ -286,9 +286,8 @@ func TestFetchCaching(t *testing.T) {
 
 	// An entry past its expiry is fetched again.
 	f.mu.Lock()
-	for k, tok := range f.cache {
-		tok.Expiry = time.Now().Add(-time.Second)
-		f.cache[k] = tok
+	for _, e := range f.cache {
+		e.Value.(*cached).tok.Expiry = time.Now().Add(-time.Second)
 	}
 	f.mu.Unlock()
 	fetch(ch, []string{"repository:a:pull", "repository:b:pull"}, nil)
@@ -551,4 +550,95 @@ func TestFetchJoinedCallerSurvivesFirstCallerCancel(t *testing.T) {
 	if err := <-errB; err != nil {
 		t.Errorf("B's Fetch failed because A went away: %v", err)
 	}
+}
+
+// TestFetchRedirectCredentialsOnlyToRealmOrigin: the configured
+// credentials go to the realm's exact origin and nowhere else. net/http
+// compares host names only, so a redirect to another port of the realm's
+// host, or from https down to http, would carry them.
+func TestFetchRedirectCredentialsOnlyToRealmOrigin(t *testing.T) {
+	other := newTokenServer(t) // another service on the same host
+	tlsRealm := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+"/token?"+r.URL.RawQuery, http.StatusTemporaryRedirect)
+	}))
+	defer tlsRealm.Close()
+	ts := newTokenServer(t)
+	ts.setReply(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/token": // moved within the realm's origin: keeps the credentials
+			http.Redirect(w, r, "/moved?"+r.URL.RawQuery, http.StatusTemporaryRedirect)
+		case "/moved": // then to another port of the same host
+			if r.Header.Get("Authorization") == "" {
+				t.Error("a redirect within the realm's origin lost the credentials")
+			}
+			http.Redirect(w, r, other.URL+"/token?"+r.URL.RawQuery, http.StatusTemporaryRedirect)
+		}
+	})
+	for name, realm := range map[string]string{
+		"other port": ts.URL + "/token",
+		"downgrade":  tlsRealm.URL + "/token",
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := &Fetcher{Client: tlsRealm.Client()}
+			ch := Challenge{Scheme: "Bearer", Params: map[string]string{"realm": realm}}
+			if _, err := f.Fetch(context.Background(), ch, nil, &Credentials{Username: "u", Secret: "p"}); err != nil {
+				t.Fatal(err)
+			}
+			if h := other.last(t).Header.Get("Authorization"); h != "" {
+				t.Errorf("the redirect target got Authorization %q", h)
+			}
+		})
+	}
+}
+
+func TestSameOrigin(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		same bool
+	}{
+		{"https://auth.example/token", "https://auth.example/other?x=1", true},
+		{"https://auth.example/token", "https://auth.example:443/token", true},
+		{"https://AUTH.example/token", "https://auth.example/token", true},
+		{"http://auth.example/token", "http://auth.example:80/", true},
+		{"https://auth.example/token", "https://auth.example:8443/token", false},
+		{"https://auth.example/token", "http://auth.example/token", false},
+		{"https://auth.example/token", "http://auth.example:443/token", false},
+		{"https://auth.example/token", "https://evil.auth.example/token", false},
+		{"https://auth.example/token", "https://example/token", false},
+		{"http://127.0.0.1:5000/token", "http://127.0.0.1:5001/token", false},
+		{"https://[::1]:5000/", "https://[::1]:5000/x", true},
+		{"/relative", "/relative", false},
+	} {
+		a, _ := url.Parse(c.a)
+		b, _ := url.Parse(c.b)
+		if got := sameOrigin(a, b); got != c.same {
+			t.Errorf("sameOrigin(%s, %s) = %v, want %v", c.a, c.b, got, c.same)
+		}
+		if got := sameOrigin(b, a); got != c.same {
+			t.Errorf("sameOrigin(%s, %s) = %v, want %v", c.b, c.a, got, c.same)
+		}
+	}
+}
+
+func FuzzSameOrigin(f *testing.F) {
+	f.Add("https://auth.example/token", "https://auth.example:443/x")
+	f.Add("https://auth.example/token", "http://auth.example/token")
+	f.Add("http://[::1]:80/", "http://[::1]/")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		ua, err := url.Parse(a)
+		if err != nil {
+			return
+		}
+		ub, err := url.Parse(b)
+		if err != nil {
+			return
+		}
+		same := sameOrigin(ua, ub)
+		if same != sameOrigin(ub, ua) {
+			t.Fatalf("sameOrigin(%q, %q) is not symmetric", a, b)
+		}
+		if same && (ua.Scheme != ub.Scheme || !strings.EqualFold(ua.Hostname(), ub.Hostname())) {
+			t.Fatalf("sameOrigin(%q, %q) across schemes or hosts", a, b)
+		}
+	})
 }

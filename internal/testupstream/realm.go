@@ -24,6 +24,7 @@ type authState struct {
 type grant struct {
 	user    string
 	pull    map[string]bool // repositories this token may pull
+	public  bool            // and every public repository (WideAnonymousTokens)
 	expires time.Time
 }
 
@@ -98,7 +99,7 @@ func (a *authState) authorize(token, repo string) bool {
 		delete(a.tokens, token)
 		return false
 	}
-	return repo == "" || g.pull[repo]
+	return repo == "" || g.pull[repo] || g.public && a.mayPull("", repo)
 }
 
 type tokenResponse struct {
@@ -161,7 +162,7 @@ func (u *Upstream) serveRealm(w http.ResponseWriter, r *http.Request) {
 	} else {
 		user = ""
 	}
-	g := grant{user: user, pull: map[string]bool{}, expires: time.Now().Add(u.opts.TokenTTL)}
+	g := grant{user: user, pull: map[string]bool{}, public: user == "" && u.opts.WideAnonymousTokens, expires: time.Now().Add(u.opts.TokenTTL)}
 	for _, s := range scopes {
 		// repository:<name>:<actions>; names never contain ':' but may be
 		// followed by a tag-less action list such as "pull,push".
@@ -175,7 +176,7 @@ func (u *Upstream) serveRealm(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	tok := hex.EncodeToString(randomBytes(24))
+	tok := hex.EncodeToString(randomBytes(u.opts.TokenBytes))
 	a.tokens[tok] = g
 	a.issued = append(a.issued, tok)
 	now := time.Now().UTC()

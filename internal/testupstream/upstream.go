@@ -68,6 +68,15 @@ type Options struct {
 	RegistryAddr, RealmAddr, ObjectStoreAddr string
 	// TokenTTL is the life of issued tokens (and expires_in); default 300s.
 	TokenTTL time.Duration
+	// WideAnonymousTokens makes an anonymous token good for pulling every
+	// public repository, whatever scope it was asked for (as registries
+	// whose anonymous tokens are not per repository do). Default: a token
+	// pulls the repositories of its scopes only, as on Docker Hub.
+	WideAnonymousTokens bool
+	// TokenBytes is the number of random bytes in a token, which is
+	// hex-encoded; default 24. Docker Hub's tokens are JWTs of a few
+	// kilobytes: measurements of memory set this to match.
+	TokenBytes int
 	// RedirectTTL is the life of signed object-store URLs; default 10m.
 	RedirectTTL time.Duration
 	// RedirectBlobHEADs makes the registry answer blob HEADs with a
@@ -141,6 +150,9 @@ func Start(t testing.TB, opts Options) *Upstream {
 func New(opts Options) (*Upstream, error) {
 	if opts.Service == "" {
 		opts.Service = "registry.test"
+	}
+	if opts.TokenBytes <= 0 {
+		opts.TokenBytes = 24
 	}
 	if opts.TokenTTL <= 0 {
 		opts.TokenTTL = 300 * time.Second
