@@ -39,6 +39,14 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 		p.forward(w, r, t, req, grant, statusMiss)
 		return
 	}
+	p.fillBlob(w, r, t, req, grant, true)
+}
+
+// fillBlob serves a blob the cache does not hold through the fill of its
+// digest: another request's, or one this request leads, from the shared
+// tier (if trySharedTier) or else from the upstream.
+func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, trySharedTier bool) {
+	c := p.Cache
 	fill, leader := c.Store.Join(req.Digest)
 	if !leader {
 		// Someone else's fill: this identity must be allowed too.
@@ -55,7 +63,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 		p.serveFill(w, r, t, req, grant, rd, statusJoined)
 		return
 	}
-	if p.serveSharedBlob(w, r, t, req, grant, fill) {
+	if trySharedTier && p.serveSharedBlob(w, r, t, req, grant, fill) {
 		return
 	}
 	o := outboundFor(r, req, http.MethodGet)
@@ -122,7 +130,12 @@ func (p *Proxy) serveSharedBlob(w http.ResponseWriter, r *http.Request, t target
 	}
 	rd, err := fill.Reader(r.Context())
 	if err != nil {
-		p.forward(w, r, t, req, grant, statusMiss)
+		if r.Context().Err() == nil {
+			// The shared copy failed before this reader came (wrong
+			// bytes, the tier went away): fill from the upstream, so
+			// that its bytes are kept, not just passed through.
+			p.fillBlob(w, r, t, req, grant, false)
+		}
 		return true
 	}
 	p.serveFill(w, r, t, req, grant, rd, statusShared)
