@@ -392,14 +392,7 @@ func (u *Upstream) serveTags(w http.ResponseWriter, r *http.Request, rt route, p
 	}
 	if cut := u.Faults.listCutAfter.Load(); cut >= 0 && cut < int64(len(body)) {
 		_, _ = w.Write(body[:cut])
-		rc := http.NewResponseController(w)
-		_ = rc.Flush()
-		conn, buf, err := rc.Hijack()
-		if err != nil {
-			panic(http.ErrAbortHandler)
-		}
-		_ = buf.Flush()
-		_ = conn.Close()
+		hangUp(w)
 		return
 	}
 	_, _ = w.Write(body)

@@ -226,7 +226,13 @@ func (fw *faultWriter) abort() {
 		return
 	}
 	fw.aborted = true
-	rc := http.NewResponseController(fw.ResponseWriter)
+	hangUp(fw.ResponseWriter)
+}
+
+// hangUp sends what w holds and closes the connection under it, so the
+// client sees a cut body, not a short clean one.
+func hangUp(w http.ResponseWriter) {
+	rc := http.NewResponseController(w)
 	_ = rc.Flush()
 	conn, buf, err := rc.Hijack()
 	if err != nil {
