@@ -682,6 +682,82 @@ s4_private() {
 	check "docker pull $ref after logout is refused" refused "$DOCKER" pull "$ref"
 }
 
+# refused_with STATUS CMD...: CMD ran and was refused with the registry
+# status STATUS (401 or 404) in what it printed, or, with "any", with some
+# registry error. A command that could not run (126, 127) or ran out of
+# time (124) was not refused: the check fails.
+refused_with() {
+	local want=$1 rc=0
+	shift
+	log "  \$ $*"
+	timeout "${RUN_TIMEOUT:-300}" "$@" >"$T/refusal.out" 2>&1 || rc=$?
+	head -c 2000 "$T/refusal.out" | sed 's/^/    | /' >&2
+	case $rc in
+	0)
+		log "  MISMATCH: expected a refusal, got success"
+		return 1
+		;;
+	124 | 126 | 127)
+		log "  MISMATCH: the command did not run to an answer (exit $rc)"
+		return 1
+		;;
+	esac
+	local pattern
+	case $want in
+	401) pattern='401|UNAUTHORIZED' ;;
+	404) pattern='404|NAME_UNKNOWN|MANIFEST_UNKNOWN|BLOB_UNKNOWN' ;;
+	*) pattern='[45][0-9][0-9]|UNAUTHORIZED|UNKNOWN|UNAVAILABLE|DENIED' ;;
+	esac
+	if ! grep -Eq "$pattern" "$T/refusal.out"; then
+		log "  MISMATCH: refused (exit $rc), but not with $want"
+		return 1
+	fi
+	log "  ok: refused with $want"
+}
+
+# http_refused STATUS URL: an anonymous GET of URL answers STATUS (any 4xx
+# or 5xx with "any"), never content.
+http_refused() {
+	local code
+	code=$(curl -sS -o "$T/refusal.body" -w '%{http_code}' --cacert "$CA" "$2") || return 1
+	log "  GET $2 -> $code $(head -c 300 "$T/refusal.body")"
+	case $1 in
+	any) [ "$code" -ge 400 ] ;;
+	*) expect_eq "status of GET $2" "$1" "$code" ;;
+	esac
+}
+
+PRIVATE_LAYER=
+# 4b. What a login pulled stays with that login: after 4's logged-in pull
+# of private/secret, anonymous clients get none of it on any other host or
+# routing form: 401 where the upstream is docker.io, 404 where it is the
+# ghcr.io upstream (which does not have it). In round 2 the upstreams are
+# down and cannot confirm anyone: any refusal, never content.
+s4_private_elsewhere() {
+	scenario "r$ROUND/4b-private-elsewhere" "anonymous crane and curl get none of private/secret through any host or routing form"
+	local md=${EXP[private/secret:1]}
+	if [ -z "$PRIVATE_LAYER" ]; then
+		PRIVATE_LAYER=$(DOCKER_CONFIG="$T/crane-upstream" crane manifest --insecure "$HUB/private/secret:1" | jq -r '.layers[0].digest')
+		note "private/secret:1 layer $PRIVATE_LAYER"
+	fi
+	local hub=401 ghcr=404 repo
+	[ "$ROUND" = 2 ] && hub=any ghcr=any
+	for repo in "$DH/private/secret" "$MH/private/secret" "$MH/docker.io/private/secret" "$GH/docker.io/private/secret"; do
+		check "anonymous crane digest $repo:1 is refused ($hub)" refused_with $hub crane_ digest "$repo:1"
+		check "anonymous crane manifest $repo@$md is refused ($hub)" refused_with $hub crane_ manifest "$repo@$md"
+		check "anonymous crane blob $repo@$PRIVATE_LAYER is refused ($hub)" refused_with $hub crane_ blob "$repo@$PRIVATE_LAYER"
+	done
+	for repo in "$GH/private/secret" "$MH/ghcr.io/private/secret"; do
+		check "anonymous crane manifest $repo@$md is refused ($ghcr)" refused_with $ghcr crane_ manifest "$repo@$md"
+		check "anonymous crane blob $repo@$PRIVATE_LAYER is refused ($ghcr)" refused_with $ghcr crane_ blob "$repo@$PRIVATE_LAYER"
+	done
+	# containerd's ?ns= form, which crane does not speak.
+	local path
+	for path in "/v2/private/secret/manifests/$md?ns=docker.io" "/v2/private/secret/blobs/$PRIVATE_LAYER?ns=docker.io"; do
+		check "anonymous GET https://$GH$path is refused ($hub)" http_refused $hub "https://$GH$path"
+	done
+}
+
 big_blob_hit() {
 	cache_status_is_hit "https://$DH/v2/team/big/blobs/$BIG_LAYER" '*/*' || return 1
 	expect_eq "bytes of the large blob" "$BIG_LAYER" "$(sha256_of "$T/last.body")"
@@ -758,6 +834,7 @@ round() {
 	s3_skopeo
 	s3_crane
 	s4_private
+	s4_private_elsewhere
 	s5_cache_status
 	s6_seeds
 }
