@@ -206,6 +206,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Cache:    cache,
 		Logger:   h.logger,
 		Scheme:   clientScheme,
+
+		OnFillFailure: h.metrics.fillFailed,
 	}
 	return nil
 }

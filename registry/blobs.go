@@ -79,7 +79,8 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 	if grant.Anonymous() {
 		_ = c.Store.Allow(req.Digest, accessScope(t, req.Name))
 	}
-	src := blobcache.Source{Body: resp.Body, Size: resp.ContentLength, MediaType: blobMediaType(resp)}
+	src := blobcache.Source{Body: resp.Body, Size: resp.ContentLength, MediaType: blobMediaType(resp),
+		OnFailure: func(err error) { p.fillFailed(t.up, req.Digest, err) }}
 	rd, err := fill.StartReading(r.Context(), src)
 	if err != nil {
 		// The cache cannot take it (disk full, unwritable): pass the

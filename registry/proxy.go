@@ -31,6 +31,9 @@ type Proxy struct {
 	// Scheme tells the scheme the client used (https, or http), for the
 	// realm the proxy gives clients.
 	Scheme func(*http.Request) string
+	// OnFillFailure, if set, counts a blob fill that the upstream's body
+	// failed, by FillFailureReasons (for the handler's metrics).
+	OnFillFailure func(reason string)
 }
 
 // target is where a request goes: the upstream, and how the client
