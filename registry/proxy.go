@@ -466,6 +466,16 @@ func copyBody(w http.ResponseWriter, body io.Reader) {
 // internal addresses) go to the log only.
 func (p *Proxy) writeUpstreamError(w http.ResponseWriter, t target, err error) {
 	p.Logger.Warn("upstream request failed", zap.String("upstream", t.up.Name), zap.Error(err))
+	var mi *manifestInvalidError
+	if errors.As(err, &mi) {
+		// The upstream answered, with a manifest that is not what it
+		// says: not a matter of availability.
+		if w.Header().Get("Cache-Status") == "" {
+			w.Header().Set("Cache-Status", statusMiss)
+		}
+		WriteError(w, &Error{Status: http.StatusBadGateway, Code: CodeManifestInvalid, Message: "the upstream's manifest does not match its digest: " + mi.msg})
+		return
+	}
 	var se *upstreamStatusError
 	var re *redirectError
 	status, code, reason := http.StatusBadGateway, CodeUnavailable, "the request failed"
