@@ -346,15 +346,42 @@ func forwardHeaders(r *http.Request, req Request) http.Header {
 			h.Set("Accept", accept)
 		}
 	case KindBlob:
-		if v := r.Header.Get("Range"); byteRanges.MatchString(v) {
+		if v := r.Header.Get("Range"); validByteRanges(v) {
 			h.Set("Range", v)
 		}
 	}
 	return h
 }
 
-// byteRanges matches a Range header of byte ranges.
-var byteRanges = regexp.MustCompile(`^bytes=(?:\d+-\d*|-\d+)(?:\s*,\s*(?:\d+-\d*|-\d+))*$`)
+// byteRanges matches the form of a Range header of byte ranges: optional
+// whitespace around commas is SP or HTAB only (anything else is no valid
+// header value to send).
+var byteRanges = regexp.MustCompile(`^bytes=(?:\d+-\d*|-\d+)(?:[ \t]*,[ \t]*(?:\d+-\d*|-\d+))*$`)
+
+// validByteRanges reports whether v is a byte-range set that may go
+// upstream: of byteRanges' form, and no range ending before it starts
+// (RFC 9110 calls such a set invalid; a server may answer it with 416 or
+// with the whole blob). Positions too large for an int64 are dropped too.
+func validByteRanges(v string) bool {
+	if !byteRanges.MatchString(v) {
+		return false
+	}
+	for spec := range strings.SplitSeq(strings.TrimPrefix(v, "bytes="), ",") {
+		first, last, _ := strings.Cut(strings.Trim(spec, " \t"), "-")
+		if first == "" || last == "" {
+			if _, err := strconv.ParseInt(first+last, 10, 64); err != nil {
+				return false
+			}
+			continue
+		}
+		f, err1 := strconv.ParseInt(first, 10, 64)
+		l, err2 := strconv.ParseInt(last, 10, 64)
+		if err1 != nil || err2 != nil || l < f {
+			return false
+		}
+	}
+	return true
+}
 
 // cleanAccept re-serialises the media ranges of Accept values that parse.
 func cleanAccept(values []string) string {
