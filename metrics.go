@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-dockerproxy/dockerproxy/registry"
 )
 
 // metrics counts the handler's responses by what the cache did, so that
@@ -13,6 +15,9 @@ type metrics struct {
 	// byOutcome holds the counter of each outcome, resolved once so that
 	// a request costs no label lookup.
 	byOutcome map[string]prometheus.Counter
+	// fillFailures counts blob fills that the upstream's body failed
+	// (wrong bytes, cut short, stalled), by registry.FillFailureReasons.
+	fillFailures map[string]prometheus.Counter
 }
 
 var outcomes = []string{"hit", "miss", "shared", "joined", "revalidated", "stale", "bypass", "none"}
@@ -27,22 +32,57 @@ func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name:      "responses_total",
 		Help:      "Registry API responses by cache outcome: hit, miss, shared (filled from the shared tier), joined (a fill in progress), revalidated, stale (served after an upstream failure), bypass (cache off or unavailable), none (not cacheable).",
 	}, []string{"cache"})
-	if err := reg.Register(responses); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			return nil, err
-		}
-		existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
-		if !ok {
-			return nil, err
-		}
-		responses = existing
+	responses, err := registerOrReuse(reg, responses)
+	if err != nil {
+		return nil, err
 	}
-	m := &metrics{byOutcome: map[string]prometheus.Counter{}}
+	fills := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy",
+		Subsystem: "docker_proxy",
+		Name:      "fill_failures_total",
+		Help:      "Blob fills that failed on the upstream's body, by reason: digest_mismatch (wrong bytes), short_body (cut before its announced end), stalled (nothing sent for too long), read_error. Every client of such a fill had its connection aborted and nothing was kept.",
+	}, []string{"reason"})
+	fills, err = registerOrReuse(reg, fills)
+	if err != nil {
+		return nil, err
+	}
+	m := &metrics{byOutcome: map[string]prometheus.Counter{}, fillFailures: map[string]prometheus.Counter{}}
 	for _, o := range outcomes {
 		m.byOutcome[o] = responses.WithLabelValues(o)
 	}
+	// Every reason resolved now: each series shows from the start, at 0.
+	for _, r := range registry.FillFailureReasons {
+		m.fillFailures[r] = fills.WithLabelValues(r)
+	}
 	return m, nil
+}
+
+// registerOrReuse registers c, or returns the collector of the same name
+// that an earlier config or another handler registered.
+func registerOrReuse(reg prometheus.Registerer, c *prometheus.CounterVec) (*prometheus.CounterVec, error) {
+	err := reg.Register(c)
+	if err == nil {
+		return c, nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if !errors.As(err, &are) {
+		return nil, err
+	}
+	existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
+	if !ok {
+		return nil, err
+	}
+	return existing, nil
+}
+
+// fillFailed counts one failed fill; an unknown reason (none today) counts
+// as read_error, so the label set stays the bounded one.
+func (m *metrics) fillFailed(reason string) {
+	c, ok := m.fillFailures[reason]
+	if !ok {
+		c = m.fillFailures["read_error"]
+	}
+	c.Inc()
 }
 
 // observe counts one response from its Cache-Status header.

@@ -208,6 +208,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Cache:    cache,
 		Logger:   h.logger,
 		Scheme:   clientScheme,
+
+		OnFillFailure: h.metrics.fillFailed,
 	}
 	return nil
 }

@@ -28,11 +28,30 @@ const writebackChunk = 8 << 20
 // Its first byte is room for the byte a fill holds back between reads.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1+copyBufSize); return &b }}
 
+// Errors of a fill whose upstream body failed it, besides
+// ErrDigestMismatch (wrong bytes, or more than announced); match them with
+// errors.Is.
+var (
+	// ErrShortBody: the upstream body ended before its announced size
+	// (a connection cut mid-blob).
+	ErrShortBody = errors.New("blobcache: upstream body ended early")
+	// ErrStalled: the upstream sent nothing for Options.StallTimeout.
+	ErrStalled = errors.New("blobcache: upstream stalled")
+)
+
 // Source is the upstream response a leader hands to Start.
 type Source struct {
 	Body      io.ReadCloser // closed by the fill; Close may come concurrently with Read (to abort it)
 	Size      int64         // Content-Length, -1 if unknown
 	MediaType string
+	// OnFailure, if set, is called once, from the fill's own goroutine,
+	// when the upstream body fails the fill: wrong bytes
+	// (ErrDigestMismatch), too few (ErrShortBody), none for too long
+	// (ErrStalled), or a read error. Not when the fill ends for another
+	// reason (abandoned, store closed, disk error): those say nothing
+	// about the upstream. Every reader sees the failure; this reports it
+	// once, for the caller's log and metrics.
+	OnFailure func(error)
 }
 
 type fillState int
@@ -57,6 +76,8 @@ type Fill struct {
 	// they are not uploaded back, and bad ones mark the remote's copy.
 	// Set before the copy goroutine starts, never changed after.
 	fromRemote bool
+	// onFailure is Source.OnFailure; set with fromRemote.
+	onFailure func(error)
 
 	mu        sync.Mutex // lock order: s.mu before mu
 	cond      sync.Cond  // on mu; broadcast on every write and state change
@@ -184,6 +205,7 @@ func (f *Fill) start(src Source, fromRemote bool, leader context.Context) (*Read
 	}
 	f.leader.Stop()
 	f.fromRemote = fromRemote
+	f.onFailure = src.OnFailure
 	size := src.Size
 	if size < 0 {
 		size = -1
@@ -325,10 +347,15 @@ func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
 			s.remoteCopyBad(f.d, err)
 		}
 		var u *Unfinished
-		if !errors.As(err, &u) {
+		diskErr := errors.As(err, &u)
+		if !diskErr {
 			err = fmt.Errorf("%w: %w", ErrFillFailed, err)
 		}
-		f.fail(err, nil)
+		// fail is false when the fill had already ended (abandoned, store
+		// closed): then the read error is only the echo of that.
+		if f.fail(err, nil) && !diskErr && f.onFailure != nil {
+			f.onFailure(err)
+		}
 		return
 	}
 	// The bytes are verified: from here on a disk error costs the entry,
@@ -436,7 +463,12 @@ func (f *Fill) copy(body io.Reader, file *os.File, size int64) (*fillWriter, err
 				return nil, ferr
 			}
 			if stalled.Load() {
-				return nil, fmt.Errorf("upstream sent nothing for %v after %d bytes", s.opts.StallTimeout, v.written)
+				return nil, fmt.Errorf("%w: nothing for %v after %d bytes", ErrStalled, s.opts.StallTimeout, v.written)
+			}
+			if errors.Is(rerr, io.ErrUnexpectedEOF) {
+				// The transport's word for a body that ended before its
+				// Content-Length or its chunked coding's end.
+				return nil, fmt.Errorf("%w after %d bytes: %w", ErrShortBody, v.written, rerr)
 			}
 			return nil, fmt.Errorf("reading upstream: %w", rerr)
 		}
@@ -447,7 +479,8 @@ func (f *Fill) copy(body io.Reader, file *os.File, size int64) (*fillWriter, err
 		v.last = []byte{held}
 	}
 	if size >= 0 && received != size {
-		return nil, fmt.Errorf("%w: upstream sent %d bytes, announced %d", ErrDigestMismatch, received, size)
+		// Fewer than announced (more stopped the copy above).
+		return nil, fmt.Errorf("%w: %w: upstream sent %d bytes, announced %d", ErrShortBody, ErrDigestMismatch, received, size)
 	}
 	// The hash of everything, from a copy of the file's.
 	all, err := cloneHash(f.d.Algorithm(), v.hash)

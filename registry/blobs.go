@@ -87,7 +87,8 @@ func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, t target, req R
 	// The upstream's final answer for this digest: this identity may
 	// read it (kept with the fill, so only if its bytes prove right).
 	p.grantRead(grant, t, req.Name, req.Digest)
-	src := blobcache.Source{Body: resp.Body, Size: resp.ContentLength, MediaType: blobMediaType(resp)}
+	src := blobcache.Source{Body: resp.Body, Size: resp.ContentLength, MediaType: blobMediaType(resp),
+		OnFailure: func(err error) { p.fillFailed(t.up, req.Digest, err) }}
 	rd, err := fill.StartReading(r.Context(), src)
 	if err != nil {
 		// The cache cannot take it (disk full, unwritable): pass the
@@ -214,7 +215,9 @@ func (p *Proxy) fetchBlobFrom(ctx context.Context, t target, req Request, grant 
 // blob of size bytes, or 0 when it reaches the blob's end (or asks for
 // nothing). A value that does not parse gives 1, which holds back every
 // byte until the fill is verified: whatever http.ServeContent makes of it,
-// no unverified response can end cleanly.
+// no unverified response can end cleanly. Ranges that start past the end
+// are skipped, as http.ServeContent skips them: counting them would hold
+// back a byte the response never sends, and let it end before the verdict.
 func rangesEnd(header string, size int64) int64 {
 	if header == "" {
 		return 0
@@ -225,18 +228,32 @@ func rangesEnd(header string, size int64) int64 {
 	}
 	var end int64
 	for spec := range strings.SplitSeq(specs, ",") {
-		first, last, ok := strings.Cut(strings.TrimSpace(spec), "-")
+		spec = strings.TrimSpace(spec)
+		if spec == "" {
+			continue
+		}
+		first, last, ok := strings.Cut(spec, "-")
 		if !ok {
 			return 1
 		}
-		if first == "" || last == "" {
-			return 0 // a suffix or an open range: up to the blob's end
+		if first == "" {
+			return 0 // a suffix: the blob's last bytes
+		}
+		f, err := strconv.ParseInt(first, 10, 64)
+		if err != nil || f < 0 {
+			return 1
+		}
+		if f >= size {
+			continue // not satisfiable: not served
+		}
+		if last == "" {
+			return 0 // open: up to the blob's end
 		}
 		n, err := strconv.ParseInt(last, 10, 64)
 		if err != nil || n < 0 {
 			return 1
 		}
-		if n+1 >= size {
+		if n >= size-1 {
 			return 0
 		}
 		end = max(end, n+1)

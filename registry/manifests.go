@@ -51,7 +51,7 @@ func (p *Proxy) serveManifestByDigest(w http.ResponseWriter, r *http.Request, t 
 	case !ok:
 		return // the client left
 	case res.reply != nil:
-		p.relay(w, r, t, req, res.reply.response(), statusMiss)
+		p.relay(w, r, t, req, res.reply.response(), res.reply.cacheStatusOr(statusMiss))
 	case res.err != nil:
 		p.writeUpstreamError(w, t, res.err)
 	case res.shared, res.cached:
@@ -106,7 +106,9 @@ func (p *Proxy) fetchByDigest(r *http.Request, t target, req Request, grant toke
 		case reply != nil:
 			return digestResult{reply: keepReply(reply)}, nil
 		case m.digest != d:
-			return digestResult{err: fmt.Errorf("manifest %s: upstream sent content with digest %s", d, m.digest)}, nil
+			return digestResult{err: errManifestInvalid("manifest %s: upstream sent content with digest %s", d, m.digest)}, nil
+		case m.signed:
+			return digestResult{reply: passThroughReply(m)}, nil
 		}
 		p.storeManifest(t, req, grant, m)
 		return digestResult{m: m}, nil
@@ -161,6 +163,9 @@ type manifest struct {
 	digest    digest.Digest
 	mediaType string
 	body      []byte
+	// signed: a schema 1 signed manifest, whose digest is of its payload,
+	// not of body (see schema1.go): passed through, never stored.
+	signed bool
 }
 
 // fetchManifest GETs a manifest by tag or digest. A non-200 answer comes
@@ -194,10 +199,23 @@ func (p *Proxy) fetchManifest(r *http.Request, t target, req Request, grant toke
 		alg = get.Digest.Algorithm()
 	}
 	m := manifest{digest: alg.FromBytes(body), mediaType: resp.Header.Get("Content-Type"), body: body}
-	if claimed := resp.Header.Get("Docker-Content-Digest"); claimed != "" {
-		if cd, err := digest.Parse(claimed); err == nil && cd.Algorithm() == alg && cd != m.digest {
-			return manifest{}, nil, fmt.Errorf("manifest %s: upstream's Docker-Content-Digest %s does not match the bytes (%s)", ref, cd, m.digest)
+	cd, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+	claimed := err == nil && cd.Algorithm() == alg
+	if claimed && cd == m.digest {
+		return m, nil, nil // the bytes are what the upstream says
+	}
+	// A schema 1 signed manifest goes by the digest of its payload
+	// (unless the upstream named it by its bytes, as above).
+	if payload, ok := schema1Payload(body); ok {
+		signed := m
+		signed.digest, signed.signed = alg.FromBytes(payload), true
+		if !claimed || cd == signed.digest {
+			return signed, nil, nil
 		}
+		return manifest{}, nil, errManifestInvalid("schema 1 manifest %s: upstream's Docker-Content-Digest %s matches neither its bytes (%s) nor its signed payload (%s)", ref, cd, m.digest, signed.digest)
+	}
+	if claimed {
+		return manifest{}, nil, errManifestInvalid("manifest %s: upstream's Docker-Content-Digest %s does not match the bytes (%s)", ref, cd, m.digest)
 	}
 	return m, nil, nil
 }
@@ -367,6 +385,16 @@ type storedReply struct {
 	status int
 	header http.Header
 	body   []byte
+	// cacheStatus, if set, is the Cache-Status of a reply the proxy made
+	// itself (a manifest passed through), not the upstream's answer.
+	cacheStatus string
+}
+
+func (s *storedReply) cacheStatusOr(def string) string {
+	if s.cacheStatus != "" {
+		return s.cacheStatus
+	}
+	return def
 }
 
 func (s *storedReply) response() *http.Response {
@@ -444,7 +472,7 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 	}
 	switch {
 	case res.reply != nil:
-		p.relay(w, r, t, req, res.reply.response(), statusMiss)
+		p.relay(w, r, t, req, res.reply.response(), res.reply.cacheStatusOr(statusMiss))
 	case res.err != nil || res.upstreamStatus != 0:
 		if known && !c.Store.Contains(rec.Digest) {
 			// The manifest may be in the shared tier only (the
@@ -524,6 +552,13 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 		if resp.StatusCode != http.StatusOK {
 			return tagResult{reply: keepReply(resp)}
 		}
+		if isSchema1Signed(resp.Header.Get("Content-Type")) {
+			// Its GET will be passed through, never stored: no record
+			// that would send it to the cache (see schema1.go).
+			reply := keepReply(resp)
+			reply.cacheStatus = statusSchema1
+			return tagResult{reply: reply}
+		}
 		drain(resp.Body)
 		d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
 		if err != nil {
@@ -600,8 +635,12 @@ func (p *Proxy) remoteTag(r *http.Request, key string) (blobcache.Tag, bool) {
 }
 
 func (p *Proxy) keepTag(t target, req Request, grant tokenauth.Grant, key string, m manifest, checked time.Time) tagResult {
-	p.storeManifest(t, req, grant, m)
 	tag := blobcache.Tag{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(m.body)), Checked: checked}
+	if m.signed {
+		// Neither stored nor recorded: this identity fetched it just now.
+		return tagResult{tag: tag, reply: passThroughReply(m)}
+	}
+	p.storeManifest(t, req, grant, m)
 	if !p.Cache.Store.Contains(m.digest) {
 		// The store could not keep it (disk full, unwritable): still
 		// answer this round from memory.

@@ -31,6 +31,9 @@ type Proxy struct {
 	// Scheme tells the scheme the client used (https, or http), for the
 	// realm the proxy gives clients.
 	Scheme func(*http.Request) string
+	// OnFillFailure, if set, counts a blob fill that the upstream's body
+	// failed, by FillFailureReasons (for the handler's metrics).
+	OnFillFailure func(reason string)
 }
 
 // target is where a request goes: the upstream, and how the client
@@ -349,15 +352,42 @@ func forwardHeaders(r *http.Request, req Request) http.Header {
 			h.Set("Accept", accept)
 		}
 	case KindBlob:
-		if v := r.Header.Get("Range"); byteRanges.MatchString(v) {
+		if v := r.Header.Get("Range"); validByteRanges(v) {
 			h.Set("Range", v)
 		}
 	}
 	return h
 }
 
-// byteRanges matches a Range header of byte ranges.
-var byteRanges = regexp.MustCompile(`^bytes=(?:\d+-\d*|-\d+)(?:\s*,\s*(?:\d+-\d*|-\d+))*$`)
+// byteRanges matches the form of a Range header of byte ranges: optional
+// whitespace around commas is SP or HTAB only (anything else is no valid
+// header value to send).
+var byteRanges = regexp.MustCompile(`^bytes=(?:\d+-\d*|-\d+)(?:[ \t]*,[ \t]*(?:\d+-\d*|-\d+))*$`)
+
+// validByteRanges reports whether v is a byte-range set that may go
+// upstream: of byteRanges' form, and no range ending before it starts
+// (RFC 9110 calls such a set invalid; a server may answer it with 416 or
+// with the whole blob). Positions too large for an int64 are dropped too.
+func validByteRanges(v string) bool {
+	if !byteRanges.MatchString(v) {
+		return false
+	}
+	for spec := range strings.SplitSeq(strings.TrimPrefix(v, "bytes="), ",") {
+		first, last, _ := strings.Cut(strings.Trim(spec, " \t"), "-")
+		if first == "" || last == "" {
+			if _, err := strconv.ParseInt(first+last, 10, 64); err != nil {
+				return false
+			}
+			continue
+		}
+		f, err1 := strconv.ParseInt(first, 10, 64)
+		l, err2 := strconv.ParseInt(last, 10, 64)
+		if err1 != nil || err2 != nil || l < f {
+			return false
+		}
+	}
+	return true
+}
 
 // hopHeaders are removed from relayed responses (RFC 9110, 7.6.1), with
 // the ones the proxy rewrites or must not pass on.
@@ -455,6 +485,16 @@ func copyBody(w http.ResponseWriter, body io.Reader) {
 // internal addresses) go to the log only.
 func (p *Proxy) writeUpstreamError(w http.ResponseWriter, t target, err error) {
 	p.Logger.Warn("upstream request failed", zap.String("upstream", t.up.Name), zap.Error(err))
+	var mi *manifestInvalidError
+	if errors.As(err, &mi) {
+		// The upstream answered, with a manifest that is not what it
+		// says: not a matter of availability.
+		if w.Header().Get("Cache-Status") == "" {
+			w.Header().Set("Cache-Status", statusMiss)
+		}
+		WriteError(w, &Error{Status: http.StatusBadGateway, Code: CodeManifestInvalid, Message: "the upstream's manifest does not match its digest: " + mi.msg})
+		return
+	}
 	var se *upstreamStatusError
 	var re *redirectError
 	status, code, reason := http.StatusBadGateway, CodeUnavailable, "the request failed"

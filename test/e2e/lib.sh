@@ -197,11 +197,48 @@ reg_get() {
 
 hdr() { grep -i "^$1:" "$T/last.headers" | tail -1 | sed 's/^[^:]*: *//' | tr -d '\r'; }
 
-# refused CMD...: succeeds when CMD fails (output in the log).
+# refused CMD...: succeeds only when CMD ran and was refused: it exited with
+# a status of its own (1..123) and its output names a registry's refusal
+# (REFUSAL_RE, case-insensitive). A failure alone proves nothing: timeout
+# cannot run a shell function (127, "No such file or directory"), a missing
+# or non-executable program gives 127 or 126, timeout itself 125, a command
+# that hangs 124, a signal 128+N, and a client that cannot reach its daemon
+# exits 1 without any registry answer. Each of these fails the check.
+REFUSAL_RE=${REFUSAL_RE:-'unauthori[sz]ed|denied|forbidden|authentication required|incorrect username or password|(status|code)[: ]+[45][0-9][0-9]|[45][0-9][0-9] (Unauthorized|Forbidden|Not Found|Too Many Requests|Bad Gateway|Service Unavailable|Gateway Timeout)|toomanyrequests|unavailable|manifest unknown|name unknown'}
 refused() {
-	if run "$@"; then
-		log "  MISMATCH: expected a refusal, got success"
+	if declare -F "$1" >/dev/null; then
+		log "  CANNOT RUN: $1 is a shell function; timeout runs only programs (use a wrapper script)"
 		return 1
 	fi
-	log "  ok: refused"
+	log "  \$ $*"
+	local outf rc=0
+	outf=$(mktemp)
+	timeout "${RUN_TIMEOUT:-300}" "$@" >"$outf" 2>&1 || rc=$?
+	sed 's/^/    | /' "$outf" >&2
+	local said
+	said=$(cat "$outf")
+	rm -f "$outf"
+	case $rc in
+	0)
+		log "  MISMATCH: expected a refusal, got success"
+		return 1
+		;;
+	124)
+		log "  TIMED OUT after ${RUN_TIMEOUT:-300}s: no refusal seen"
+		return 1
+		;;
+	125 | 126 | 127)
+		log "  CANNOT RUN (exit $rc): $1 did not run, so nothing was refused"
+		return 1
+		;;
+	esac
+	if [ "$rc" -gt 128 ]; then
+		log "  KILLED by signal $((rc - 128)): no refusal seen"
+		return 1
+	fi
+	if ! grep -Eiq -- "$REFUSAL_RE" <<<"$said"; then
+		log "  MISMATCH: exit $rc without a registry refusal in the output (want /$REFUSAL_RE/)"
+		return 1
+	fi
+	log "  ok: refused (exit $rc): $(grep -Eio -m1 -- "$REFUSAL_RE" <<<"$said" | head -1)"
 }

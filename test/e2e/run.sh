@@ -26,6 +26,10 @@ export E2E_T0=$(date +%s)
 # shellcheck source=lib.sh
 . "$E2E_DIR/lib.sh"
 
+# The refusal check must fail when its command cannot run; prove it before
+# any scenario relies on it (seconds, no root needed).
+bash "$E2E_DIR/selftest.sh" || die "the refusal check's self-test failed"
+
 [ "$(id -u)" = 0 ] || die "the end-to-end suite needs root (dockerd, containerd, unshare)"
 
 GOBIN=$(go env GOBIN)

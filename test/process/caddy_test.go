@@ -119,6 +119,9 @@ type siteConfig struct {
 	MaxSize  string // e.g. "4GiB"
 	// Extra is more directives for the site block (e.g. a header).
 	Extra string
+	// Transport is a transport block for docker_proxy (e.g. "transport
+	// http {\n keepalive 1s\n}"); "" keeps the default.
+	Transport string
 }
 
 // caddyfile renders a Caddyfile: one site on 127.0.0.1:port, the admin
@@ -127,6 +130,10 @@ func caddyfile(port, adminPort string, c siteConfig) string {
 	extra := ""
 	if c.Extra != "" {
 		extra = "\t" + c.Extra + "\n"
+	}
+	transport := ""
+	if c.Transport != "" {
+		transport = "\t\t" + c.Transport + "\n"
 	}
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%[2]s
@@ -145,9 +152,9 @@ http://127.0.0.1:%[1]s {
 			tag_ttl %[5]s
 			max_size %[6]s
 		}
-	}
+%[8]s	}
 }
-`, port, adminPort, c.Upstream, c.CacheDir, c.TagTTL, c.MaxSize, extra)
+`, port, adminPort, c.Upstream, c.CacheDir, c.TagTTL, c.MaxSize, extra, transport)
 }
 
 // caddyProc is one Caddy child process.
