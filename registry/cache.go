@@ -102,9 +102,6 @@ const (
 	statusBypass      = "docker_proxy; fwd=bypass"
 	statusNoStore     = "docker_proxy; fwd=bypass; detail=cache-unavailable"
 	statusRevalidated = "docker_proxy; fwd=stale; fwd-status=200"
-	// statusRefused: the entry is cached, but this client's access to it
-	// had to be asked of the upstream, which refused it (or could not say).
-	statusRefused = "docker_proxy; fwd=request"
 	// statusShared: missing here, filled from the shared tier (another
 	// instance's upload) instead of the upstream.
 	statusShared = "docker_proxy; fwd=miss; detail=shared"
