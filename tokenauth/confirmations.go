@@ -16,26 +16,31 @@ type Confirmations struct {
 
 	mu sync.Mutex
 	at map[string]time.Time
+	// sweepAt is the size at which expired confirmations are swept next:
+	// twice what a sweep left, so that a map of fresh ones is not
+	// scanned on every Confirm.
+	sweepAt int
 }
 
 // NewConfirmations keeps confirmations for retention.
 func NewConfirmations(retention time.Duration) *Confirmations {
-	return &Confirmations{retention: retention, at: map[string]time.Time{}}
+	return &Confirmations{retention: retention, at: map[string]time.Time{}, sweepAt: pruneAt}
 }
 
-// pruneAt is the size at which expired confirmations are swept.
+// pruneAt is the least size at which expired confirmations are swept.
 const pruneAt = 10000
 
 // Confirm records that key was confirmed at now.
 func (c *Confirmations) Confirm(key string, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.at) >= pruneAt {
+	if len(c.at) >= c.sweepAt {
 		for k, t := range c.at {
 			if now.Sub(t) > c.retention {
 				delete(c.at, k)
 			}
 		}
+		c.sweepAt = max(pruneAt, 2*len(c.at))
 	}
 	c.at[key] = now
 }
