@@ -9,6 +9,7 @@
 package dockerproxy
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -25,6 +26,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
@@ -81,7 +83,12 @@ type Handler struct {
 	TransportRaw json.RawMessage `json:"transport,omitempty" caddy:"namespace=http.reverse_proxy.transport inline_key=protocol"`
 
 	proxy    *registry.Proxy
-	cacheDir string // the store this handler holds in the pool, if any
+	cacheDir string       // the store this handler holds in the pool, if any
+	shared   *sharedCache // that store
+	// events is the events app of the config this handler belongs to: its
+	// "started" event says that the config is the one serving. Nil when
+	// the handler is provisioned outside a config with one.
+	events   *caddyevents.App
 	logger   *zap.Logger
 	metrics  *metrics
 	inFlight *inFlight
@@ -98,6 +105,15 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // stores holds one blobcache.Store per directory, shared by every handler
 // that names it and kept across config reloads: a reload provisions the new
 // handlers (taking a reference) before the old ones are cleaned up.
+//
+// Caddy provisions a new config while the old one serves, and may still
+// reject it (a later module fails to provision or validate, an app fails
+// to start); the running config must then go on exactly as before. So a
+// config that finds its directory's store already open does not change the
+// store's bound or shared tier while it is provisioned: it records them,
+// and they are applied when Caddy reports the config started (all its apps
+// running, just before the old config is stopped). A config that opens the
+// store (the first one) gives them to the store at once.
 var stores = caddy.NewUsagePool()
 
 // sharedCache is what lives as long as a cache directory is in use: the
@@ -110,9 +126,88 @@ type sharedCache struct {
 
 	mu        sync.Mutex
 	remoteKey string // identifies the store's shared tier config ("" for none)
+	// pending holds the settings of each config being loaded that found
+	// the store open, keyed by that config's events app, until the config
+	// has started (then they are applied) or is cleaned up (then dropped).
+	pending map[*caddyevents.App]cacheSettings
 }
 
 func (s *sharedCache) Destruct() error { return s.store.Close() }
+
+// cacheSettings are what a config sets on the store of a directory: the
+// bound and the shared tier.
+type cacheSettings struct {
+	dir       string
+	maxSize   int64
+	remote    blobcache.Remote // nil: none
+	remoteKey string           // identifies remote's config ("" for none)
+}
+
+// apply gives the store the settings: a lower bound evicts at once.
+func (s *sharedCache) apply(c cacheSettings, logger *zap.Logger) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applyLocked(c, logger)
+}
+
+func (s *sharedCache) applyLocked(c cacheSettings, logger *zap.Logger) {
+	s.store.SetMaxSize(c.maxSize)
+	if s.remoteKey != c.remoteKey {
+		s.store.SetRemote(c.remote)
+		s.remoteKey = c.remoteKey
+		logger.Info("shared cache tier of the cache directory changed", zap.String("dir", c.dir), zap.Bool("enabled", c.remote != nil))
+	}
+}
+
+// applyWhenStarted records the settings of the config whose events app is
+// events, to be applied when that config has started. Within one config,
+// the handler provisioned last sets them, as the first config's do.
+func (s *sharedCache) applyWhenStarted(events *caddyevents.App, c cacheSettings, logger *zap.Logger) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, subscribed := s.pending[events]; subscribed {
+		s.pending[events] = c
+		return
+	}
+	if err := events.On("started", configStarted{shared: s, events: events, logger: logger}); err != nil {
+		// The events app has started, so has the config: it serves.
+		s.applyLocked(c, logger)
+		return
+	}
+	if s.pending == nil {
+		s.pending = make(map[*caddyevents.App]cacheSettings)
+	}
+	s.pending[events] = c
+}
+
+// dropPending forgets the settings of a config that is cleaned up. Those
+// of a config that started are applied and gone already; those of one
+// that never started must never reach the store.
+func (s *sharedCache) dropPending(events *caddyevents.App) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.pending, events)
+}
+
+// configStarted applies a config's pending settings when Caddy reports
+// that config started: every app of it runs, and it replaces the running
+// config.
+type configStarted struct {
+	shared *sharedCache
+	events *caddyevents.App
+	logger *zap.Logger
+}
+
+func (h configStarted) Handle(context.Context, caddy.Event) error {
+	s := h.shared
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.pending[h.events]; ok {
+		delete(s.pending, h.events)
+		s.applyLocked(c, h.logger)
+	}
+	return nil
+}
 
 // offlineWindow is how long what the upstream confirmed stays usable
 // while it cannot be asked.
@@ -125,6 +220,14 @@ const defaultTagTTL = 5 * time.Minute
 // token sealing key and the shared cache.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	// Caddy validates a module only after provisioning it, and
+	// provisioning reaches the store that the running config shares: a
+	// wrong value (a negative max_size) must stop here, before anything
+	// of the running config is touched.
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	h.events = configEvents(ctx)
 	h.inFlight = new(inFlight)
 	repl := caddy.NewReplacer()
 	m, err := registerMetrics(ctx.GetMetricsRegistry())
@@ -447,19 +550,30 @@ func (h *Handler) provisionCache(remote *sharedRemote) (*registry.Cache, *tokena
 	}
 	h.cacheDir = dir
 	shared := val.(*sharedCache)
+	h.shared = shared
 	if loaded {
 		// A reload (or another site naming the same directory): the
-		// configuration loaded last sets the bound and the shared tier.
-		shared.store.SetMaxSize(maxSize)
-		shared.mu.Lock()
-		if shared.remoteKey != remoteKey {
-			shared.store.SetRemote(r)
-			shared.remoteKey = remoteKey
-			h.logger.Info("shared cache tier of the cache directory changed", zap.String("dir", dir), zap.Bool("enabled", r != nil))
+		// configuration loaded last sets the bound and the shared tier,
+		// once it serves (see stores).
+		settings := cacheSettings{dir: dir, maxSize: maxSize, remote: r, remoteKey: remoteKey}
+		if h.events == nil {
+			shared.apply(settings, h.logger)
+		} else {
+			shared.applyWhenStarted(h.events, settings, h.logger)
 		}
-		shared.mu.Unlock()
 	}
 	return registry.NewCache(shared.store, ttl, shared.verdicts), shared.accepted, nil
+}
+
+// configEvents returns the events app of the config being provisioned
+// (the http app loads it before its handlers), or nil.
+func configEvents(ctx caddy.Context) *caddyevents.App {
+	app, err := ctx.AppIfConfigured("events")
+	if err != nil {
+		return nil
+	}
+	events, _ := app.(*caddyevents.App)
+	return events
 }
 
 // authKey returns the configured key, or a random one kept in Caddy's data
@@ -528,7 +642,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // cleans up an old config while the requests it accepted still run (a
 // reload is graceful), so the reference goes when the last of them ends:
 // a reload that moves the cache must not close the store under them.
+//
+// The config cleaned up may also be one that Caddy rejected: then the
+// settings it meant for a store that the running config shares are
+// dropped, never applied.
 func (h *Handler) Cleanup() error {
+	if h.shared != nil && h.events != nil {
+		h.shared.dropPending(h.events)
+	}
 	if h.cacheDir == "" || h.inFlight == nil {
 		return nil
 	}
