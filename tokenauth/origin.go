@@ -14,7 +14,7 @@ import (
 // names, so another port on the same host (another service), an https to
 // http downgrade and a subdomain would all get them.
 func sameOrigin(a, b *url.URL) bool {
-	return a.Scheme != "" && a.Scheme == b.Scheme && a.Host != "" &&
+	return a.Scheme != "" && a.Scheme == b.Scheme && a.Host != "" && b.Host != "" &&
 		netguard.HostPort(a) == netguard.HostPort(b)
 }
 
