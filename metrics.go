@@ -2,7 +2,6 @@ package dockerproxy
 
 import (
 	"errors"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -12,15 +11,13 @@ import (
 // metrics counts the handler's responses by what the cache did, so that
 // operators see their hit ratio and how often the upstream failed them.
 type metrics struct {
-	// byOutcome holds the counter of each outcome, resolved once so that
-	// a request costs no label lookup.
-	byOutcome map[string]prometheus.Counter
+	// byOutcome holds the counter of each registry.Outcome, indexed by
+	// it and resolved once, so that a request costs no label lookup.
+	byOutcome []prometheus.Counter
 	// fillFailures counts blob fills that the upstream's body failed
 	// (wrong bytes, cut short, stalled), by registry.FillFailureReasons.
 	fillFailures map[string]prometheus.Counter
 }
-
-var outcomes = []string{"hit", "miss", "shared", "joined", "revalidated", "stale", "bypass", "none"}
 
 // registerMetrics registers the collectors into Caddy's registry. Every
 // Provision calls it (each config reload builds new handlers); a collector
@@ -30,7 +27,7 @@ func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Namespace: "caddy",
 		Subsystem: "docker_proxy",
 		Name:      "responses_total",
-		Help:      "Registry API responses by cache outcome: hit, miss, shared (filled from the shared tier), joined (a fill in progress), revalidated, stale (served after an upstream failure), bypass (cache off or unavailable), none (not cacheable).",
+		Help:      "Registry API responses by cache outcome: hit, miss, shared (filled from the shared tier), joined (a fill in progress), revalidated, stale (served after an upstream failure), bypass (cache off, or unable to store), refused (the upstream refused this client: 401, 403, 404), error (the upstream failed and nothing cached could answer), none (not a request for content).",
 	}, []string{"cache"})
 	responses, err := registerOrReuse(reg, responses)
 	if err != nil {
@@ -46,9 +43,9 @@ func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &metrics{byOutcome: map[string]prometheus.Counter{}, fillFailures: map[string]prometheus.Counter{}}
-	for _, o := range outcomes {
-		m.byOutcome[o] = responses.WithLabelValues(o)
+	m := &metrics{fillFailures: map[string]prometheus.Counter{}}
+	for _, o := range registry.Outcomes() {
+		m.byOutcome = append(m.byOutcome, responses.WithLabelValues(o.Label()))
 	}
 	// Every reason resolved now: each series shows from the start, at 0.
 	for _, r := range registry.FillFailureReasons {
@@ -85,29 +82,7 @@ func (m *metrics) fillFailed(reason string) {
 	c.Inc()
 }
 
-// observe counts one response from its Cache-Status header.
-func (m *metrics) observe(cacheStatus string) {
-	m.byOutcome[cacheOutcome(cacheStatus)].Inc()
-}
-
-func cacheOutcome(s string) string {
-	switch {
-	case s == "":
-		return "none"
-	case strings.Contains(s, "; hit"):
-		return "hit"
-	case strings.Contains(s, "collapsed"):
-		return "joined"
-	case strings.Contains(s, "stale-if-error"):
-		return "stale"
-	case strings.Contains(s, "fwd=stale"):
-		return "revalidated"
-	case strings.Contains(s, "fwd=bypass"):
-		return "bypass"
-	case strings.Contains(s, "detail=shared"):
-		return "shared"
-	case strings.Contains(s, "fwd=miss"):
-		return "miss"
-	}
-	return "none"
+// observe counts one response by its outcome.
+func (m *metrics) observe(o registry.Outcome) {
+	m.byOutcome[o].Inc()
 }

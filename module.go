@@ -633,8 +633,8 @@ func clientScheme(r *http.Request) string {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	h.inFlight.begin()
 	defer h.inFlight.end()
-	h.proxy.ServeHTTP(w, r)
-	h.metrics.observe(w.Header().Get("Cache-Status"))
+	res := h.proxy.Serve(w, r)
+	h.metrics.observe(res.Outcome)
 	return nil
 }
 

@@ -16,7 +16,6 @@ import (
 	"encoding/hex"
 	"net/http"
 	"net/url"
-	"strconv"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -148,7 +147,7 @@ func (p *Proxy) mayRead(w http.ResponseWriter, r *http.Request, t target, req Re
 	default:
 		p.Logger.Warn("upstream cannot confirm access to cached content",
 			zap.String("upstream", t.up.Name), zap.String("repository", req.Name), zap.Error(err))
-		w.Header().Set("Cache-Status", statusMiss+"; detail=upstream-unavailable")
+		setOutcome(w, t, Result{Outcome: OutcomeUpstreamError})
 		WriteError(w, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
 			Message: "the upstream registry cannot confirm access to " + req.Name + " right now"})
 	}
@@ -244,7 +243,7 @@ func definitive(status int) bool {
 // that nobody learns what others pulled.
 func (p *Proxy) writeRefusal(w http.ResponseWriter, r *http.Request, t target, req Request, resp *http.Response) {
 	drain(resp.Body)
-	w.Header().Set("Cache-Status", statusMiss+"; fwd-status="+strconv.Itoa(resp.StatusCode))
+	setOutcome(w, t, Result{Outcome: OutcomeRefused, UpstreamStatus: resp.StatusCode})
 	switch resp.StatusCode {
 	case http.StatusUnauthorized:
 		errParam := ""

@@ -42,7 +42,7 @@ func benchHits(b *testing.B, path func(img v1.Image) string, layerSize int64) {
 		return n, resp.Header.Get("Cache-Status")
 	}
 	n, _ := get()
-	if _, status := get(); status != statusHit {
+	if _, status := get(); status != resultHit.CacheStatus() {
 		b.Fatalf("warm request: Cache-Status %q", status)
 	}
 	b.SetBytes(n)
@@ -92,7 +92,7 @@ func BenchmarkHandlerManifestHit(b *testing.B) {
 			}
 			w := httptest.NewRecorder()
 			p.ServeHTTP(w, req)
-			if w.Header().Get("Cache-Status") != statusHit {
+			if w.Header().Get("Cache-Status") != resultHit.CacheStatus() {
 				b.Fatalf("%d %q", w.Code, w.Header().Get("Cache-Status"))
 			}
 			b.ReportAllocs()

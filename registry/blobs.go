@@ -23,7 +23,7 @@ import (
 func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
 	c := p.Cache
 	if c == nil {
-		p.forward(w, r, t, req, grant, statusBypass)
+		p.forward(w, r, t, req, grant, resultBypass)
 		return
 	}
 	if p.serveCached(w, r, t, req, grant) {
@@ -36,7 +36,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 	}
 	if r.Method == http.MethodHead {
 		// A HEAD needs no bytes: ask the upstream rather than fill.
-		p.forward(w, r, t, req, grant, statusMiss)
+		p.forward(w, r, t, req, grant, resultMiss)
 		return
 	}
 	p.fillBlob(w, r, t, req, grant, true)
@@ -57,10 +57,10 @@ func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, t target, req R
 		if err != nil {
 			// The fill never started (the leader's upstream request
 			// failed): ask the upstream ourselves.
-			p.forward(w, r, t, req, grant, statusMiss)
+			p.forward(w, r, t, req, grant, resultMiss)
 			return
 		}
-		p.serveFill(w, r, t, req, grant, rd, statusJoined)
+		p.serveFill(w, r, t, req, grant, rd, resultJoined)
 		return
 	}
 	if trySharedTier && p.serveSharedBlob(w, r, t, req, grant, fill) {
@@ -81,7 +81,7 @@ func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, t target, req R
 	}
 	if resp.StatusCode != http.StatusOK {
 		fill.Fail(fmt.Errorf("upstream answered %d", resp.StatusCode))
-		p.relay(w, r, t, req, resp, statusMiss)
+		p.relay(w, r, t, req, resp, resultMiss)
 		return
 	}
 	// The upstream's final answer for this digest: this identity may
@@ -95,7 +95,8 @@ func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, t target, req R
 		// bytes through as they come.
 		p.Logger.Debug("blob not cached", zap.String("digest", req.Digest.String()), zap.Error(err))
 		h := w.Header()
-		setEntryHeaders(h, req.Digest, src.MediaType, statusNoStore)
+		setEntryHeaders(h, req.Digest, src.MediaType)
+		setOutcome(w, t, resultCacheUnavailable)
 		if resp.ContentLength >= 0 {
 			h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 		}
@@ -104,7 +105,7 @@ func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, t target, req R
 		copyBody(w, resp.Body)
 		return
 	}
-	p.serveFill(w, r, t, req, grant, rd, statusMiss)
+	p.serveFill(w, r, t, req, grant, rd, resultMiss)
 }
 
 // serveSharedBlob fills a blob from the shared tier, if it holds it, and
@@ -120,7 +121,7 @@ func (p *Proxy) serveSharedBlob(w http.ResponseWriter, r *http.Request, t target
 	if errors.Is(err, blobcache.ErrUnavailable) {
 		// The disk cannot take it, and the fill failed: pass the
 		// upstream's bytes through.
-		p.forward(w, r, t, req, grant, statusNoStore)
+		p.forward(w, r, t, req, grant, resultCacheUnavailable)
 		return true
 	}
 	if !started {
@@ -139,7 +140,7 @@ func (p *Proxy) serveSharedBlob(w http.ResponseWriter, r *http.Request, t target
 		}
 		return true
 	}
-	p.serveFill(w, r, t, req, grant, rd, statusShared)
+	p.serveFill(w, r, t, req, grant, rd, resultShared)
 	return true
 }
 
@@ -155,10 +156,11 @@ func blobMediaType(resp *http.Response) string {
 // bytes) aborts the client's connection: never a clean end. If the fill
 // stops because the cache's disk failed, the reader fetches the rest from
 // the upstream with this client's identity and still verifies the blob.
-func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, rd *blobcache.Reader, cacheStatus string) {
+func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, rd *blobcache.Reader, res Result) {
 	defer rd.Close()
 	info := rd.Info()
-	setEntryHeaders(w.Header(), info.Digest, info.MediaType, cacheStatus)
+	setEntryHeaders(w.Header(), info.Digest, info.MediaType)
+	setOutcome(w, t, res)
 	er := &errorRecorder{r: rd}
 	rangeHeader := r.Header.Get("Range")
 	if info.Size < 0 && rangeHeader == "" {

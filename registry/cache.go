@@ -94,30 +94,10 @@ func (c *Cache) lookup(d digest.Digest) (*hit, bool) {
 	return &hit{Info: b.Info, modTime: b.ModTime, blob: b}, true
 }
 
-// Cache-Status values (RFC 9211) of the proxy's responses.
-const (
-	statusHit         = "docker_proxy; hit"
-	statusMiss        = "docker_proxy; fwd=miss"
-	statusJoined      = "docker_proxy; fwd=miss; collapsed"
-	statusBypass      = "docker_proxy; fwd=bypass"
-	statusNoStore     = "docker_proxy; fwd=bypass; detail=cache-unavailable"
-	statusRevalidated = "docker_proxy; fwd=stale; fwd-status=200"
-	// statusShared: missing here, filled from the shared tier (another
-	// instance's upload) instead of the upstream.
-	statusShared = "docker_proxy; fwd=miss; detail=shared"
-)
-
 // remoteWait bounds what a request waits for the shared tier's answer
 // before the upstream is asked instead (the store bounds its own calls
 // too).
 const remoteWait = 5 * time.Second
-
-func statusStale(upstreamStatus int) string {
-	if upstreamStatus == 0 {
-		return "docker_proxy; fwd=stale; detail=stale-if-error"
-	}
-	return "docker_proxy; fwd=stale; fwd-status=" + strconv.Itoa(upstreamStatus) + "; detail=stale-if-error"
-}
 
 // maxManifestSize is the largest manifest the proxy reads into memory
 // (distribution's own limit).
@@ -160,12 +140,14 @@ func (p *Proxy) serveCached(w http.ResponseWriter, r *http.Request, t target, re
 	}
 	defer h.Close()
 	if p.mayRead(w, r, t, req, grant, req.Digest) {
-		serveHit(w, r, h, statusHit)
+		serveHit(w, r, t, h, resultHit)
 	}
 	return true
 }
 
-func setEntryHeaders(h http.Header, d digest.Digest, mediaType, cacheStatus string) {
+// setEntryHeaders sets the headers of content served as an entry (from
+// the cache, a fill, or passed through); the caller sets its outcome.
+func setEntryHeaders(h http.Header, d digest.Digest, mediaType string) {
 	if mediaType == "" {
 		mediaType = "application/octet-stream"
 	}
@@ -173,15 +155,15 @@ func setEntryHeaders(h http.Header, d digest.Digest, mediaType, cacheStatus stri
 	h.Set("Docker-Content-Digest", d.String())
 	h.Set("Docker-Distribution-Api-Version", "registry/2.0")
 	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set("Cache-Status", cacheStatus)
 }
 
 // serveHit serves a cached entry. A plain GET of a file over HTTP/1.1
 // without TLS goes to the connection with sendfile; everything else (Range,
 // conditional requests, TLS, HTTP/2, entries in memory) through
 // http.ServeContent.
-func serveHit(w http.ResponseWriter, r *http.Request, h *hit, cacheStatus string) {
-	setEntryHeaders(w.Header(), h.Digest, h.MediaType, cacheStatus)
+func serveHit(w http.ResponseWriter, r *http.Request, t target, h *hit, res Result) {
+	setEntryHeaders(w.Header(), h.Digest, h.MediaType)
+	setOutcome(w, t, res)
 	if h.blob == nil {
 		http.ServeContent(bodyWriter{w}, r, "", h.modTime, bytes.NewReader(h.body))
 		return

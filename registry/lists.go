@@ -48,7 +48,7 @@ func listKey(t target, req Request, r *http.Request) string {
 // serveList answers tags/list and referrers.
 func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
 	if p.Cache == nil || r.Method != http.MethodGet {
-		p.forward(w, r, t, req, grant, "")
+		p.forward(w, r, t, req, grant, Result{})
 		return
 	}
 	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, http.MethodGet))
@@ -71,13 +71,13 @@ func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req 
 			// what was read, then the rest as it comes. relay aborts the
 			// client's connection if the rest fails.
 			resp.Body = readCloser{io.MultiReader(bytes.NewReader(head), resp.Body), resp.Body}
-			p.relay(w, r, t, req, resp, statusMiss)
+			p.relay(w, r, t, req, resp, resultMiss)
 			return
 		case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
 			upstreamStatus = resp.StatusCode
 			drain(resp.Body)
 		default:
-			p.relay(w, r, t, req, resp, statusMiss)
+			p.relay(w, r, t, req, resp, resultMiss)
 			return
 		}
 	}
@@ -140,7 +140,7 @@ func (p *Proxy) serveKeptList(w http.ResponseWriter, r *http.Request, t target, 
 		hdr.Add("Link", rewriteLink(l, t))
 	}
 	hdr.Set("Content-Length", strconv.Itoa(len(kept.Body)))
-	hdr.Set("Cache-Status", statusStale(upstreamStatus))
+	setOutcome(w, t, resultStale(upstreamStatus))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(kept.Body)
 	p.Logger.Info("served a stale list: upstream failed", zap.String("upstream", t.up.Name), zap.String("repository", req.Name))

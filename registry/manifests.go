@@ -27,7 +27,7 @@ import (
 // serveManifest answers GET and HEAD of a manifest by tag or digest.
 func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
 	if p.Cache == nil {
-		p.forward(w, r, t, req, grant, statusBypass)
+		p.forward(w, r, t, req, grant, resultBypass)
 		return
 	}
 	if req.Tag != "" {
@@ -43,7 +43,7 @@ func (p *Proxy) serveManifestByDigest(w http.ResponseWriter, r *http.Request, t 
 	}
 	if r.Method == http.MethodHead {
 		// A HEAD needs no bytes: ask the upstream rather than fill.
-		p.forward(w, r, t, req, grant, statusMiss)
+		p.forward(w, r, t, req, grant, resultMiss)
 		return
 	}
 	res, ok := p.fetchByDigest(r, t, req, grant, req.Digest)
@@ -51,21 +51,21 @@ func (p *Proxy) serveManifestByDigest(w http.ResponseWriter, r *http.Request, t 
 	case !ok:
 		return // the client left
 	case res.reply != nil:
-		p.relay(w, r, t, req, res.reply.response(), res.reply.cacheStatusOr(statusMiss))
+		p.relay(w, r, t, req, res.reply.response(), res.reply.outcomeOr(resultMiss))
 	case res.err != nil:
 		p.writeUpstreamError(w, t, res.err)
 	case res.shared, res.cached:
 		// Another instance or another round fetched it, maybe with
 		// other credentials.
 		if p.mayRead(w, r, t, req, grant, req.Digest) {
-			status := statusShared
+			served := resultShared
 			if res.cached {
-				status = statusHit
+				served = resultHit
 			}
-			writeManifest(w, r, res.m, status)
+			writeManifest(w, r, t, res.m, served)
 		}
 	default:
-		writeManifest(w, r, res.m, statusMiss)
+		writeManifest(w, r, t, res.m, resultMiss)
 	}
 }
 
@@ -110,7 +110,9 @@ func (p *Proxy) fetchByDigest(r *http.Request, t target, req Request, grant toke
 		case m.signed:
 			return digestResult{reply: passThroughReply(m)}, nil
 		}
-		p.storeManifest(t, req, grant, m)
+		if !p.storeManifest(t, req, grant, m) {
+			return digestResult{reply: manifestReply(m, resultCacheUnavailable)}, nil
+		}
 		return digestResult{m: m}, nil
 	})
 	select {
@@ -222,8 +224,9 @@ func (p *Proxy) fetchManifest(r *http.Request, t target, req Request, grant toke
 
 // storeManifest keeps m; what the proxy fetched with its own identity is
 // readable by every client of the route. Its scope goes in with the entry,
-// so that the shared tier never receives the manifest without it.
-func (p *Proxy) storeManifest(t target, req Request, grant tokenauth.Grant, m manifest) {
+// so that the shared tier never receives the manifest without it. false:
+// the store could not keep it (disk full, unwritable).
+func (p *Proxy) storeManifest(t target, req Request, grant tokenauth.Grant, m manifest) bool {
 	c := p.Cache
 	var scopes []string
 	if grant.Anonymous() {
@@ -231,15 +234,17 @@ func (p *Proxy) storeManifest(t target, req Request, grant tokenauth.Grant, m ma
 	}
 	if err := c.Store.Put(m.digest, m.mediaType, m.body, scopes...); err != nil {
 		p.Logger.Debug("manifest not cached", zap.String("digest", m.digest.String()), zap.Error(err))
-		return
+		return false
 	}
 	c.memory.add(&memoryEntry{digest: m.digest, mediaType: m.mediaType, body: m.body, modTime: time.Now()})
 	p.grantRead(grant, t, req.Name, m.digest)
+	return true
 }
 
-func writeManifest(w http.ResponseWriter, r *http.Request, m manifest, cacheStatus string) {
+func writeManifest(w http.ResponseWriter, r *http.Request, t target, m manifest, res Result) {
 	h := w.Header()
-	setEntryHeaders(h, m.digest, m.mediaType, cacheStatus)
+	setEntryHeaders(h, m.digest, m.mediaType)
+	setOutcome(w, t, res)
 	h.Set("Content-Length", strconv.Itoa(len(m.body)))
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
@@ -385,14 +390,14 @@ type storedReply struct {
 	status int
 	header http.Header
 	body   []byte
-	// cacheStatus, if set, is the Cache-Status of a reply the proxy made
-	// itself (a manifest passed through), not the upstream's answer.
-	cacheStatus string
+	// outcome, if set, is the outcome of a reply the proxy made itself (a
+	// manifest passed through), not the upstream's answer.
+	outcome Result
 }
 
-func (s *storedReply) cacheStatusOr(def string) string {
-	if s.cacheStatus != "" {
-		return s.cacheStatus
+func (s *storedReply) outcomeOr(def Result) Result {
+	if s.outcome.Outcome != OutcomeNone {
+		return s.outcome
 	}
 	return def
 }
@@ -421,13 +426,13 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 	} else {
 		c.accepts.add(base, accept)
 	}
-	hitStatus := statusHit
+	hitResult := resultHit
 	if !known {
 		// Another instance may have checked the tag: with a fresh
 		// record, N instances cost the upstream one GET.
 		if rec, known = p.remoteTag(r, key); known {
 			c.accepts.add(base, accept)
-			hitStatus = statusShared
+			hitResult = resultShared
 		} else {
 			// Set here while the shared tier was asked? Then the
 			// upstream round that set it must not be made again.
@@ -435,7 +440,7 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 		}
 	}
 	fresh := known && time.Since(rec.Checked) < c.TagTTL
-	if fresh && p.serveTagRecord(w, r, t, req, grant, rec, hitStatus) {
+	if fresh && p.serveTagRecord(w, r, t, req, grant, rec, hitResult) {
 		return
 	}
 	flight := c.tagFlight.DoChan(key+"\x00"+p.askedAs(grant, t.up)+"\x00"+r.Method, func() (any, error) {
@@ -472,14 +477,14 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 	}
 	switch {
 	case res.reply != nil:
-		p.relay(w, r, t, req, res.reply.response(), res.reply.cacheStatusOr(statusMiss))
+		p.relay(w, r, t, req, res.reply.response(), res.reply.outcomeOr(resultMiss))
 	case res.err != nil || res.upstreamStatus != 0:
 		if known && !c.Store.Contains(rec.Digest) {
 			// The manifest may be in the shared tier only (the
 			// record came from there, or it was evicted here).
 			p.sharedManifest(r.Context(), rec.Digest)
 		}
-		if known && p.serveTagRecord(w, r, t, req, grant, rec, statusStale(res.upstreamStatus)) {
+		if known && p.serveTagRecord(w, r, t, req, grant, rec, resultStale(res.upstreamStatus)) {
 			p.Logger.Info("served a stale tag: upstream failed",
 				zap.String("upstream", t.up.Name), zap.String("repository", req.Name), zap.String("tag", req.Tag),
 				zap.Int("upstream_status", res.upstreamStatus), zap.Error(res.err))
@@ -490,16 +495,16 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 		}
 		p.writeUpstreamError(w, t, res.err)
 	default:
-		status := statusMiss
+		served := resultMiss
 		switch {
 		case res.settled:
-			status = statusHit
+			served = resultHit
 		case res.shared:
-			status = statusShared
+			served = resultShared
 		case known && res.tag.Digest == rec.Digest:
-			status = statusRevalidated
+			served = resultRevalidated
 		}
-		if !p.serveTagRecord(w, r, t, req, grant, res.tag, status) {
+		if !p.serveTagRecord(w, r, t, req, grant, res.tag, served) {
 			p.writeUpstreamError(w, t, errors.New("manifest vanished from the cache"))
 		}
 	}
@@ -556,7 +561,7 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 			// Its GET will be passed through, never stored: no record
 			// that would send it to the cache (see schema1.go).
 			reply := keepReply(resp)
-			reply.cacheStatus = statusSchema1
+			reply.outcome = resultSchema1
 			return tagResult{reply: reply}
 		}
 		drain(resp.Body)
@@ -640,21 +645,21 @@ func (p *Proxy) keepTag(t target, req Request, grant tokenauth.Grant, key string
 		// Neither stored nor recorded: this identity fetched it just now.
 		return tagResult{tag: tag, reply: passThroughReply(m)}
 	}
-	p.storeManifest(t, req, grant, m)
-	if !p.Cache.Store.Contains(m.digest) {
-		// The store could not keep it (disk full, unwritable): still
-		// answer this round from memory.
-		return tagResult{tag: tag, err: nil, reply: &storedReply{status: http.StatusOK, header: manifestHeader(m), body: m.body}}
+	if !p.storeManifest(t, req, grant, m) {
+		// Still answer this round, from memory.
+		return tagResult{tag: tag, reply: manifestReply(m, resultCacheUnavailable)}
 	}
 	p.Cache.setTag(key, tag)
 	return tagResult{tag: tag}
 }
 
-func manifestHeader(m manifest) http.Header {
+// manifestReply is m as a reply that the proxy makes itself, with outcome
+// res: a manifest served as fetched and not kept.
+func manifestReply(m manifest, res Result) *storedReply {
 	h := http.Header{}
-	setEntryHeaders(h, m.digest, m.mediaType, statusNoStore)
+	setEntryHeaders(h, m.digest, m.mediaType)
 	h.Set("Content-Length", strconv.Itoa(len(m.body)))
-	return h
+	return &storedReply{status: http.StatusOK, header: h, body: m.body, outcome: res}
 }
 
 // serveTagRecord answers from a tag record if the cache has what it
@@ -663,7 +668,7 @@ func manifestHeader(m manifest) http.Header {
 // identity for the tag. Cached content is always checked by digest: a
 // tag's answer names a digest, it does not confirm access to whatever the
 // cache holds under it.
-func (p *Proxy) serveTagRecord(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, tag blobcache.Tag, cacheStatus string) bool {
+func (p *Proxy) serveTagRecord(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, tag blobcache.Tag, res Result) bool {
 	c := p.Cache
 	h, ok := c.lookup(tag.Digest)
 	if !ok {
@@ -671,14 +676,15 @@ func (p *Proxy) serveTagRecord(w http.ResponseWriter, r *http.Request, t target,
 			return false
 		}
 		// A HEAD is answered from the record alone.
-		setEntryHeaders(w.Header(), tag.Digest, tag.MediaType, cacheStatus)
+		setEntryHeaders(w.Header(), tag.Digest, tag.MediaType)
+		setOutcome(w, t, res)
 		w.Header().Set("Content-Length", strconv.FormatInt(tag.Size, 10))
 		w.WriteHeader(http.StatusOK)
 		return true
 	}
 	defer h.Close()
 	if p.mayRead(w, r, t, req, grant, tag.Digest) {
-		serveHit(w, r, h, cacheStatus)
+		serveHit(w, r, t, h, res)
 	}
 	return true
 }

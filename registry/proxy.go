@@ -45,10 +45,35 @@ type target struct {
 	prefix string
 	// ns is containerd's ?ns= value, kept in realms and links.
 	ns string
+	// outcome is where setOutcome records the response's outcome, for
+	// Serve to return.
+	outcome *Result
 }
 
 // ServeHTTP serves one registry API request.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.Serve(w, r)
+}
+
+// Serve serves one registry API request and returns its outcome (what the
+// Cache-Status header says), for the handler's metrics.
+func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request) Result {
+	// The request path records the outcome through the target it passes
+	// along, which escapes to the heap: a pooled record keeps that from
+	// costing every request an allocation. Nothing records an outcome
+	// once the response is written (work that outlives a request has no
+	// ResponseWriter), so the record is free again when serve returns.
+	rec := outcomeRecords.Get().(*Result)
+	*rec = Result{}
+	p.serve(w, r, rec)
+	res := *rec
+	outcomeRecords.Put(rec)
+	return res
+}
+
+var outcomeRecords = sync.Pool{New: func() any { return new(Result) }}
+
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, res *Result) {
 	// 1. Route: ?ns=, a registry host as the first path component, Host.
 	t, routed, rerr := p.route(r)
 	if rerr != nil {
@@ -63,6 +88,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/v2/", http.StatusMovedPermanently)
 		return
 	}
+	t.outcome = res
 
 	// 2. Validate before anything goes upstream.
 	apiPath := r.URL.Path
@@ -273,14 +299,14 @@ func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request, t target) {
 }
 
 // forward sends the request upstream as grant's identity and relays the
-// answer. cacheStatus, if set, is reported in Cache-Status.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, cacheStatus string) {
+// answer as res (see relay).
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, res Result) {
 	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, r.Method))
 	if err != nil {
 		p.writeUpstreamError(w, t, err)
 		return
 	}
-	p.relay(w, r, t, req, resp, cacheStatus)
+	p.relay(w, r, t, req, resp, res)
 }
 
 // outboundFor is req as an upstream request with method, carrying the
@@ -398,14 +424,19 @@ var hopHeaders = []string{
 }
 
 // relay writes an upstream response to the client: 401s get the proxy's
-// challenge, Link headers keep the client's form, the body streams.
-func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, t target, req Request, resp *http.Response, cacheStatus string) {
+// challenge, Link headers keep the client's form, the body streams. res
+// is the outcome of an answer with content; with the cache on, the
+// upstream's refusals and failures are outcomes of their own.
+func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, t target, req Request, resp *http.Response, res Result) {
 	defer resp.Body.Close()
-	if p.Cache != nil && isRefusal(req, resp.StatusCode) {
-		// The same answer as when the cache holds the content and the
-		// access check is refused: nothing tells what is cached.
-		p.writeRefusal(w, r, t, req, resp)
-		return
+	if p.Cache != nil {
+		if isRefusal(req, resp.StatusCode) {
+			// The same answer as when the cache holds the content and
+			// the access check is refused: nothing tells what is cached.
+			p.writeRefusal(w, r, t, req, resp)
+			return
+		}
+		res = relayedResult(resp.StatusCode, res)
 	}
 	if resp.StatusCode == http.StatusUnauthorized {
 		drain(resp.Body)
@@ -413,6 +444,7 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, t target, req Requ
 		if ch := pickChallenge(resp.Header); ch != nil {
 			errParam = ch.Params["error"]
 		}
+		setOutcome(w, t, res)
 		p.writeChallenge(w, r, t, req, errParam)
 		return
 	}
@@ -434,14 +466,27 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, t target, req Requ
 			h.Add("Link", rewriteLink(l, t))
 		}
 	}
-	if cacheStatus != "" {
-		h.Set("Cache-Status", cacheStatus)
-	}
+	// Replaces the upstream's own Cache-Status, if any: it says nothing
+	// of this cache.
+	setOutcome(w, t, res)
 	w.WriteHeader(resp.StatusCode)
 	if r.Method == http.MethodHead {
 		return
 	}
 	copyBody(w, resp.Body)
+}
+
+// relayedResult is the outcome of relaying an upstream answer of status
+// that, had it been content, would have been res: the upstream's refusal,
+// or its failure with nothing cached to serve instead.
+func relayedResult(status int, res Result) Result {
+	switch {
+	case status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound:
+		return Result{Outcome: OutcomeRefused, UpstreamStatus: status}
+	case status == http.StatusTooManyRequests || status >= 500:
+		return Result{Outcome: OutcomeUpstreamError, UpstreamStatus: status}
+	}
+	return res
 }
 
 // rewriteLink makes a pagination Link point at the proxy in the client's
@@ -488,10 +533,8 @@ func (p *Proxy) writeUpstreamError(w http.ResponseWriter, t target, err error) {
 	var mi *manifestInvalidError
 	if errors.As(err, &mi) {
 		// The upstream answered, with a manifest that is not what it
-		// says: not a matter of availability.
-		if w.Header().Get("Cache-Status") == "" {
-			w.Header().Set("Cache-Status", statusMiss)
-		}
+		// says: not a matter of availability (its fwd-status is 200).
+		setOutcome(w, t, p.upstreamErrorResult(http.StatusOK))
 		WriteError(w, &Error{Status: http.StatusBadGateway, Code: CodeManifestInvalid, Message: "the upstream's manifest does not match its digest: " + mi.msg})
 		return
 	}
@@ -519,14 +562,26 @@ func (p *Proxy) writeUpstreamError(w http.ResponseWriter, t target, err error) {
 	case errors.Is(err, tokenauth.ErrRefused):
 		reason = "it refused the proxy's configured credentials"
 	}
-	if w.Header().Get("Cache-Status") == "" {
-		w.Header().Set("Cache-Status", statusMiss)
+	upstreamStatus := 0
+	if se != nil {
+		upstreamStatus = se.status
 	}
+	setOutcome(w, t, p.upstreamErrorResult(upstreamStatus))
 	name := "the upstream registry"
 	if _, public := wellKnown[t.up.Name]; public {
 		name = "upstream registry " + t.up.Name
 	}
 	WriteError(w, &Error{Status: status, Code: code, Message: name + " is unavailable: " + reason})
+}
+
+// upstreamErrorResult is the outcome of a request the upstream failed
+// (with upstreamStatus, or 0 for no answer): with the cache off, a bypass
+// like any other of its responses.
+func (p *Proxy) upstreamErrorResult(upstreamStatus int) Result {
+	if p.Cache == nil {
+		return resultBypass
+	}
+	return Result{Outcome: OutcomeUpstreamError, UpstreamStatus: upstreamStatus}
 }
 
 // isDialFailure recognises connection failures that transports wrap in

@@ -14,17 +14,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"strconv"
 	"strings"
 )
 
 // mediaTypeSchema1Signed is the Content-Type of a schema 1 signed manifest.
 const mediaTypeSchema1Signed = "application/vnd.docker.distribution.manifest.v1+prettyjws"
-
-// statusSchema1 is the Cache-Status of a schema 1 signed manifest: fetched
-// for this request and not kept.
-const statusSchema1 = "docker_proxy; fwd=miss; detail=schema1-not-stored"
 
 // schema1Payload returns the payload of a schema 1 signed manifest, the
 // bytes its digest is of; ok is false when body is not one (no
@@ -93,10 +87,7 @@ func errManifestInvalid(format string, args ...any) error {
 
 // passThroughReply is a manifest served as fetched and not kept.
 func passThroughReply(m manifest) *storedReply {
-	h := http.Header{}
-	setEntryHeaders(h, m.digest, m.mediaType, statusSchema1)
-	h.Set("Content-Length", strconv.Itoa(len(m.body)))
-	return &storedReply{status: http.StatusOK, header: h, body: m.body, cacheStatus: statusSchema1}
+	return manifestReply(m, resultSchema1)
 }
 
 // isSchema1Signed reports whether a Content-Type names a schema 1 signed

@@ -103,8 +103,8 @@ func TestSchema1SignedManifestPassesThrough(t *testing.T) {
 		if !ok || digest.FromBytes(payload) != got || got != upstreamDigest {
 			t.Errorf("Docker-Content-Digest %s; payload ok %v; want the upstream's %s, the digest of the payload", got, ok, upstreamDigest)
 		}
-		if cs := resp.Header.Get("Cache-Status"); cs != statusSchema1 {
-			t.Errorf("Cache-Status %q, want %q", cs, statusSchema1)
+		if cs := resp.Header.Get("Cache-Status"); cs != resultSchema1.CacheStatus() {
+			t.Errorf("Cache-Status %q, want %q", cs, resultSchema1.CacheStatus())
 		}
 		if p.Cache.Store.Contains(got) {
 			t.Error("the cache holds a schema 1 manifest under a digest its bytes do not hash to")
@@ -123,7 +123,7 @@ func TestSchema1SignedManifestPassesThrough(t *testing.T) {
 	}
 
 	// Schema 2 clients: cached as before.
-	for i, want := range []string{statusMiss, statusHit} {
+	for i, want := range []string{resultMiss.CacheStatus(), resultHit.CacheStatus()} {
 		resp, body = requestManifest(t, "GET", srv.URL+"/v2/team/app/manifests/1", mediaTypeSchema2)
 		if resp.StatusCode != http.StatusOK || digest.FromBytes(body) != schema2 || resp.Header.Get("Cache-Status") != want {
 			t.Errorf("schema 2 GET %d: %s, digest %s, Cache-Status %q; want %s and %q", i, resp.Status, digest.FromBytes(body), resp.Header.Get("Cache-Status"), schema2, want)

@@ -193,15 +193,15 @@ func TestSharedTierServesOtherInstances(t *testing.T) {
 		t.Errorf("B made %d manifest GETs, %d blob GETs, %d object store GETs upstream; want none", n, m, o)
 	}
 	got := b.statuses()
-	if len(got) != 1 || len(got[statusShared]) == 0 {
-		t.Errorf("B's Cache-Status values: %v; want %q on every response", got, statusShared)
+	if len(got) != 1 || len(got[resultShared.CacheStatus()]) == 0 {
+		t.Errorf("B's Cache-Status values: %v; want %q on every response", got, resultShared.CacheStatus())
 	}
 	// Served again by B: its own cache now.
 	b.saw, b.order = map[string]string{}, nil
 	if err := b.pullImage("library/app:v1", nil, img); err != nil {
 		t.Fatalf("B again: %v", err)
 	}
-	if got := b.statuses(); len(got) != 1 || len(got[statusHit]) == 0 {
+	if got := b.statuses(); len(got) != 1 || len(got[resultHit.CacheStatus()]) == 0 {
 		t.Errorf("B's second pull: %v; want hits only", got)
 	}
 
@@ -257,8 +257,8 @@ func TestSharedTierWrongCopyNeverServed(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusOK || !bytes.Equal(body, rawManifest) {
 		t.Fatalf("manifest with a short copy in the bucket: %v, %v, %d bytes", status(resp), err, len(body))
 	}
-	if cs := resp.Header.Get("Cache-Status"); cs != statusMiss || up.Counters.ManifestGETs() != 1 {
-		t.Errorf("manifest: Cache-Status %q and %d upstream GETs; want %q and 1", cs, up.Counters.ManifestGETs(), statusMiss)
+	if cs := resp.Header.Get("Cache-Status"); cs != resultMiss.CacheStatus() || up.Counters.ManifestGETs() != 1 {
+		t.Errorf("manifest: Cache-Status %q and %d upstream GETs; want %q and 1", cs, up.Counters.ManifestGETs(), resultMiss.CacheStatus())
 	}
 
 	blobURL := "http://" + b.host + "/v2/library/app/blobs/" + ld.String()
@@ -286,7 +286,7 @@ func TestSharedTierWrongCopyNeverServed(t *testing.T) {
 	up.Counters.Reset()
 	c := newInstance(t, up, shared, time.Hour)
 	resp, body, err = get("http://" + c.host + "/v2/library/app/blobs/" + ld.String())
-	if err != nil || !bytes.Equal(body, good) || resp.Header.Get("Cache-Status") != statusShared || up.Counters.ObjectStoreGETs() != 0 {
+	if err != nil || !bytes.Equal(body, good) || resp.Header.Get("Cache-Status") != resultShared.CacheStatus() || up.Counters.ObjectStoreGETs() != 0 {
 		t.Errorf("C: %v, %v, right bytes %v, Cache-Status %q, %d upstream GETs", status(resp), err, bytes.Equal(body, good),
 			resp.Header.Get("Cache-Status"), up.Counters.ObjectStoreGETs())
 	}
@@ -360,7 +360,7 @@ func TestSharedTierDown(t *testing.T) {
 		t.Fatalf("index with the shared tier down: %v", err)
 	}
 	in.waitUploads()
-	if got := in.statuses(); len(got) != 1 || len(got[statusMiss]) == 0 {
+	if got := in.statuses(); len(got) != 1 || len(got[resultMiss.CacheStatus()]) == 0 {
 		t.Errorf("Cache-Status values: %v; want misses only", got)
 	}
 	warnings := logs.FilterMessageSnippet("shared cache unavailable").AllUntimed()
