@@ -266,3 +266,13 @@ func isRefusal(req Request, status int) bool {
 	}
 	return status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound
 }
+
+// verdictTTL is how long a client identity's access to a repository,
+// checked with the upstream, is trusted without asking again;
+// offlineAccessWindow is how long it still counts when the upstream cannot
+// be asked (stale-if-error for access, as for tags). It matches the token
+// endpoint's offline window.
+const (
+	verdictTTL          = time.Minute
+	offlineAccessWindow = 24 * time.Hour
+)

@@ -1,0 +1,308 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+
+	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
+	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
+)
+
+// tagKey names a tag record. The client's Accept is part of it because
+// the upstream's answer depends on it (an index, or one platform's
+// manifest for clients that do not accept indexes).
+func tagKey(t target, req Request, r *http.Request) (key, base, accept string) {
+	base = t.up.String() + "\x00" + req.Name + "\x00" + req.Tag
+	accept = acceptKey(r.Header.Values("Accept"))
+	return base + "\x00" + accept, base, accept
+}
+
+// tagResult is what one upstream round for a tag produced, shared by all
+// requests that waited for it.
+type tagResult struct {
+	tag blobcache.Tag
+	// reply is the upstream's non-200 answer (status, headers, small body).
+	reply *storedReply
+	// upstreamStatus is set when the upstream failed (429, 5xx): callers
+	// fall back to the stale record.
+	upstreamStatus int
+	err            error
+	// shared: the manifest came from the shared tier.
+	shared bool
+	// settled: another round had just settled the tag; nothing was asked.
+	settled bool
+}
+
+// serveTag answers a manifest request by tag: from the tag record while
+// it is fresh, after a HEAD once it is stale (stale-if-error when the
+// upstream fails), from the upstream on a miss. Concurrent requests of one
+// identity share one upstream round.
+func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
+	c := p.Cache
+	key, base, accept := tagKey(t, req, r)
+	rec, known := c.Store.Tag(key)
+	if !known {
+		// Another client's Accept set may have the answer already.
+		rec, known = c.siblingTag(base, accept, time.Now())
+	} else {
+		c.accepts.add(base, accept)
+	}
+	hitResult := resultHit
+	if !known {
+		// Another instance may have checked the tag: with a fresh
+		// record, N instances cost the upstream one GET.
+		if rec, known = p.remoteTag(r, key); known {
+			c.accepts.add(base, accept)
+			hitResult = resultShared
+		} else {
+			// Set here while the shared tier was asked? Then the
+			// upstream round that set it must not be made again.
+			rec, known = c.Store.Tag(key)
+		}
+	}
+	fresh := known && time.Since(rec.Checked) < c.TagTTL
+	if fresh && p.serveTagRecord(w, r, t, req, grant, rec, hitResult) {
+		return
+	}
+	flight := c.tagFlight.DoChan(key+"\x00"+p.askedAs(grant, t.up)+"\x00"+r.Method, func() (any, error) {
+		// Shared by every request of this identity for the tag: it must
+		// not end with the first one's. A revalidation that takes too
+		// long counts as an upstream failure (stale-if-error).
+		timeout := upstreamAnswerTimeout
+		if known {
+			timeout = revalidationTimeout
+		}
+		// A round that ended between this request's look at the record
+		// and this one may have settled the tag already.
+		if cur, ok := c.Store.Tag(key); ok && time.Since(cur.Checked) < c.TagTTL &&
+			(!known || cur.Checked.After(rec.Checked)) && c.Store.Contains(cur.Digest) {
+			return tagResult{tag: cur, settled: true}, nil
+		}
+		ctx, stop := detached(r.Context(), timeout)
+		defer stop()
+		shared := r.WithContext(ctx)
+		switch {
+		case fresh: // the record holds, its manifest is not cached (it came from a HEAD, or was evicted)
+			return p.fetchTagByDigest(shared, t, req, grant, key, rec.Digest, rec.Checked), nil
+		case known:
+			return p.revalidateTag(shared, t, req, grant, key, rec), nil
+		}
+		return p.fetchTag(shared, t, req, grant, key), nil
+	})
+	var res tagResult
+	select {
+	case v := <-flight:
+		res = v.Val.(tagResult)
+	case <-r.Context().Done():
+		return
+	}
+	switch {
+	case res.reply != nil:
+		p.relay(w, r, t, req, res.reply.response(), res.reply.outcomeOr(resultMiss))
+	case res.err != nil || res.upstreamStatus != 0:
+		if known && !c.Store.Contains(rec.Digest) {
+			// The manifest may be in the shared tier only (the
+			// record came from there, or it was evicted here).
+			p.sharedManifest(r.Context(), rec.Digest)
+		}
+		if known && p.serveTagRecord(w, r, t, req, grant, rec, resultStale(res.upstreamStatus)) {
+			p.Logger.Info("served a stale tag: upstream failed",
+				zap.String("upstream", t.up.Name), zap.String("repository", req.Name), zap.String("tag", req.Tag),
+				zap.Int("upstream_status", res.upstreamStatus), zap.Error(res.err))
+			return
+		}
+		if res.err == nil {
+			res.err = &upstreamStatusError{status: res.upstreamStatus}
+		}
+		p.writeUpstreamError(w, t, res.err)
+	default:
+		served := resultMiss
+		switch {
+		case res.settled:
+			served = resultHit
+		case res.shared:
+			served = resultShared
+		case known && res.tag.Digest == rec.Digest:
+			served = resultRevalidated
+		}
+		if !p.serveTagRecord(w, r, t, req, grant, res.tag, served) {
+			p.writeUpstreamError(w, t, errors.New("manifest vanished from the cache"))
+		}
+	}
+}
+
+// revalidateTag asks the upstream with a HEAD (which Docker Hub does not
+// count) whether the tag still points at rec's digest.
+func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant tokenauth.Grant, key string, rec blobcache.Tag) tagResult {
+	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, http.MethodHead))
+	if err != nil {
+		return tagResult{err: err}
+	}
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+		drain(resp.Body)
+		return tagResult{upstreamStatus: resp.StatusCode}
+	case resp.StatusCode != http.StatusOK:
+		return tagResult{reply: keepReply(resp)}
+	}
+	drain(resp.Body)
+	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+	if err != nil {
+		// No usable digest in the HEAD: fetch the tag itself.
+		return p.fetchTag(r, t, req, grant, key)
+	}
+	if p.Cache.Store.Contains(d) || r.Method == http.MethodHead {
+		// No GET (which Docker Hub counts): the manifest is cached, or
+		// a HEAD needs none. The HEAD says where the tag points, not
+		// that this identity may read cached content of that digest:
+		// serving it is checked by digest (serveTagRecord).
+		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
+		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
+		if d == rec.Digest && rec.Size > 0 {
+			tag.MediaType, tag.Size = rec.MediaType, rec.Size
+		}
+		p.tagAnswer(grant, t, req)
+		p.Cache.setTag(key, tag)
+		return tagResult{tag: tag}
+	}
+	return p.fetchTagByDigest(r, t, req, grant, key, d, time.Now())
+}
+
+// fetchTag resolves a tag the cache does not know: GET (HEAD for a HEAD).
+func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth.Grant, key string) tagResult {
+	if r.Method == http.MethodHead {
+		resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, http.MethodHead))
+		if err != nil {
+			return tagResult{err: err}
+		}
+		if resp.StatusCode != http.StatusOK {
+			return tagResult{reply: keepReply(resp)}
+		}
+		if isSchema1Signed(resp.Header.Get("Content-Type")) {
+			// Its GET will be passed through, never stored: no record
+			// that would send it to the cache (see schema1.go).
+			reply := keepReply(resp)
+			reply.outcome = resultSchema1
+			return tagResult{reply: reply}
+		}
+		drain(resp.Body)
+		d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+		if err != nil {
+			return tagResult{err: fmt.Errorf("upstream HEAD of %s:%s has no valid Docker-Content-Digest", req.Name, req.Tag)}
+		}
+		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
+		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
+		p.tagAnswer(grant, t, req)
+		p.Cache.setTag(key, tag)
+		return tagResult{tag: tag}
+	}
+	m, reply, err := p.fetchManifest(r, t, req, grant, req.Tag)
+	if err != nil {
+		return tagResult{err: err}
+	}
+	if reply != nil {
+		if reply.StatusCode == http.StatusTooManyRequests || reply.StatusCode >= 500 {
+			drain(reply.Body)
+			return tagResult{upstreamStatus: reply.StatusCode}
+		}
+		return tagResult{reply: keepReply(reply)}
+	}
+	p.tagAnswer(grant, t, req)
+	return p.keepTag(t, req, grant, key, m, time.Now())
+}
+
+// fetchTagByDigest gets the manifest a tag points at; checked is when the
+// upstream last confirmed the tag (now, or the record's time when only the
+// manifest was missing).
+func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req Request, grant tokenauth.Grant, key string, d digest.Digest, checked time.Time) tagResult {
+	res, ok := p.fetchByDigest(r, t, req, grant, d)
+	switch {
+	case !ok:
+		return tagResult{err: r.Context().Err()}
+	case res.reply != nil:
+		if res.reply.status == http.StatusTooManyRequests || res.reply.status >= 500 {
+			return tagResult{upstreamStatus: res.reply.status}
+		}
+		return tagResult{reply: res.reply}
+	case res.err != nil:
+		return tagResult{err: res.err}
+	case res.shared, res.cached:
+		// Stored already, with the shared tier's scopes or by another
+		// round: nothing here says this identity may read it
+		// (serveTagRecord asks).
+		tag := blobcache.Tag{Digest: d, MediaType: res.m.mediaType, Size: int64(len(res.m.body)), Checked: checked}
+		p.Cache.setTag(key, tag)
+		return tagResult{tag: tag, shared: res.shared, settled: res.cached}
+	}
+	return p.keepTag(t, req, grant, key, res.m, checked)
+}
+
+// remoteTag reads the shared tier's record of a tag this store has none
+// of, once for concurrent requests.
+func (p *Proxy) remoteTag(r *http.Request, key string) (blobcache.Tag, bool) {
+	type found struct {
+		rec blobcache.Tag
+		ok  bool
+	}
+	c := p.Cache
+	flight := c.tagFlight.DoChan("remote\x00"+key, func() (any, error) {
+		ctx, stop := detached(r.Context(), remoteWait)
+		defer stop()
+		rec, ok := c.Store.RemoteTag(ctx, key)
+		return found{rec, ok}, nil
+	})
+	select {
+	case v := <-flight:
+		f := v.Val.(found)
+		return f.rec, f.ok
+	case <-r.Context().Done():
+		return blobcache.Tag{}, false
+	}
+}
+
+func (p *Proxy) keepTag(t target, req Request, grant tokenauth.Grant, key string, m manifest, checked time.Time) tagResult {
+	tag := blobcache.Tag{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(m.body)), Checked: checked}
+	if m.signed {
+		// Neither stored nor recorded: this identity fetched it just now.
+		return tagResult{tag: tag, reply: passThroughReply(m)}
+	}
+	if !p.storeManifest(t, req, grant, m) {
+		// Still answer this round, from memory.
+		return tagResult{tag: tag, reply: manifestReply(m, resultCacheUnavailable)}
+	}
+	p.Cache.setTag(key, tag)
+	return tagResult{tag: tag}
+}
+
+// serveTagRecord answers from a tag record if the cache has what it
+// needs and the identity may read it; false means "not answered". A HEAD
+// is answered from the record alone if the upstream lately answered this
+// identity for the tag. Cached content is always checked by digest: a
+// tag's answer names a digest, it does not confirm access to whatever the
+// cache holds under it.
+func (p *Proxy) serveTagRecord(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, tag blobcache.Tag, res Result) bool {
+	c := p.Cache
+	h, ok := c.lookup(tag.Digest)
+	if !ok {
+		if r.Method != http.MethodHead || tag.Size <= 0 || !(p.tagAnswered(grant, t, req) || p.mayReadQuiet(r, t, req, grant, tag.Digest)) {
+			return false
+		}
+		// A HEAD is answered from the record alone.
+		setEntryHeaders(w.Header(), tag.Digest, tag.MediaType)
+		setOutcome(w, t, res)
+		w.Header().Set("Content-Length", strconv.FormatInt(tag.Size, 10))
+		w.WriteHeader(http.StatusOK)
+		return true
+	}
+	defer h.Close()
+	if p.mayRead(w, r, t, req, grant, tag.Digest) {
+		serveHit(w, r, t, h, res)
+	}
+	return true
+}
