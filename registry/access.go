@@ -76,61 +76,62 @@ func accessScope(identity string, t target, name string) string {
 	return identity + "|" + t.up.String() + "/" + name
 }
 
-// grantRead records that the upstream just served d of name to the
+// confirmRead records that the upstream just served d of name to the
 // identity grant's requests go out as. The proxy's own identities are
 // persisted with the entry (every client of this handler may read what
-// they may); a client's own credentials are remembered for a while.
-func (p *Proxy) grantRead(grant tokenauth.Grant, t target, name string, d digest.Digest) {
+// they may); a client's own credentials are confirmed in Cache.Confirmed,
+// which holds them for confirmationTTL.
+func (p *Proxy) confirmRead(grant tokenauth.Grant, t target, name string, d digest.Digest) {
 	id := p.askedAs(grant, t.up)
 	scope := accessScope(id, t, name)
 	if grant.Anonymous() && p.Cache.Store.Allow(d, scope) == nil {
 		return
 	}
 	// A client's credentials, or a digest the store does not hold.
-	p.Cache.Verdicts.Confirm(verdictKey(scope, d), time.Now())
+	p.Cache.Confirmed.Confirm(confirmationKey(scope, d), time.Now())
 }
 
-func verdictKey(scope string, d digest.Digest) string { return scope + "\x00" + d.String() }
+func confirmationKey(scope string, d digest.Digest) string { return scope + "\x00" + d.String() }
 
-// tagAnswer records that the upstream just told grant's identity where
+// confirmTag records that the upstream just told grant's identity where
 // req's tag points. That lets a HEAD of the tag be answered from its
 // record; it says nothing of the content under the digest.
-func (p *Proxy) tagAnswer(grant tokenauth.Grant, t target, req Request) {
-	p.Cache.Verdicts.Confirm(tagVerdictKey(accessScope(p.askedAs(grant, t.up), t, req.Name), req.Tag), time.Now())
+func (p *Proxy) confirmTag(grant tokenauth.Grant, t target, req Request) {
+	p.Cache.Confirmed.Confirm(tagConfirmationKey(accessScope(p.askedAs(grant, t.up), t, req.Name), req.Tag), time.Now())
 }
 
-// tagAnswered reports whether the upstream told grant's client where req's
+// tagConfirmed reports whether the upstream told grant's client where req's
 // tag points lately: this handler's own identity within tag_ttl, or the
 // client's credentials within a minute.
-func (p *Proxy) tagAnswered(grant tokenauth.Grant, t target, req Request) bool {
+func (p *Proxy) tagConfirmed(grant tokenauth.Grant, t target, req Request) bool {
 	c, now := p.Cache, time.Now()
-	if c.Verdicts.Within(tagVerdictKey(accessScope(p.ownIdentity(t.up), t, req.Name), req.Tag), max(c.verdictTTL, c.TagTTL), now) {
+	if c.Confirmed.Within(tagConfirmationKey(accessScope(p.ownIdentity(t.up), t, req.Name), req.Tag), max(c.confirmationTTL, c.TagTTL), now) {
 		return true
 	}
 	client := clientOwn(grant)
-	return client != "" && c.Verdicts.Within(tagVerdictKey(accessScope(client, t, req.Name), req.Tag), c.verdictTTL, now)
+	return client != "" && c.Confirmed.Within(tagConfirmationKey(accessScope(client, t, req.Name), req.Tag), c.confirmationTTL, now)
 }
 
-func tagVerdictKey(scope, tag string) string { return scope + "\x00tag:" + tag }
+func tagConfirmationKey(scope, tag string) string { return scope + "\x00tag:" + tag }
 
-// remembered reports whether the upstream confirmed identity's access to
+// confirmedWithin reports whether the upstream confirmed identity's access to
 // d of name within the last window.
-func (c *Cache) remembered(identity string, t target, name string, d digest.Digest, window time.Duration) bool {
-	return c.Verdicts.Within(verdictKey(accessScope(identity, t, name), d), window, time.Now())
+func (c *Cache) confirmedWithin(identity string, t target, name string, d digest.Digest, window time.Duration) bool {
+	return c.Confirmed.Within(confirmationKey(accessScope(identity, t, name), d), window, time.Now())
 }
 
-// knownReadable reports whether grant's client may read d of name without
+// readConfirmed reports whether grant's client may read d of name without
 // asking the upstream: this handler's own identity may (recorded with the
 // entry, or confirmed within tag_ttl), or the client's credentials were
 // confirmed within window.
-func (p *Proxy) knownReadable(grant tokenauth.Grant, t target, name string, d digest.Digest, window time.Duration) bool {
+func (p *Proxy) readConfirmed(grant tokenauth.Grant, t target, name string, d digest.Digest, window time.Duration) bool {
 	c := p.Cache
 	own := p.ownIdentity(t.up)
-	if c.Store.Allowed(d, accessScope(own, t, name)) || c.remembered(own, t, name, d, max(window, c.TagTTL)) {
+	if c.Store.Allowed(d, accessScope(own, t, name)) || c.confirmedWithin(own, t, name, d, max(window, c.TagTTL)) {
 		return true
 	}
 	client := clientOwn(grant)
-	return client != "" && c.remembered(client, t, name, d, window)
+	return client != "" && c.confirmedWithin(client, t, name, d, window)
 }
 
 // mayRead decides whether grant's identity may read cached content d of
@@ -168,7 +169,7 @@ func (p *Proxy) mayReadQuiet(r *http.Request, t target, req Request, grant token
 // refusal comes back as the upstream's response (401, 403, 404).
 func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (bool, *http.Response, error) {
 	c := p.Cache
-	if p.knownReadable(grant, t, req.Name, d, c.verdictTTL) {
+	if p.readConfirmed(grant, t, req.Name, d, c.confirmationTTL) {
 		return true, nil, nil
 	}
 	// When the upstream cannot answer, what it confirmed for this
@@ -176,7 +177,7 @@ func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokena
 	// confirmed does.
 	confirmedBefore := func() bool {
 		client := clientOwn(grant)
-		return client != "" && c.remembered(client, t, req.Name, d, offlineAccessWindow)
+		return client != "" && c.confirmedWithin(client, t, req.Name, d, offlineAccessWindow)
 	}
 	ctx, stop := detached(r.Context(), revalidationTimeout)
 	defer stop()
@@ -187,7 +188,7 @@ func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokena
 	switch {
 	case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent:
 		drain(resp.Body)
-		p.grantRead(grant, t, req.Name, d)
+		p.confirmRead(grant, t, req.Name, d)
 		return true, nil, nil
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusNotFound:
 		if grant.Anonymous() && confirmedBefore() {
@@ -267,12 +268,12 @@ func isRefusal(req Request, status int) bool {
 	return status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound
 }
 
-// verdictTTL is how long a client identity's access to a repository,
+// confirmationTTL is how long a client identity's access to a repository,
 // checked with the upstream, is trusted without asking again;
 // offlineAccessWindow is how long it still counts when the upstream cannot
 // be asked (stale-if-error for access, as for tags). It matches the token
 // endpoint's offline window.
 const (
-	verdictTTL          = time.Minute
+	confirmationTTL     = time.Minute
 	offlineAccessWindow = 24 * time.Hour
 )

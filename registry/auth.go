@@ -93,24 +93,26 @@ func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request, t target) {
 		rerr.Write(w)
 		return
 	}
-	up := tokenauth.Upstream{ID: t.up.String()}
+	// The upstream as the token endpoint sees it: its realm's challenge and
+	// the rules for its scopes and credentials.
+	endpointUp := tokenauth.Upstream{ID: t.up.String()}
 	ch, err := p.Upstream.Challenge(r.Context(), t.up)
 	if err != nil {
-		up.Unreachable = err
+		endpointUp.Unreachable = err
 	}
-	up.Challenge = ch
+	endpointUp.Challenge = ch
 	if t.up.IsDockerHub() {
-		up.NormalizeScope = func(s tokenauth.Scope) tokenauth.Scope {
+		endpointUp.NormalizeScope = func(s tokenauth.Scope) tokenauth.Scope {
 			if strings.HasPrefix(s.Type, "repository") && !strings.Contains(s.Name, "/") {
 				s.Name = "library/" + s.Name
 			}
 			return s
 		}
 	}
-	up.CheckBasic = func(ctx context.Context, authorization string) error {
+	endpointUp.CheckBasic = func(ctx context.Context, authorization string) error {
 		return p.Upstream.CheckBasic(ctx, t.up, authorization)
 	}
 	// The realm gets a client's credentials: it is held to the
 	// upstream's netguard policy like any host the upstream names.
-	p.Auth.Serve(w, r.WithContext(p.Upstream.guard(r.Context(), t.up)), treq, up)
+	p.Auth.Serve(w, r.WithContext(p.Upstream.guard(r.Context(), t.up)), treq, endpointUp)
 }

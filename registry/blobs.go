@@ -86,7 +86,7 @@ func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, t target, req R
 	}
 	// The upstream's final answer for this digest: this identity may
 	// read it (kept with the fill, so only if its bytes prove right).
-	p.grantRead(grant, t, req.Name, req.Digest)
+	p.confirmRead(grant, t, req.Name, req.Digest)
 	src := blobcache.Source{Body: resp.Body, Size: resp.ContentLength, MediaType: blobMediaType(resp),
 		OnFailure: func(err error) { p.fillFailed(t.up, req.Digest, err) }}
 	rd, err := fill.StartReading(r.Context(), src)
@@ -115,7 +115,7 @@ func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, t target, req R
 // shared copy's scopes hold this route's repository (the proxy's own
 // identity fetched it there), the upstream must accept this client first.
 func (p *Proxy) serveSharedBlob(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, fill *blobcache.Fill) bool {
-	ctx, cancel := context.WithTimeout(r.Context(), remoteWait)
+	ctx, cancel := context.WithTimeout(r.Context(), sharedTierWait)
 	started, err := fill.StartRemote(ctx)
 	cancel()
 	if errors.Is(err, blobcache.ErrUnavailable) {

@@ -24,26 +24,28 @@ type Cache struct {
 	memory    *memoryCache
 	accepts   acceptSets
 	tagFlight singleflight.Group
-	// verdictTTL is how long an access the upstream confirmed for a
-	// client is trusted without asking again (verdictTTL by default).
-	verdictTTL time.Duration
+	// confirmationTTL is how long the upstream's confirmation of a
+	// client's own access is trusted without asking again: the
+	// confirmationTTL constant (tests set it to 0 to make every check ask).
+	confirmationTTL time.Duration
 
-	// Verdicts are the accesses the upstream confirmed for client
-	// identities (identity, repository, digest); shared across reloads.
-	Verdicts *tokenauth.Confirmations
+	// Confirmed holds the accesses the upstream confirmed for client
+	// identities (identity, repository, digest or tag); shared across
+	// reloads.
+	Confirmed *tokenauth.Confirmations
 }
 
 // memoryCacheSize bounds the small entries (manifests, configs) kept in
 // memory beside the store.
 const memoryCacheSize = 32 << 20
 
-// NewCache returns the registry cache over store. verdicts may be shared
+// NewCache returns the registry cache over store. confirmed may be shared
 // with other caches over the same store; nil makes a private one.
-func NewCache(store *blobcache.Store, tagTTL time.Duration, verdicts *tokenauth.Confirmations) *Cache {
-	if verdicts == nil {
-		verdicts = tokenauth.NewConfirmations(offlineAccessWindow)
+func NewCache(store *blobcache.Store, tagTTL time.Duration, confirmed *tokenauth.Confirmations) *Cache {
+	if confirmed == nil {
+		confirmed = tokenauth.NewConfirmations(offlineAccessWindow)
 	}
-	return &Cache{Store: store, TagTTL: tagTTL, memory: newMemoryCache(memoryCacheSize), verdictTTL: verdictTTL, Verdicts: verdicts}
+	return &Cache{Store: store, TagTTL: tagTTL, memory: newMemoryCache(memoryCacheSize), confirmationTTL: confirmationTTL, Confirmed: confirmed}
 }
 
 // setTag records a tag and which Accept set it was made for.
@@ -91,10 +93,10 @@ func (c *Cache) lookup(d digest.Digest) (*hit, bool) {
 	return &hit{Info: b.Info, modTime: b.ModTime, blob: b}, true
 }
 
-// remoteWait bounds what a request waits for the shared tier's answer
+// sharedTierWait bounds what a request waits for the shared tier's answer
 // before the upstream is asked instead (the store bounds its own calls
 // too).
-const remoteWait = 5 * time.Second
+const sharedTierWait = 5 * time.Second
 
 // maxManifestSize is the largest manifest the proxy reads into memory
 // (distribution's own limit).

@@ -98,7 +98,7 @@ func (p *Proxy) keepList(t target, req Request, grant tokenauth.Grant, key strin
 		p.Logger.Debug("list not kept", zap.Error(err))
 		return
 	}
-	p.grantRead(grant, t, req.Name, d)
+	p.confirmRead(grant, t, req.Name, d)
 	_ = p.Cache.Store.SetLocalTag(key, blobcache.Tag{Digest: d, MediaType: listMediaType, Size: int64(len(kept)), Checked: time.Now()})
 }
 
@@ -111,7 +111,7 @@ func (p *Proxy) serveKeptList(w http.ResponseWriter, r *http.Request, t target, 
 	if !ok {
 		return false
 	}
-	if !p.knownReadable(grant, t, req.Name, rec.Digest, offlineAccessWindow) {
+	if !p.readConfirmed(grant, t, req.Name, rec.Digest, offlineAccessWindow) {
 		return false
 	}
 	h, ok := c.lookup(rec.Digest)

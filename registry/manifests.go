@@ -68,7 +68,7 @@ func (p *Proxy) serveManifestByDigest(w http.ResponseWriter, r *http.Request, t 
 // digestResult is a manifest fetched by digest, or why not.
 type digestResult struct {
 	m     manifest
-	reply *storedReply // the upstream's non-200 answer
+	reply *bufferedReply // the upstream's non-200 answer
 	err   error
 	// shared: m came from the shared tier, not from the upstream with
 	// this identity, which may still have to be allowed to read it.
@@ -100,7 +100,7 @@ func (p *Proxy) fetchByDigest(r *http.Request, t target, req Request, grant toke
 		case err != nil:
 			return digestResult{err: err}, nil
 		case reply != nil:
-			return digestResult{reply: keepReply(reply)}, nil
+			return digestResult{reply: bufferReply(reply)}, nil
 		case m.digest != d:
 			return digestResult{err: errManifestInvalid("manifest %s: upstream sent content with digest %s", d, m.digest)}, nil
 		case m.signed:
@@ -143,12 +143,12 @@ func (p *Proxy) cachedManifest(d digest.Digest) (manifest, bool) {
 // the shared tier has it: verified, with the access scopes recorded with
 // it (never more than the instance that uploaded it knew).
 func (p *Proxy) sharedManifest(ctx context.Context, d digest.Digest) (manifest, bool) {
-	ctx, cancel := context.WithTimeout(ctx, remoteWait)
+	ctx, cancel := context.WithTimeout(ctx, sharedTierWait)
 	defer cancel()
 	info, body, err := p.Cache.Store.LoadRemote(ctx, d, maxManifestSize)
 	if err != nil {
 		if !errors.Is(err, blobcache.ErrNotFound) {
-			p.Logger.Debug("manifest not taken from the shared cache", zap.String("digest", d.String()), zap.Error(err))
+			p.Logger.Debug("manifest not taken from the shared tier", zap.String("digest", d.String()), zap.Error(err))
 		}
 		return manifest{}, false
 	}
@@ -233,7 +233,7 @@ func (p *Proxy) storeManifest(t target, req Request, grant tokenauth.Grant, m ma
 		return false
 	}
 	c.memory.add(&memoryEntry{digest: m.digest, mediaType: m.mediaType, body: m.body, modTime: time.Now()})
-	p.grantRead(grant, t, req.Name, m.digest)
+	p.confirmRead(grant, t, req.Name, m.digest)
 	return true
 }
 
@@ -248,9 +248,9 @@ func writeManifest(w http.ResponseWriter, r *http.Request, t target, m manifest,
 	}
 }
 
-// storedReply is an upstream answer kept in memory so that every request
+// bufferedReply is an upstream answer held in memory so that every request
 // that shared the upstream round can relay it.
-type storedReply struct {
+type bufferedReply struct {
 	status int
 	header http.Header
 	body   []byte
@@ -259,28 +259,28 @@ type storedReply struct {
 	outcome Result
 }
 
-func (s *storedReply) outcomeOr(def Result) Result {
+func (s *bufferedReply) outcomeOr(def Result) Result {
 	if s.outcome.Outcome != OutcomeNone {
 		return s.outcome
 	}
 	return def
 }
 
-func (s *storedReply) response() *http.Response {
+func (s *bufferedReply) response() *http.Response {
 	return &http.Response{StatusCode: s.status, Header: s.header.Clone(), Body: io.NopCloser(bytes.NewReader(s.body))}
 }
 
-func keepReply(resp *http.Response) *storedReply {
+func bufferReply(resp *http.Response) *bufferedReply {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	return &storedReply{status: resp.StatusCode, header: resp.Header.Clone(), body: body}
+	return &bufferedReply{status: resp.StatusCode, header: resp.Header.Clone(), body: body}
 }
 
 // manifestReply is m as a reply that the proxy makes itself, with outcome
 // res: a manifest served as fetched and not kept.
-func manifestReply(m manifest, res Result) *storedReply {
+func manifestReply(m manifest, res Result) *bufferedReply {
 	h := http.Header{}
 	setEntryHeaders(h, m.digest, m.mediaType)
 	h.Set("Content-Length", strconv.Itoa(len(m.body)))
-	return &storedReply{status: http.StatusOK, header: h, body: m.body, outcome: res}
+	return &bufferedReply{status: http.StatusOK, header: h, body: m.body, outcome: res}
 }

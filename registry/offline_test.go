@@ -72,7 +72,7 @@ func TestOfflineAccessOnlyForConfirmedCredentials(t *testing.T) {
 	up.AddUser("mallory", "mallory-pw")
 	img := up.PushRandomImage(t, "team/secret", "v1", 2, 8<<10)
 	p, srv := newTestProxy(t, up, time.Nanosecond)
-	p.Cache.verdictTTL = 0 // every check asks the upstream, or falls back
+	p.Cache.confirmationTTL = 0 // every check asks the upstream, or falls back
 	host := strings.TrimPrefix(srv.URL, "http://")
 	ref, err := name.ParseReference(path.Join(host, "team/secret:v1"), name.Insecure)
 	if err != nil {

@@ -48,21 +48,21 @@ func upstreamPath(req Request) string {
 	return "/v2/"
 }
 
-// upstreamQuery keeps the query parameters the API defines for the kind
+// upstreamQuery passes on the query parameters the API defines for the kind
 // (pagination, artifact filters); ns= is the proxy's, not the upstream's.
 func upstreamQuery(r *http.Request, req Request) string {
-	var keep []string
+	var params []string
 	switch req.Kind {
 	case KindTags:
-		keep = []string{"n", "last"}
+		params = []string{"n", "last"}
 	case KindReferrers:
-		keep = []string{"artifactType"}
+		params = []string{"artifactType"}
 	default:
 		return ""
 	}
 	in := r.URL.Query()
 	out := url.Values{}
-	for _, k := range keep {
+	for _, k := range params {
 		if v, ok := in[k]; ok {
 			out[k] = v
 		}

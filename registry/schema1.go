@@ -86,7 +86,7 @@ func errManifestInvalid(format string, args ...any) error {
 }
 
 // passThroughReply is a manifest served as fetched and not kept.
-func passThroughReply(m manifest) *storedReply {
+func passThroughReply(m manifest) *bufferedReply {
 	return manifestReply(m, resultSchema1)
 }
 

@@ -28,7 +28,7 @@ func tagKey(t target, req Request, r *http.Request) (key, base, accept string) {
 type tagResult struct {
 	tag blobcache.Tag
 	// reply is the upstream's non-200 answer (status, headers, small body).
-	reply *storedReply
+	reply *bufferedReply
 	// upstreamStatus is set when the upstream failed (429, 5xx): callers
 	// fall back to the stale record.
 	upstreamStatus int
@@ -57,7 +57,7 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 	if !known {
 		// Another instance may have checked the tag: with a fresh
 		// record, N instances cost the upstream one GET.
-		if rec, known = p.remoteTag(r, key); known {
+		if rec, known = p.sharedTierTag(r, key); known {
 			c.accepts.add(base, accept)
 			hitResult = resultShared
 		} else {
@@ -149,7 +149,7 @@ func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant toke
 		drain(resp.Body)
 		return tagResult{upstreamStatus: resp.StatusCode}
 	case resp.StatusCode != http.StatusOK:
-		return tagResult{reply: keepReply(resp)}
+		return tagResult{reply: bufferReply(resp)}
 	}
 	drain(resp.Body)
 	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
@@ -167,7 +167,7 @@ func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant toke
 		if d == rec.Digest && rec.Size > 0 {
 			tag.MediaType, tag.Size = rec.MediaType, rec.Size
 		}
-		p.tagAnswer(grant, t, req)
+		p.confirmTag(grant, t, req)
 		p.Cache.setTag(key, tag)
 		return tagResult{tag: tag}
 	}
@@ -182,12 +182,12 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 			return tagResult{err: err}
 		}
 		if resp.StatusCode != http.StatusOK {
-			return tagResult{reply: keepReply(resp)}
+			return tagResult{reply: bufferReply(resp)}
 		}
 		if isSchema1Signed(resp.Header.Get("Content-Type")) {
 			// Its GET will be passed through, never stored: no record
 			// that would send it to the cache (see schema1.go).
-			reply := keepReply(resp)
+			reply := bufferReply(resp)
 			reply.outcome = resultSchema1
 			return tagResult{reply: reply}
 		}
@@ -198,7 +198,7 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 		}
 		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
 		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
-		p.tagAnswer(grant, t, req)
+		p.confirmTag(grant, t, req)
 		p.Cache.setTag(key, tag)
 		return tagResult{tag: tag}
 	}
@@ -211,9 +211,9 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 			drain(reply.Body)
 			return tagResult{upstreamStatus: reply.StatusCode}
 		}
-		return tagResult{reply: keepReply(reply)}
+		return tagResult{reply: bufferReply(reply)}
 	}
-	p.tagAnswer(grant, t, req)
+	p.confirmTag(grant, t, req)
 	return p.keepTag(t, req, grant, key, m, time.Now())
 }
 
@@ -243,16 +243,16 @@ func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req Request, grant t
 	return p.keepTag(t, req, grant, key, res.m, checked)
 }
 
-// remoteTag reads the shared tier's record of a tag this store has none
+// sharedTierTag reads the shared tier's record of a tag this store has none
 // of, once for concurrent requests.
-func (p *Proxy) remoteTag(r *http.Request, key string) (blobcache.Tag, bool) {
+func (p *Proxy) sharedTierTag(r *http.Request, key string) (blobcache.Tag, bool) {
 	type found struct {
 		rec blobcache.Tag
 		ok  bool
 	}
 	c := p.Cache
 	flight := c.tagFlight.DoChan("remote\x00"+key, func() (any, error) {
-		ctx, stop := detached(r.Context(), remoteWait)
+		ctx, stop := detached(r.Context(), sharedTierWait)
 		defer stop()
 		rec, ok := c.Store.RemoteTag(ctx, key)
 		return found{rec, ok}, nil
@@ -290,7 +290,7 @@ func (p *Proxy) serveTagRecord(w http.ResponseWriter, r *http.Request, t target,
 	c := p.Cache
 	h, ok := c.lookup(tag.Digest)
 	if !ok {
-		if r.Method != http.MethodHead || tag.Size <= 0 || !(p.tagAnswered(grant, t, req) || p.mayReadQuiet(r, t, req, grant, tag.Digest)) {
+		if r.Method != http.MethodHead || tag.Size <= 0 || !(p.tagConfirmed(grant, t, req) || p.mayReadQuiet(r, t, req, grant, tag.Digest)) {
 			return false
 		}
 		// A HEAD is answered from the record alone.
