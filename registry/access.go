@@ -190,7 +190,7 @@ func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokena
 		drain(resp.Body)
 		p.confirmRead(grant, t, req.Name, d)
 		return true, nil, nil
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusNotFound:
+	case refusedStatus(resp.StatusCode):
 		if grant.Anonymous() && confirmedBefore() {
 			// An offline grant asks with the proxy's identity, which
 			// the upstream may refuse what it confirmed for the client.
@@ -247,11 +247,7 @@ func (p *Proxy) writeRefusal(w http.ResponseWriter, r *http.Request, t target, r
 	setOutcome(w, t, Result{Outcome: OutcomeRefused, UpstreamStatus: resp.StatusCode})
 	switch resp.StatusCode {
 	case http.StatusUnauthorized:
-		errParam := ""
-		if ch := pickChallenge(resp.Header); ch != nil {
-			errParam = ch.Params["error"]
-		}
-		p.writeChallenge(w, r, t, req, errParam)
+		p.writeChallenge(w, r, t, req, challengeError(resp.Header))
 	case http.StatusForbidden:
 		WriteError(w, &Error{Status: http.StatusForbidden, Code: CodeDenied, Message: "access to " + req.Name + " denied by the upstream registry"})
 	default:
@@ -265,7 +261,7 @@ func isRefusal(req Request, status int) bool {
 	if req.Kind != KindManifest && req.Kind != KindBlob {
 		return false
 	}
-	return status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound
+	return refusedStatus(status)
 }
 
 // confirmationTTL is how long a client identity's access to a repository,

@@ -32,6 +32,15 @@ func (p *Proxy) writeChallenge(w http.ResponseWriter, r *http.Request, t target,
 	WriteError(w, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthorized, Message: "authentication required"})
 }
 
+// challengeError is the error parameter of the upstream's challenge in h
+// (invalid_token, insufficient_scope), for the proxy's own challenge.
+func challengeError(h http.Header) string {
+	if ch := pickChallenge(h); ch != nil {
+		return ch.Params["error"]
+	}
+	return ""
+}
+
 func (p *Proxy) challengeFor(r *http.Request, t target, req Request, errParam string) tokenauth.Challenge {
 	params := map[string]string{"realm": p.realm(r, t), "service": t.up.Name}
 	if ch := p.Upstream.learnt(t.up); ch != nil && ch.Service() != "" {

@@ -515,16 +515,17 @@ func linksAtUpstream(resp *http.Response, o outbound) {
 	at := resp.Request.URL
 	path, _, _ := strings.Cut(o.path, "?")
 	for _, l := range links {
-		start, end := strings.IndexByte(l, '<'), strings.IndexByte(l, '>')
-		if start < 0 || end < start {
-			continue
+		l, ok := withLinkURI(l, func(ref string) (string, bool) {
+			u, err := at.Parse(ref)
+			if err != nil || u.Host != at.Host || u.Path != at.Path {
+				return "", false
+			}
+			rel := url.URL{Path: path, RawQuery: u.RawQuery}
+			return rel.String(), true
+		})
+		if ok {
+			resp.Header.Add("Link", l)
 		}
-		u, err := at.Parse(l[start+1 : end])
-		if err != nil || u.Host != at.Host || u.Path != at.Path {
-			continue
-		}
-		rel := url.URL{Path: path, RawQuery: u.RawQuery}
-		resp.Header.Add("Link", l[:start+1]+rel.String()+l[end:])
 	}
 }
 

@@ -11,21 +11,19 @@ import (
 // Error codes of the distribution spec (and the two distribution itself
 // adds for throttling and unavailability).
 const (
-	CodeNameInvalid      = "NAME_INVALID"
-	CodeNameUnknown      = "NAME_UNKNOWN"
-	CodeDigestInvalid    = "DIGEST_INVALID"
-	CodeManifestInvalid  = "MANIFEST_INVALID"
-	CodeManifestUnknown  = "MANIFEST_UNKNOWN"
-	CodeBlobUnknown      = "BLOB_UNKNOWN"
-	CodeTagInvalid       = "TAG_INVALID"
-	CodeUnsupported      = "UNSUPPORTED"
-	CodeUnauthorized     = "UNAUTHORIZED"
-	CodeDenied           = "DENIED"
-	CodeTooManyRequests  = "TOOMANYREQUESTS"
-	CodeUnavailable      = "UNAVAILABLE"
-	CodeRangeInvalid     = "RANGE_INVALID"
-	CodeSizeInvalid      = "SIZE_INVALID"
-	CodeUpstreamTimedOut = "UNAVAILABLE"
+	CodeNameInvalid     = "NAME_INVALID"
+	CodeNameUnknown     = "NAME_UNKNOWN"
+	CodeDigestInvalid   = "DIGEST_INVALID"
+	CodeManifestInvalid = "MANIFEST_INVALID"
+	CodeManifestUnknown = "MANIFEST_UNKNOWN"
+	CodeBlobUnknown     = "BLOB_UNKNOWN"
+	CodeTagInvalid      = "TAG_INVALID"
+	CodeUnsupported     = "UNSUPPORTED"
+	CodeUnauthorized    = "UNAUTHORIZED"
+	CodeDenied          = "DENIED"
+	CodeTooManyRequests = "TOOMANYREQUESTS"
+	CodeUnavailable     = "UNAVAILABLE"
+	CodeRangeInvalid    = "RANGE_INVALID"
 )
 
 // Error is a registry API error: an HTTP status and one entry of the

@@ -73,7 +73,7 @@ func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req 
 			resp.Body = readCloser{io.MultiReader(bytes.NewReader(head), resp.Body), resp.Body}
 			p.relay(w, r, t, req, resp, resultMiss)
 			return
-		case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+		case failedStatus(resp.StatusCode):
 			upstreamStatus = resp.StatusCode
 			drain(resp.Body)
 		default:

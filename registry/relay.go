@@ -42,12 +42,8 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, t target, req Requ
 	}
 	if resp.StatusCode == http.StatusUnauthorized {
 		drain(resp.Body)
-		errParam := ""
-		if ch := pickChallenge(resp.Header); ch != nil {
-			errParam = ch.Params["error"]
-		}
 		setOutcome(w, t, res)
-		p.writeChallenge(w, r, t, req, errParam)
+		p.writeChallenge(w, r, t, req, challengeError(resp.Header))
 		return
 	}
 	h := w.Header()
@@ -83,35 +79,65 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, t target, req Requ
 // or its failure with nothing cached to serve instead.
 func relayedResult(status int, res Result) Result {
 	switch {
-	case status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound:
+	case refusedStatus(status):
 		return Result{Outcome: OutcomeRefused, UpstreamStatus: status}
-	case status == http.StatusTooManyRequests || status >= 500:
+	case failedStatus(status):
 		return Result{Outcome: OutcomeUpstreamError, UpstreamStatus: status}
 	}
 	return res
 }
 
+// refusedStatus reports whether an upstream status refuses the client
+// (401, 403, 404): an answer, which the cache never overrides.
+func refusedStatus(status int) bool {
+	return status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound
+}
+
+// failedStatus reports whether an upstream status is a failure rather
+// than an answer (429, 5xx): what a stale record may be served for.
+func failedStatus(status int) bool {
+	return status == http.StatusTooManyRequests || status >= 500
+}
+
 // rewriteLink makes a pagination Link point at the proxy in the client's
 // form: relative, with the client's path prefix and ns=.
 func rewriteLink(link string, t target) string {
+	out, ok := withLinkURI(link, func(ref string) (string, bool) {
+		u, err := url.Parse(ref)
+		if err != nil {
+			return "", false
+		}
+		rel := url.URL{Path: u.Path, RawQuery: u.RawQuery}
+		if t.prefix != "/v2/" {
+			rel.Path = t.prefix + strings.TrimPrefix(u.Path, "/v2/")
+		}
+		if t.ns != "" {
+			q := rel.Query()
+			q.Set("ns", t.ns)
+			rel.RawQuery = q.Encode()
+		}
+		return rel.String(), true
+	})
+	if !ok {
+		return link
+	}
+	return out
+}
+
+// withLinkURI returns a Link header value with its URI reference (RFC
+// 8288: "<" URI-Reference ">" then parameters) replaced by what rewrite
+// makes of it. ok is false when the value has no reference or rewrite
+// refuses it.
+func withLinkURI(link string, rewrite func(ref string) (string, bool)) (_ string, ok bool) {
 	start, end := strings.IndexByte(link, '<'), strings.IndexByte(link, '>')
 	if start < 0 || end < start {
-		return link
+		return "", false
 	}
-	u, err := url.Parse(link[start+1 : end])
-	if err != nil {
-		return link
+	ref, ok := rewrite(link[start+1 : end])
+	if !ok {
+		return "", false
 	}
-	rel := url.URL{Path: u.Path, RawQuery: u.RawQuery}
-	if t.prefix != "/v2/" {
-		rel.Path = t.prefix + strings.TrimPrefix(u.Path, "/v2/")
-	}
-	if t.ns != "" {
-		q := rel.Query()
-		q.Set("ns", t.ns)
-		rel.RawQuery = q.Encode()
-	}
-	return link[:start+1] + rel.String() + link[end:]
+	return link[:start+1] + ref + link[end:], true
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}

@@ -145,7 +145,7 @@ func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant toke
 		return tagResult{err: err}
 	}
 	switch {
-	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+	case failedStatus(resp.StatusCode):
 		drain(resp.Body)
 		return tagResult{upstreamStatus: resp.StatusCode}
 	case resp.StatusCode != http.StatusOK:
@@ -162,8 +162,7 @@ func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant toke
 		// a HEAD needs none. The HEAD says where the tag points, not
 		// that this identity may read cached content of that digest:
 		// serving it is checked by digest (serveTagRecord).
-		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
-		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
+		tag := tagFromHead(resp, d)
 		if d == rec.Digest && rec.Size > 0 {
 			tag.MediaType, tag.Size = rec.MediaType, rec.Size
 		}
@@ -172,6 +171,13 @@ func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant toke
 		return tagResult{tag: tag}
 	}
 	return p.fetchTagByDigest(r, t, req, grant, key, d, time.Now())
+}
+
+// tagFromHead is the tag record an upstream's answer to a HEAD of the tag
+// makes: d, with the manifest's media type and size, checked now.
+func tagFromHead(resp *http.Response, d digest.Digest) blobcache.Tag {
+	size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
+	return blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
 }
 
 // fetchTag resolves a tag the cache does not know: GET (HEAD for a HEAD).
@@ -196,8 +202,7 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 		if err != nil {
 			return tagResult{err: fmt.Errorf("upstream HEAD of %s:%s has no valid Docker-Content-Digest", req.Name, req.Tag)}
 		}
-		size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
-		tag := blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
+		tag := tagFromHead(resp, d)
 		p.confirmTag(grant, t, req)
 		p.Cache.setTag(key, tag)
 		return tagResult{tag: tag}
@@ -207,7 +212,7 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 		return tagResult{err: err}
 	}
 	if reply != nil {
-		if reply.StatusCode == http.StatusTooManyRequests || reply.StatusCode >= 500 {
+		if failedStatus(reply.StatusCode) {
 			drain(reply.Body)
 			return tagResult{upstreamStatus: reply.StatusCode}
 		}
@@ -226,7 +231,7 @@ func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req Request, grant t
 	case !ok:
 		return tagResult{err: r.Context().Err()}
 	case res.reply != nil:
-		if res.reply.status == http.StatusTooManyRequests || res.reply.status >= 500 {
+		if failedStatus(res.reply.status) {
 			return tagResult{upstreamStatus: res.reply.status}
 		}
 		return tagResult{reply: res.reply}
