@@ -1,5 +1,8 @@
 package registry
 
+// Accept: the client's Accept values reduced to what can change a
+// registry's answer, both for the upstream request and for record keys.
+
 import (
 	"mime"
 	"sort"

@@ -1,5 +1,8 @@
 package registry
 
+// Authentication: the proxy's challenges pointing at its own realm, GET
+// /v2/, and the token endpoint.
+
 import (
 	"context"
 	"io"

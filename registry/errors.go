@@ -37,7 +37,8 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
-// Errorf-style constructors for the common cases.
+// errNameInvalid and the constructors below build the errors that
+// ParsePath answers for malformed requests.
 func errNameInvalid(name, why string) *Error {
 	return &Error{Status: http.StatusBadRequest, Code: CodeNameInvalid, Message: "invalid repository name: " + why, Detail: map[string]string{"name": name}}
 }

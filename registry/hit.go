@@ -1,5 +1,7 @@
 package registry
 
+// Hits: cached entries served from memory or from their file.
+
 import (
 	"bytes"
 	"io"

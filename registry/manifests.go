@@ -1,7 +1,8 @@
 package registry
 
-// Manifests: by digest from the cache or the upstream; by tag through a
-// tag record that is fresh for tag_ttl, then revalidated with a HEAD.
+// Manifests by digest: from the cache, else the shared tier, else one
+// upstream GET per identity, checked against the digest and stored. Tags
+// resolve to digests in tags.go.
 
 import (
 	"bytes"

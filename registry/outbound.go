@@ -1,5 +1,8 @@
 package registry
 
+// Outbound: a client request as the upstream request the proxy makes,
+// with only the path, query and headers the upstream needs.
+
 import (
 	"net/http"
 	"net/url"

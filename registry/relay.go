@@ -1,5 +1,8 @@
 package registry
 
+// Relay: upstream answers passed to the client in the proxy's form, and
+// upstream failures as registry errors.
+
 import (
 	"context"
 	"errors"

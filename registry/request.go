@@ -61,9 +61,9 @@ func (r Request) Reference() string {
 // maxNameLength is the limit of the distribution reference grammar.
 const maxNameLength = 255
 
-// pathComponent and repositoryName follow the distribution spec's grammar
-// for a repository name as it appears in the API path: lower-case components
-// separated by '/', each separated internally by '.', '_', '__' or dashes.
+// repositoryName follows the distribution spec's grammar for a repository
+// name as it appears in the API path: lower-case components separated by
+// '/', each separated internally by '.', '_', '__' or dashes.
 var repositoryName = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
 
 var anchoredTag = regexp.MustCompile(`^` + reference.TagRegexp.String() + `$`)

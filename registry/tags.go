@@ -1,5 +1,8 @@
 package registry
 
+// Manifests by tag: through a tag record that is fresh for tag_ttl, then
+// revalidated with a HEAD, served stale when the upstream fails.
+
 import (
 	"errors"
 	"fmt"
