@@ -56,7 +56,7 @@ func TestForwardHeadersDropMalformedValues(t *testing.T) {
 	r.Header.Add("Accept", mtIndex+", garbage;;;, "+mtV2+";q=0.5")
 	r.Header.Add("Accept", "*/*;q=x")
 	r.Header.Set("Authorization", "Bearer client-token")
-	got := forwardHeaders(r, Request{Kind: KindManifest, Name: "a", Tag: "b"})
+	got := forwardHeaders(r, APIPath{Kind: KindManifest, Name: "a", Tag: "b"})
 	want := mtV2 + "," + mtIndex
 	if got.Get("Accept") != want {
 		t.Errorf("Accept = %q, want %q", got.Get("Accept"), want)
@@ -67,7 +67,7 @@ func TestForwardHeadersDropMalformedValues(t *testing.T) {
 	for rng, keep := range map[string]bool{"bytes=0-99": true, "bytes=-500": true, "bytes=10-": true, "bytes=0-1, 5-9": true, "bytes=abc": false, "items=0-1": false, "bytes=0-1\r\nX: y": false} {
 		r := httptest.NewRequest("GET", "/v2/a/blobs/sha256:"+strings.Repeat("a", 64), nil)
 		r.Header["Range"] = []string{rng}
-		got := forwardHeaders(r, Request{Kind: KindBlob})
+		got := forwardHeaders(r, APIPath{Kind: KindBlob})
 		if (got.Get("Range") != "") != keep {
 			t.Errorf("Range %q forwarded = %v, want %v", rng, got.Get("Range") != "", keep)
 		}

@@ -96,14 +96,14 @@ func confirmationKey(scope string, d digest.Digest) string { return scope + "\x0
 // confirmTag records that the upstream just told grant's identity where
 // req's tag points. That lets a HEAD of the tag be answered from its
 // record; it says nothing of the content under the digest.
-func (p *Proxy) confirmTag(grant tokenauth.Grant, t target, req Request) {
+func (p *Proxy) confirmTag(grant tokenauth.Grant, t target, req APIPath) {
 	p.Cache.Confirmed.Confirm(tagConfirmationKey(accessScope(p.askedAs(grant, t.up), t, req.Name), req.Tag), time.Now())
 }
 
 // tagConfirmed reports whether the upstream told grant's client where req's
 // tag points lately: this handler's own identity within tag_ttl, or the
 // client's credentials within a minute.
-func (p *Proxy) tagConfirmed(grant tokenauth.Grant, t target, req Request) bool {
+func (p *Proxy) tagConfirmed(grant tokenauth.Grant, t target, req APIPath) bool {
 	c, now := p.Cache, time.Now()
 	if c.Confirmed.Within(tagConfirmationKey(accessScope(p.ownIdentity(t.up), t, req.Name), req.Tag), max(c.confirmationTTL, c.TagTTL), now) {
 		return true
@@ -138,7 +138,7 @@ func (p *Proxy) readConfirmed(grant tokenauth.Grant, t target, name string, d di
 // req's repository, and if not, answers the request as a refusal of the
 // upstream's (the same answer a request for content the cache does not
 // hold gets), or 503 when the upstream cannot be asked.
-func (p *Proxy) mayRead(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) bool {
+func (p *Proxy) mayRead(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, d digest.Digest) bool {
 	ok, resp, err := p.checkAccess(r, t, req, grant, d)
 	switch {
 	case ok:
@@ -155,7 +155,7 @@ func (p *Proxy) mayRead(w http.ResponseWriter, r *http.Request, t target, req Re
 	return false
 }
 
-func (p *Proxy) mayReadQuiet(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) bool {
+func (p *Proxy) mayReadQuiet(r *http.Request, t target, req APIPath, grant tokenauth.Grant, d digest.Digest) bool {
 	ok, resp, _ := p.checkAccess(r, t, req, grant, d)
 	if resp != nil {
 		drain(resp.Body)
@@ -167,7 +167,7 @@ func (p *Proxy) mayReadQuiet(r *http.Request, t target, req Request, grant token
 // repository: known already, or confirmed now by the upstream's final
 // answer to a HEAD of the digest (which Docker Hub does not count). A
 // refusal comes back as the upstream's response (401, 403, 404).
-func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (bool, *http.Response, error) {
+func (p *Proxy) checkAccess(r *http.Request, t target, req APIPath, grant tokenauth.Grant, d digest.Digest) (bool, *http.Response, error) {
 	c := p.Cache
 	if p.readConfirmed(grant, t, req.Name, d, c.confirmationTTL) {
 		return true, nil, nil
@@ -208,7 +208,7 @@ func (p *Proxy) checkAccess(r *http.Request, t target, req Request, grant tokena
 // identity, following redirects to the final answer: a HEAD, and for a
 // blob whose HEAD the redirect target will not answer (a URL signed for
 // GET only) a GET of its first byte.
-func (p *Proxy) askAccess(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (*http.Response, error) {
+func (p *Proxy) askAccess(r *http.Request, t target, req APIPath, grant tokenauth.Grant, d digest.Digest) (*http.Response, error) {
 	check := req
 	check.Tag, check.Digest = "", d
 	if req.Kind != KindBlob {
@@ -242,7 +242,7 @@ func definitive(status int) bool {
 // the proxy's challenge for a 401, a registry error for 403 and 404. A
 // refusal reads the same whether or not the cache holds the content, so
 // that nobody learns what others pulled.
-func (p *Proxy) writeRefusal(w http.ResponseWriter, r *http.Request, t target, req Request, resp *http.Response) {
+func (p *Proxy) writeRefusal(w http.ResponseWriter, r *http.Request, t target, req APIPath, resp *http.Response) {
 	drain(resp.Body)
 	setOutcome(w, t, Result{Outcome: OutcomeRefused, UpstreamStatus: resp.StatusCode})
 	switch resp.StatusCode {
@@ -257,7 +257,7 @@ func (p *Proxy) writeRefusal(w http.ResponseWriter, r *http.Request, t target, r
 
 // isRefusal reports whether an upstream answer to a request for content
 // is a refusal that writeRefusal answers.
-func isRefusal(req Request, status int) bool {
+func isRefusal(req APIPath, status int) bool {
 	if req.Kind != KindManifest && req.Kind != KindBlob {
 		return false
 	}

@@ -29,7 +29,7 @@ func (p *Proxy) realm(r *http.Request, t target) string {
 
 // writeChallenge answers 401 with the proxy's realm and the upstream's
 // service name, so clients fetch their token from the proxy.
-func (p *Proxy) writeChallenge(w http.ResponseWriter, r *http.Request, t target, req Request, errParam string) {
+func (p *Proxy) writeChallenge(w http.ResponseWriter, r *http.Request, t target, req APIPath, errParam string) {
 	ch := p.challengeFor(r, t, req, errParam)
 	w.Header().Set("Www-Authenticate", ch.String())
 	WriteError(w, &Error{Status: http.StatusUnauthorized, Code: CodeUnauthorized, Message: "authentication required"})
@@ -44,7 +44,7 @@ func challengeError(h http.Header) string {
 	return ""
 }
 
-func (p *Proxy) challengeFor(r *http.Request, t target, req Request, errParam string) tokenauth.Challenge {
+func (p *Proxy) challengeFor(r *http.Request, t target, req APIPath, errParam string) tokenauth.Challenge {
 	params := map[string]string{"realm": p.realm(r, t), "service": t.up.Name}
 	if ch := p.Upstream.learnt(t.up); ch != nil && ch.Service() != "" {
 		params["service"] = ch.Service()
@@ -69,7 +69,7 @@ func (p *Proxy) serveBase(w http.ResponseWriter, r *http.Request, t target) {
 	switch auth := r.Header.Get("Authorization"); {
 	case isBearer(auth):
 	case auth != "":
-		p.writeChallenge(w, r, t, Request{}, "")
+		p.writeChallenge(w, r, t, APIPath{}, "")
 		return
 	default:
 		ch, err := p.Upstream.Challenge(r.Context(), t.up)
@@ -79,7 +79,7 @@ func (p *Proxy) serveBase(w http.ResponseWriter, r *http.Request, t target) {
 			p.Logger.Debug("upstream challenge unavailable", zap.String("upstream", t.up.Name), zap.Error(err))
 		}
 		if err != nil || ch != nil {
-			p.writeChallenge(w, r, t, Request{}, "")
+			p.writeChallenge(w, r, t, APIPath{}, "")
 			return
 		}
 	}

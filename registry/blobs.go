@@ -20,7 +20,7 @@ import (
 
 // serveBlob answers GET and HEAD of a blob: hits from the file, misses
 // through one shared fill per digest that streams to every reader.
-func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
+func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant) {
 	c := p.Cache
 	if c == nil {
 		p.forward(w, r, t, req, grant, resultBypass)
@@ -45,7 +45,7 @@ func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req 
 // fillBlob serves a blob the cache does not hold through the fill of its
 // digest: another request's, or one this request leads, from the shared
 // tier (if trySharedTier) or else from the upstream.
-func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, trySharedTier bool) {
+func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, trySharedTier bool) {
 	c := p.Cache
 	fill, leader := c.Store.Join(req.Digest)
 	if !leader {
@@ -114,7 +114,7 @@ func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, t target, req R
 // the upstream's would be, and the cache never widens access: unless the
 // shared copy's scopes hold this route's repository (the proxy's own
 // identity fetched it there), the upstream must accept this client first.
-func (p *Proxy) serveSharedBlob(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, fill *blobcache.Fill) bool {
+func (p *Proxy) serveSharedBlob(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, fill *blobcache.Fill) bool {
 	ctx, cancel := context.WithTimeout(r.Context(), sharedTierWait)
 	started, err := fill.StartRemote(ctx)
 	cancel()
@@ -156,7 +156,7 @@ func blobMediaType(resp *http.Response) string {
 // bytes) aborts the client's connection: never a clean end. If the fill
 // stops because the cache's disk failed, the reader fetches the rest from
 // the upstream with this client's identity and still verifies the blob.
-func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, rd *blobcache.Reader, res Result) {
+func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, rd *blobcache.Reader, res Result) {
 	defer rd.Close()
 	info := rd.Info()
 	setEntryHeaders(w.Header(), info.Digest, info.MediaType)
@@ -199,7 +199,7 @@ func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, t target, req 
 
 // fetchBlobFrom asks the upstream for a blob's bytes from offset to its
 // end, for a reader whose fill stopped on a disk error.
-func (p *Proxy) fetchBlobFrom(ctx context.Context, t target, req Request, grant tokenauth.Grant, offset int64) (io.ReadCloser, error) {
+func (p *Proxy) fetchBlobFrom(ctx context.Context, t target, req APIPath, grant tokenauth.Grant, offset int64) (io.ReadCloser, error) {
 	o := outbound{method: http.MethodGet, path: upstreamPath(req), header: http.Header{}, scope: "repository:" + req.Name + ":pull", kind: KindBlob}
 	o.header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	resp, err := p.Upstream.Do(ctx, t.up, grant, o)

@@ -23,7 +23,7 @@ func TestRoundAfterARoundAsksNothing(t *testing.T) {
 	d, _ := img.Digest()
 	u, _ := p.Router.ForHost("any.example.test")
 	target := target{up: u, prefix: "/v2/"}
-	req := Request{Kind: KindManifest, Name: "team/app", Digest: digest.Digest(d.String())}
+	req := APIPath{Kind: KindManifest, Name: "team/app", Digest: digest.Digest(d.String())}
 	r := httptest.NewRequest(http.MethodGet, "/v2/team/app/manifests/"+d.String(), nil)
 	first, ok := p.fetchByDigest(r, target, req, tokenauth.Grant{}, req.Digest)
 	if !ok || first.err != nil || first.cached || up.Counters.ManifestGETs() != 1 {

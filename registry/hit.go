@@ -15,7 +15,7 @@ import (
 
 // serveCached answers a request by digest from the cache, if the entry is
 // there: the content, or the refusal when this identity may not read it.
-func (p *Proxy) serveCached(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) bool {
+func (p *Proxy) serveCached(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant) bool {
 	h, ok := p.Cache.lookup(req.Digest)
 	if !ok {
 		return false

@@ -41,12 +41,12 @@ type keptList struct {
 	Body        []byte   `json:"body"`
 }
 
-func listKey(t target, req Request, r *http.Request) string {
+func listKey(t target, req APIPath, r *http.Request) string {
 	return "list\x00" + t.up.String() + "\x00" + upstreamPath(req) + upstreamQuery(r, req) + "\x00" + acceptKey(r.Header.Values("Accept"))
 }
 
 // serveList answers tags/list and referrers.
-func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
+func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant) {
 	if p.Cache == nil || r.Method != http.MethodGet {
 		p.forward(w, r, t, req, grant, Result{})
 		return
@@ -90,7 +90,7 @@ func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req 
 	p.writeUpstreamError(w, t, err)
 }
 
-func (p *Proxy) keepList(t target, req Request, grant tokenauth.Grant, key string, h http.Header, body []byte) {
+func (p *Proxy) keepList(t target, req APIPath, grant tokenauth.Grant, key string, h http.Header, body []byte) {
 	kept, _ := json.Marshal(keptList{ContentType: h.Get("Content-Type"), Links: h.Values("Link"), Body: body})
 	d := digest.FromBytes(kept)
 	// Kept for this instance's stale answers only: not for the shared tier.
@@ -105,7 +105,7 @@ func (p *Proxy) keepList(t target, req Request, grant tokenauth.Grant, key strin
 // serveKeptList serves the last good answer after an upstream failure, if
 // this identity may read it: the proxy's own identity fetched it, or the
 // upstream confirmed it for these credentials within the offline window.
-func (p *Proxy) serveKeptList(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, upstreamStatus int) bool {
+func (p *Proxy) serveKeptList(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, upstreamStatus int) bool {
 	c := p.Cache
 	rec, ok := c.Store.Tag(listKey(t, req, r))
 	if !ok {

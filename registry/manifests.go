@@ -22,7 +22,7 @@ import (
 )
 
 // serveManifest answers GET and HEAD of a manifest by tag or digest.
-func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
+func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant) {
 	if p.Cache == nil {
 		p.forward(w, r, t, req, grant, resultBypass)
 		return
@@ -34,7 +34,7 @@ func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, t target, 
 	p.serveManifestByDigest(w, r, t, req, grant)
 }
 
-func (p *Proxy) serveManifestByDigest(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
+func (p *Proxy) serveManifestByDigest(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant) {
 	if p.serveCached(w, r, t, req, grant) {
 		return
 	}
@@ -83,7 +83,7 @@ type digestResult struct {
 // GETs it, checks and stores it, once for any number of concurrent
 // requests of one identity (Docker Hub counts every GET). ok is false if
 // the client left while waiting.
-func (p *Proxy) fetchByDigest(r *http.Request, t target, req Request, grant tokenauth.Grant, d digest.Digest) (res digestResult, ok bool) {
+func (p *Proxy) fetchByDigest(r *http.Request, t target, req APIPath, grant tokenauth.Grant, d digest.Digest) (res digestResult, ok bool) {
 	key := "digest\x00" + t.up.String() + "\x00" + req.Name + "\x00" + d.String() + "\x00" + p.askedAs(grant, t.up)
 	flight := p.Cache.tagFlight.DoChan(key, func() (any, error) {
 		// A round that ended between this request's look at the cache
@@ -170,7 +170,7 @@ type manifest struct {
 // fetchManifest GETs a manifest by tag or digest. A non-200 answer comes
 // back as reply (for relaying); the digest is computed from the bytes and
 // checked against the upstream's Docker-Content-Digest.
-func (p *Proxy) fetchManifest(r *http.Request, t target, req Request, grant tokenauth.Grant, ref string) (manifest, *http.Response, error) {
+func (p *Proxy) fetchManifest(r *http.Request, t target, req APIPath, grant tokenauth.Grant, ref string) (manifest, *http.Response, error) {
 	get := req
 	get.Tag, get.Digest = "", ""
 	if d, err := digest.Parse(ref); err == nil {
@@ -223,7 +223,7 @@ func (p *Proxy) fetchManifest(r *http.Request, t target, req Request, grant toke
 // readable by every client of the route. Its scope goes in with the entry,
 // so that the shared tier never receives the manifest without it. false:
 // the store could not keep it (disk full, unwritable).
-func (p *Proxy) storeManifest(t target, req Request, grant tokenauth.Grant, m manifest) bool {
+func (p *Proxy) storeManifest(t target, req APIPath, grant tokenauth.Grant, m manifest) bool {
 	c := p.Cache
 	var scopes []string
 	if grant.Anonymous() {

@@ -15,7 +15,7 @@ import (
 
 // forward sends the request upstream as grant's identity and relays the
 // answer as res (see relay).
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, res Result) {
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, res Result) {
 	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, r.Method))
 	if err != nil {
 		p.writeUpstreamError(w, t, err)
@@ -26,7 +26,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, t target, req Re
 
 // outboundFor is req as an upstream request with method, carrying the
 // client headers it needs.
-func outboundFor(r *http.Request, req Request, method string) outbound {
+func outboundFor(r *http.Request, req APIPath, method string) outbound {
 	return outbound{
 		method: method,
 		path:   upstreamPath(req) + upstreamQuery(r, req),
@@ -37,7 +37,7 @@ func outboundFor(r *http.Request, req Request, method string) outbound {
 }
 
 // upstreamPath is the request's path on the upstream.
-func upstreamPath(req Request) string {
+func upstreamPath(req APIPath) string {
 	switch req.Kind {
 	case KindManifest:
 		return "/v2/" + req.Name + "/manifests/" + req.Reference()
@@ -53,7 +53,7 @@ func upstreamPath(req Request) string {
 
 // upstreamQuery passes on the query parameters the API defines for the kind
 // (pagination, artifact filters); ns= is the proxy's, not the upstream's.
-func upstreamQuery(r *http.Request, req Request) string {
+func upstreamQuery(r *http.Request, req APIPath) string {
 	var params []string
 	switch req.Kind {
 	case KindTags:
@@ -82,7 +82,7 @@ func upstreamQuery(r *http.Request, req Request) string {
 // are not passed on: an Accept goes as normaliseAccept makes it, exactly as
 // it keys records, and a Range that does not parse is ignored (RFC 9110
 // lets a server do that).
-func forwardHeaders(r *http.Request, req Request) http.Header {
+func forwardHeaders(r *http.Request, req APIPath) http.Header {
 	h := http.Header{}
 	if ua := r.Header.Get("User-Agent"); ua != "" {
 		h.Set("User-Agent", ua)

@@ -178,7 +178,7 @@ func (p *Proxy) writeRoutes(w http.ResponseWriter) {
 	_, _ = w.Write(body)
 }
 
-func (p *Proxy) redirectToLibrary(w http.ResponseWriter, r *http.Request, t target, req Request) {
+func (p *Proxy) redirectToLibrary(w http.ResponseWriter, r *http.Request, t target, req APIPath) {
 	rest := strings.TrimPrefix(r.URL.Path, t.prefix+req.Name)
 	loc := t.prefix + "library/" + req.Name + rest
 	if r.URL.RawQuery != "" {

@@ -131,7 +131,7 @@ func FuzzRangeHeader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, rangeHeader string, size int64) {
 		r := httptest.NewRequest("GET", "/v2/a/blobs/sha256:"+strings.Repeat("a", 64), nil)
 		r.Header["Range"] = []string{rangeHeader}
-		got := forwardHeaders(r, Request{Kind: KindBlob}).Values("Range")
+		got := forwardHeaders(r, APIPath{Kind: KindBlob}).Values("Range")
 		switch {
 		case len(got) > 1:
 			t.Fatalf("Range %q forwarded as %q", rangeHeader, got)

@@ -32,7 +32,7 @@ var hopHeaders = []string{
 // challenge, Link headers keep the client's form, the body streams. res
 // is the outcome of an answer with content; with the cache on, the
 // upstream's refusals and failures are outcomes of their own.
-func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, t target, req Request, resp *http.Response, res Result) {
+func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, t target, req APIPath, resp *http.Response, res Result) {
 	defer resp.Body.Close()
 	if p.Cache != nil {
 		if isRefusal(req, resp.StatusCode) {

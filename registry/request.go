@@ -39,8 +39,8 @@ func (k Kind) String() string {
 	return "unknown"
 }
 
-// Request is a parsed and validated registry API path.
-type Request struct {
+// APIPath is a parsed and validated registry API path.
+type APIPath struct {
 	Kind Kind
 	// Name is the repository (path form, no registry host): library/alpine.
 	Name string
@@ -51,7 +51,7 @@ type Request struct {
 }
 
 // Reference returns the tag or the digest of a manifest request.
-func (r Request) Reference() string {
+func (r APIPath) Reference() string {
 	if r.Tag != "" {
 		return r.Tag
 	}
@@ -72,62 +72,62 @@ var anchoredTag = regexp.MustCompile(`^` + reference.TagRegexp.String() + `$`)
 // tag and digest in it. It never looks at anything but the path, so it can
 // run before any upstream is contacted. method is used only to refuse
 // writes: the proxy is read-only.
-func ParsePath(method, path string) (Request, *Error) {
+func ParsePath(method, path string) (APIPath, *Error) {
 	if path == "/v2" || path == "/v2/" {
-		return Request{Kind: KindBase}, nil
+		return APIPath{Kind: KindBase}, nil
 	}
 	if path == "/v2/auth" || path == "/v2/auth/" {
-		return Request{Kind: KindAuth}, nil
+		return APIPath{Kind: KindAuth}, nil
 	}
 	rest, ok := strings.CutPrefix(path, "/v2/")
 	if !ok {
-		return Request{}, &Error{Status: http.StatusNotFound, Code: CodeUnsupported, Message: "not a registry API path: " + path}
+		return APIPath{}, &Error{Status: http.StatusNotFound, Code: CodeUnsupported, Message: "not a registry API path: " + path}
 	}
 	if rest == "_catalog" {
-		return Request{}, &Error{Status: http.StatusNotFound, Code: CodeUnsupported, Message: "the catalog is not available through a registry proxy"}
+		return APIPath{}, &Error{Status: http.StatusNotFound, Code: CodeUnsupported, Message: "the catalog is not available through a registry proxy"}
 	}
 	// The name may contain slashes, and even components called
 	// "manifests" or "blobs": decide the kind from the end of the path,
 	// where the reference (a tag or a digest, never with a slash) is.
 	if method != http.MethodGet && method != http.MethodHead {
 		if strings.Contains(rest, "/blobs/uploads") {
-			return Request{}, errUnsupported("this registry is a read-only pull-through cache: pushes are not accepted")
+			return APIPath{}, errUnsupported("this registry is a read-only pull-through cache: pushes are not accepted")
 		}
-		return Request{}, errUnsupported("this registry is a read-only pull-through cache: only GET and HEAD")
+		return APIPath{}, errUnsupported("this registry is a read-only pull-through cache: only GET and HEAD")
 	}
 	if name, ok := strings.CutSuffix(rest, "/tags/list"); ok {
 		if err := validateName(name); err != nil {
-			return Request{}, err
+			return APIPath{}, err
 		}
-		return Request{Kind: KindTags, Name: name}, nil
+		return APIPath{Kind: KindTags, Name: name}, nil
 	}
 	i := strings.LastIndexByte(rest, '/')
 	j := strings.LastIndexByte(rest[:max(i, 0)], '/')
 	if i < 0 || j < 0 {
-		return Request{}, &Error{Status: http.StatusNotFound, Code: CodeUnsupported, Message: "unknown registry API path: " + path}
+		return APIPath{}, &Error{Status: http.StatusNotFound, Code: CodeUnsupported, Message: "unknown registry API path: " + path}
 	}
 	name, keyword, arg := rest[:j], rest[j+1:i], rest[i+1:]
 	if keyword == "uploads" && strings.HasSuffix(name, "/blobs") || keyword == "blobs" && arg == "uploads" {
-		return Request{}, errUnsupported("this registry is a read-only pull-through cache: pushes are not accepted")
+		return APIPath{}, errUnsupported("this registry is a read-only pull-through cache: pushes are not accepted")
 	}
 	kind, ok := map[string]Kind{"manifests": KindManifest, "blobs": KindBlob, "referrers": KindReferrers}[keyword]
 	if !ok {
-		return Request{}, &Error{Status: http.StatusNotFound, Code: CodeUnsupported, Message: "unknown registry API path: " + path}
+		return APIPath{}, &Error{Status: http.StatusNotFound, Code: CodeUnsupported, Message: "unknown registry API path: " + path}
 	}
 	if err := validateName(name); err != nil {
-		return Request{}, err
+		return APIPath{}, err
 	}
-	req := Request{Kind: kind, Name: name}
+	req := APIPath{Kind: kind, Name: name}
 	if kind == KindManifest && !strings.Contains(arg, ":") {
 		if !anchoredTag.MatchString(arg) {
-			return Request{}, errTagInvalid(arg)
+			return APIPath{}, errTagInvalid(arg)
 		}
 		req.Tag = arg
 		return req, nil
 	}
 	d, err := parseDigest(arg)
 	if err != nil {
-		return Request{}, err
+		return APIPath{}, err
 	}
 	req.Digest = d
 	return req, nil

@@ -88,125 +88,125 @@ func TestParsePath(t *testing.T) {
 	d := digest.Digest(testSHA256)
 	tests := []struct {
 		method, path string
-		want         Request
+		want         APIPath
 		status       int // 0: accepted
 		code         string
 	}{
 		// Base and the token endpoint.
-		{"GET", "/v2/", Request{Kind: KindBase}, 0, ""},
-		{"GET", "/v2", Request{Kind: KindBase}, 0, ""},
-		{"HEAD", "/v2/", Request{Kind: KindBase}, 0, ""},
-		{"GET", "/v2/auth", Request{Kind: KindAuth}, 0, ""},
-		{"GET", "/v2/auth/", Request{Kind: KindAuth}, 0, ""},
-		{"POST", "/v2/auth", Request{Kind: KindAuth}, 0, ""},
+		{"GET", "/v2/", APIPath{Kind: KindBase}, 0, ""},
+		{"GET", "/v2", APIPath{Kind: KindBase}, 0, ""},
+		{"HEAD", "/v2/", APIPath{Kind: KindBase}, 0, ""},
+		{"GET", "/v2/auth", APIPath{Kind: KindAuth}, 0, ""},
+		{"GET", "/v2/auth/", APIPath{Kind: KindAuth}, 0, ""},
+		{"POST", "/v2/auth", APIPath{Kind: KindAuth}, 0, ""},
 
 		// Manifests by tag and by digest.
-		{"GET", "/v2/library/alpine/manifests/latest", Request{Kind: KindManifest, Name: "library/alpine", Tag: "latest"}, 0, ""},
-		{"HEAD", "/v2/library/alpine/manifests/3.20", Request{Kind: KindManifest, Name: "library/alpine", Tag: "3.20"}, 0, ""},
-		{"GET", "/v2/busybox/manifests/1.36.1-musl", Request{Kind: KindManifest, Name: "busybox", Tag: "1.36.1-musl"}, 0, ""},
-		{"GET", "/v2/library/alpine/manifests/" + testSHA256, Request{Kind: KindManifest, Name: "library/alpine", Digest: d}, 0, ""},
-		{"GET", "/v2/a/manifests/" + testSHA512, Request{Kind: KindManifest, Name: "a", Digest: testSHA512}, 0, ""},
-		{"GET", "/v2/a/manifests/" + testSHA384, Request{Kind: KindManifest, Name: "a", Digest: testSHA384}, 0, ""},
-		{"GET", "/v2/a/manifests/_under", Request{Kind: KindManifest, Name: "a", Tag: "_under"}, 0, ""},
-		{"GET", "/v2/a/manifests/UPPER.case-Tag_1", Request{Kind: KindManifest, Name: "a", Tag: "UPPER.case-Tag_1"}, 0, ""},
+		{"GET", "/v2/library/alpine/manifests/latest", APIPath{Kind: KindManifest, Name: "library/alpine", Tag: "latest"}, 0, ""},
+		{"HEAD", "/v2/library/alpine/manifests/3.20", APIPath{Kind: KindManifest, Name: "library/alpine", Tag: "3.20"}, 0, ""},
+		{"GET", "/v2/busybox/manifests/1.36.1-musl", APIPath{Kind: KindManifest, Name: "busybox", Tag: "1.36.1-musl"}, 0, ""},
+		{"GET", "/v2/library/alpine/manifests/" + testSHA256, APIPath{Kind: KindManifest, Name: "library/alpine", Digest: d}, 0, ""},
+		{"GET", "/v2/a/manifests/" + testSHA512, APIPath{Kind: KindManifest, Name: "a", Digest: testSHA512}, 0, ""},
+		{"GET", "/v2/a/manifests/" + testSHA384, APIPath{Kind: KindManifest, Name: "a", Digest: testSHA384}, 0, ""},
+		{"GET", "/v2/a/manifests/_under", APIPath{Kind: KindManifest, Name: "a", Tag: "_under"}, 0, ""},
+		{"GET", "/v2/a/manifests/UPPER.case-Tag_1", APIPath{Kind: KindManifest, Name: "a", Tag: "UPPER.case-Tag_1"}, 0, ""},
 
 		// Blobs, tags, referrers.
-		{"GET", "/v2/library/alpine/blobs/" + testSHA256, Request{Kind: KindBlob, Name: "library/alpine", Digest: d}, 0, ""},
-		{"HEAD", "/v2/library/alpine/blobs/" + testSHA256, Request{Kind: KindBlob, Name: "library/alpine", Digest: d}, 0, ""},
-		{"GET", "/v2/library/alpine/tags/list", Request{Kind: KindTags, Name: "library/alpine"}, 0, ""},
-		{"GET", "/v2/library/alpine/referrers/" + testSHA256, Request{Kind: KindReferrers, Name: "library/alpine", Digest: d}, 0, ""},
+		{"GET", "/v2/library/alpine/blobs/" + testSHA256, APIPath{Kind: KindBlob, Name: "library/alpine", Digest: d}, 0, ""},
+		{"HEAD", "/v2/library/alpine/blobs/" + testSHA256, APIPath{Kind: KindBlob, Name: "library/alpine", Digest: d}, 0, ""},
+		{"GET", "/v2/library/alpine/tags/list", APIPath{Kind: KindTags, Name: "library/alpine"}, 0, ""},
+		{"GET", "/v2/library/alpine/referrers/" + testSHA256, APIPath{Kind: KindReferrers, Name: "library/alpine", Digest: d}, 0, ""},
 
 		// Names: many components, separators.
-		{"GET", "/v2/a/b/c/d/e/f/g/manifests/x", Request{Kind: KindManifest, Name: "a/b/c/d/e/f/g", Tag: "x"}, 0, ""},
-		{"GET", "/v2/my.org/my_image/manifests/x", Request{Kind: KindManifest, Name: "my.org/my_image", Tag: "x"}, 0, ""},
-		{"GET", "/v2/a__b/c---d/manifests/x", Request{Kind: KindManifest, Name: "a__b/c---d", Tag: "x"}, 0, ""},
-		{"GET", "/v2/0/9/manifests/x", Request{Kind: KindManifest, Name: "0/9", Tag: "x"}, 0, ""},
+		{"GET", "/v2/a/b/c/d/e/f/g/manifests/x", APIPath{Kind: KindManifest, Name: "a/b/c/d/e/f/g", Tag: "x"}, 0, ""},
+		{"GET", "/v2/my.org/my_image/manifests/x", APIPath{Kind: KindManifest, Name: "my.org/my_image", Tag: "x"}, 0, ""},
+		{"GET", "/v2/a__b/c---d/manifests/x", APIPath{Kind: KindManifest, Name: "a__b/c---d", Tag: "x"}, 0, ""},
+		{"GET", "/v2/0/9/manifests/x", APIPath{Kind: KindManifest, Name: "0/9", Tag: "x"}, 0, ""},
 		// A name may contain the API keywords as components as long as
 		// the last keyword decides.
-		{"GET", "/v2/x/blobs/y/manifests/latest", Request{Kind: KindManifest, Name: "x/blobs/y", Tag: "latest"}, 0, ""},
-		{"GET", "/v2/x/manifests/y/manifests/latest", Request{Kind: KindManifest, Name: "x/manifests/y", Tag: "latest"}, 0, ""},
-		{"GET", "/v2/x/tags/list/manifests/latest", Request{Kind: KindManifest, Name: "x/tags/list", Tag: "latest"}, 0, ""},
-		{"GET", "/v2/x/referrers/y/tags/list", Request{Kind: KindTags, Name: "x/referrers/y"}, 0, ""},
-		{"GET", "/v2/x/tags/list/referrers/" + testSHA256, Request{Kind: KindReferrers, Name: "x/tags/list", Digest: d}, 0, ""},
-		{"GET", "/v2/auth/manifests/latest", Request{Kind: KindManifest, Name: "auth", Tag: "latest"}, 0, ""},
+		{"GET", "/v2/x/blobs/y/manifests/latest", APIPath{Kind: KindManifest, Name: "x/blobs/y", Tag: "latest"}, 0, ""},
+		{"GET", "/v2/x/manifests/y/manifests/latest", APIPath{Kind: KindManifest, Name: "x/manifests/y", Tag: "latest"}, 0, ""},
+		{"GET", "/v2/x/tags/list/manifests/latest", APIPath{Kind: KindManifest, Name: "x/tags/list", Tag: "latest"}, 0, ""},
+		{"GET", "/v2/x/referrers/y/tags/list", APIPath{Kind: KindTags, Name: "x/referrers/y"}, 0, ""},
+		{"GET", "/v2/x/tags/list/referrers/" + testSHA256, APIPath{Kind: KindReferrers, Name: "x/tags/list", Digest: d}, 0, ""},
+		{"GET", "/v2/auth/manifests/latest", APIPath{Kind: KindManifest, Name: "auth", Tag: "latest"}, 0, ""},
 
 		// Not registry API paths.
-		{"GET", "/", Request{}, 404, CodeUnsupported},
-		{"GET", "/v1/_ping", Request{}, 404, CodeUnsupported},
-		{"GET", "/v2x/", Request{}, 404, CodeUnsupported},
-		{"GET", "/v2/_catalog", Request{}, 404, CodeUnsupported},
-		{"GET", "/v2/library/alpine", Request{}, 404, CodeUnsupported},
-		{"GET", "/v2/library/alpine/", Request{}, 404, CodeUnsupported},
-		{"GET", "/v2/library/alpine/tags/list/", Request{}, 404, CodeUnsupported},
-		{"GET", "/v2/library/alpine/tags/listing", Request{}, 404, CodeUnsupported},
-		{"GET", "/v2/library/alpine/tags", Request{}, 404, CodeUnsupported},
+		{"GET", "/", APIPath{}, 404, CodeUnsupported},
+		{"GET", "/v1/_ping", APIPath{}, 404, CodeUnsupported},
+		{"GET", "/v2x/", APIPath{}, 404, CodeUnsupported},
+		{"GET", "/v2/_catalog", APIPath{}, 404, CodeUnsupported},
+		{"GET", "/v2/library/alpine", APIPath{}, 404, CodeUnsupported},
+		{"GET", "/v2/library/alpine/", APIPath{}, 404, CodeUnsupported},
+		{"GET", "/v2/library/alpine/tags/list/", APIPath{}, 404, CodeUnsupported},
+		{"GET", "/v2/library/alpine/tags/listing", APIPath{}, 404, CodeUnsupported},
+		{"GET", "/v2/library/alpine/tags", APIPath{}, 404, CodeUnsupported},
 
 		// Pushes are refused whatever the method.
-		{"POST", "/v2/library/alpine/blobs/uploads/", Request{}, 405, CodeUnsupported},
-		{"POST", "/v2/library/alpine/blobs/uploads", Request{}, 405, CodeUnsupported},
-		{"PATCH", "/v2/library/alpine/blobs/uploads/0a1b2c", Request{}, 405, CodeUnsupported},
-		{"PUT", "/v2/library/alpine/blobs/uploads/0a1b2c?digest=" + testSHA256, Request{}, 405, CodeUnsupported},
-		{"GET", "/v2/library/alpine/blobs/uploads/0a1b2c", Request{}, 405, CodeUnsupported},
-		{"PUT", "/v2/library/alpine/manifests/latest", Request{}, 405, CodeUnsupported},
-		{"DELETE", "/v2/library/alpine/manifests/" + testSHA256, Request{}, 405, CodeUnsupported},
-		{"POST", "/v2/library/alpine/manifests/latest", Request{}, 405, CodeUnsupported},
-		{"DELETE", "/v2/library/alpine/blobs/" + testSHA256, Request{}, 405, CodeUnsupported},
-		{"PUT", "/v2/library/alpine/blobs/" + testSHA256, Request{}, 405, CodeUnsupported},
+		{"POST", "/v2/library/alpine/blobs/uploads/", APIPath{}, 405, CodeUnsupported},
+		{"POST", "/v2/library/alpine/blobs/uploads", APIPath{}, 405, CodeUnsupported},
+		{"PATCH", "/v2/library/alpine/blobs/uploads/0a1b2c", APIPath{}, 405, CodeUnsupported},
+		{"PUT", "/v2/library/alpine/blobs/uploads/0a1b2c?digest=" + testSHA256, APIPath{}, 405, CodeUnsupported},
+		{"GET", "/v2/library/alpine/blobs/uploads/0a1b2c", APIPath{}, 405, CodeUnsupported},
+		{"PUT", "/v2/library/alpine/manifests/latest", APIPath{}, 405, CodeUnsupported},
+		{"DELETE", "/v2/library/alpine/manifests/" + testSHA256, APIPath{}, 405, CodeUnsupported},
+		{"POST", "/v2/library/alpine/manifests/latest", APIPath{}, 405, CodeUnsupported},
+		{"DELETE", "/v2/library/alpine/blobs/" + testSHA256, APIPath{}, 405, CodeUnsupported},
+		{"PUT", "/v2/library/alpine/blobs/" + testSHA256, APIPath{}, 405, CodeUnsupported},
 
 		// Invalid names.
-		{"GET", "/v2/Library/alpine/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/library/Alpine/blobs/" + testSHA256, Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/-a/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/a-/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/.a/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/a./manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/_a/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/a___b/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/a..b/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/a.-b/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/a//b/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2//a/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/a//manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/a/../b/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/a b/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/a%2fb/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/ghcr.io:443/a/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/é/manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2//manifests/latest", Request{}, 400, CodeNameInvalid},
-		{"GET", "/v2/a/tags/list/tags/list/", Request{}, 404, CodeUnsupported},
+		{"GET", "/v2/Library/alpine/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/library/Alpine/blobs/" + testSHA256, APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/-a/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/a-/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/.a/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/a./manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/_a/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/a___b/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/a..b/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/a.-b/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/a//b/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2//a/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/a//manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/a/../b/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/a b/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/a%2fb/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/ghcr.io:443/a/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/é/manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2//manifests/latest", APIPath{}, 400, CodeNameInvalid},
+		{"GET", "/v2/a/tags/list/tags/list/", APIPath{}, 404, CodeUnsupported},
 		// Writes are refused before anything else is looked at.
-		{"POST", "/v2/UPPER/blobs/uploads/", Request{}, 405, CodeUnsupported},
+		{"POST", "/v2/UPPER/blobs/uploads/", APIPath{}, 405, CodeUnsupported},
 
 		// Invalid tags.
-		{"GET", "/v2/a/manifests/", Request{}, 400, CodeTagInvalid},
-		{"GET", "/v2/a/manifests/.hidden", Request{}, 400, CodeTagInvalid},
-		{"GET", "/v2/a/manifests/-dash", Request{}, 400, CodeTagInvalid},
-		{"GET", "/v2/a/manifests/tag+plus", Request{}, 400, CodeTagInvalid},
+		{"GET", "/v2/a/manifests/", APIPath{}, 400, CodeTagInvalid},
+		{"GET", "/v2/a/manifests/.hidden", APIPath{}, 400, CodeTagInvalid},
+		{"GET", "/v2/a/manifests/-dash", APIPath{}, 400, CodeTagInvalid},
+		{"GET", "/v2/a/manifests/tag+plus", APIPath{}, 400, CodeTagInvalid},
 		// "tag" is not an API keyword: the kind comes from the end.
-		{"GET", "/v2/a/manifests/tag/slash", Request{}, 404, CodeUnsupported},
-		{"GET", "/v2/a/manifests/t%20g", Request{}, 400, CodeTagInvalid},
-		{"GET", "/v2/a/manifests/" + strings.Repeat("t", 129), Request{}, 400, CodeTagInvalid},
-		{"GET", "/v2/a/manifests/latest\n", Request{}, 400, CodeTagInvalid},
+		{"GET", "/v2/a/manifests/tag/slash", APIPath{}, 404, CodeUnsupported},
+		{"GET", "/v2/a/manifests/t%20g", APIPath{}, 400, CodeTagInvalid},
+		{"GET", "/v2/a/manifests/" + strings.Repeat("t", 129), APIPath{}, 400, CodeTagInvalid},
+		{"GET", "/v2/a/manifests/latest\n", APIPath{}, 400, CodeTagInvalid},
 
 		// Invalid digests (manifests, blobs, referrers).
-		{"GET", "/v2/a/manifests/sha256:abc", Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/manifests/md5:d41d8cd98f00b204e9800998ecf8427e", Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/blobs/", Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/blobs/latest", Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/blobs/sha256:", Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/blobs/:" + testSHA256[7:], Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/blobs/SHA256:" + testSHA256[7:], Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/blobs/sha256:" + strings.ToUpper(testSHA256[7:]), Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/blobs/" + testSHA256[:len(testSHA256)-1], Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/blobs/" + testSHA256 + "0", Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/blobs/" + testSHA256[:len(testSHA256)-1] + "g", Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/blobs/sha512:" + testSHA256[7:], Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/blobs/foo:" + testSHA256[7:], Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/referrers/" + testSHA256[7:], Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/referrers/", Request{}, 400, CodeDigestInvalid},
-		{"GET", "/v2/a/blobs/" + testSHA256 + "/extra", Request{}, 404, CodeUnsupported},
+		{"GET", "/v2/a/manifests/sha256:abc", APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/manifests/md5:d41d8cd98f00b204e9800998ecf8427e", APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/blobs/", APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/blobs/latest", APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/blobs/sha256:", APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/blobs/:" + testSHA256[7:], APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/blobs/SHA256:" + testSHA256[7:], APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/blobs/sha256:" + strings.ToUpper(testSHA256[7:]), APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/blobs/" + testSHA256[:len(testSHA256)-1], APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/blobs/" + testSHA256 + "0", APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/blobs/" + testSHA256[:len(testSHA256)-1] + "g", APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/blobs/sha512:" + testSHA256[7:], APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/blobs/foo:" + testSHA256[7:], APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/referrers/" + testSHA256[7:], APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/referrers/", APIPath{}, 400, CodeDigestInvalid},
+		{"GET", "/v2/a/blobs/" + testSHA256 + "/extra", APIPath{}, 404, CodeUnsupported},
 		// A bad digest is reported before the method is.
-		{"DELETE", "/v2/a/blobs/sha256:00", Request{}, 405, CodeUnsupported},
+		{"DELETE", "/v2/a/blobs/sha256:00", APIPath{}, 405, CodeUnsupported},
 	}
 	for _, tt := range tests {
 		got, err := ParsePath(tt.method, tt.path)
@@ -227,7 +227,7 @@ func TestParsePath(t *testing.T) {
 		if err.Status != tt.status || err.Code != tt.code {
 			t.Errorf("ParsePath(%s, %q) error = %d %s (%s), want %d %s", tt.method, tt.path, err.Status, err.Code, err.Message, tt.status, tt.code)
 		}
-		if got != (Request{}) {
+		if got != (APIPath{}) {
 			t.Errorf("ParsePath(%s, %q) returned %+v with an error", tt.method, tt.path, got)
 		}
 	}
@@ -337,15 +337,15 @@ func TestParsePathNamesWithKeywordComponents(t *testing.T) {
 	d := digest.Digest(testSHA256)
 	tests := []struct {
 		path string
-		want Request
+		want APIPath
 	}{
-		{"/v2/x/manifests/y/blobs/" + testSHA256, Request{Kind: KindBlob, Name: "x/manifests/y", Digest: d}},
-		{"/v2/x/manifests/y/tags/list", Request{Kind: KindTags, Name: "x/manifests/y"}},
-		{"/v2/x/manifests/y/referrers/" + testSHA256, Request{Kind: KindReferrers, Name: "x/manifests/y", Digest: d}},
-		{"/v2/x/blobs/y/tags/list", Request{Kind: KindTags, Name: "x/blobs/y"}},
-		{"/v2/x/blobs/y/referrers/" + testSHA256, Request{Kind: KindReferrers, Name: "x/blobs/y", Digest: d}},
-		{"/v2/x/blobs/uploadsfoo/blobs/" + testSHA256, Request{Kind: KindBlob, Name: "x/blobs/uploadsfoo", Digest: d}},
-		{"/v2/x/blobs/uploads/manifests/latest", Request{Kind: KindManifest, Name: "x/blobs/uploads", Tag: "latest"}},
+		{"/v2/x/manifests/y/blobs/" + testSHA256, APIPath{Kind: KindBlob, Name: "x/manifests/y", Digest: d}},
+		{"/v2/x/manifests/y/tags/list", APIPath{Kind: KindTags, Name: "x/manifests/y"}},
+		{"/v2/x/manifests/y/referrers/" + testSHA256, APIPath{Kind: KindReferrers, Name: "x/manifests/y", Digest: d}},
+		{"/v2/x/blobs/y/tags/list", APIPath{Kind: KindTags, Name: "x/blobs/y"}},
+		{"/v2/x/blobs/y/referrers/" + testSHA256, APIPath{Kind: KindReferrers, Name: "x/blobs/y", Digest: d}},
+		{"/v2/x/blobs/uploadsfoo/blobs/" + testSHA256, APIPath{Kind: KindBlob, Name: "x/blobs/uploadsfoo", Digest: d}},
+		{"/v2/x/blobs/uploads/manifests/latest", APIPath{Kind: KindManifest, Name: "x/blobs/uploads", Tag: "latest"}},
 	}
 	for _, tt := range tests {
 		got, err := ParsePath(http.MethodGet, tt.path)
@@ -382,10 +382,10 @@ func TestParsePathRefusesWrites(t *testing.T) {
 }
 
 func TestRequestReference(t *testing.T) {
-	if got := (Request{Tag: "latest"}).Reference(); got != "latest" {
+	if got := (APIPath{Tag: "latest"}).Reference(); got != "latest" {
 		t.Errorf("tag reference = %q", got)
 	}
-	if got := (Request{Digest: testSHA256}).Reference(); got != testSHA256 {
+	if got := (APIPath{Digest: testSHA256}).Reference(); got != testSHA256 {
 		t.Errorf("digest reference = %q", got)
 	}
 }
@@ -423,7 +423,7 @@ func FuzzParsePath(f *testing.F) {
 	f.Fuzz(func(t *testing.T, method, path string) {
 		req, err := ParsePath(method, path)
 		if err != nil {
-			if req != (Request{}) {
+			if req != (APIPath{}) {
 				t.Fatalf("error %v with request %+v", err, req)
 			}
 			switch err.Status {

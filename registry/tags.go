@@ -20,7 +20,7 @@ import (
 // tagKey names a tag record. The client's Accept is part of it because
 // the upstream's answer depends on it (an index, or one platform's
 // manifest for clients that do not accept indexes).
-func tagKey(t target, req Request, r *http.Request) (key, base, accept string) {
+func tagKey(t target, req APIPath, r *http.Request) (key, base, accept string) {
 	base = t.up.String() + "\x00" + req.Name + "\x00" + req.Tag
 	accept = acceptKey(r.Header.Values("Accept"))
 	return base + "\x00" + accept, base, accept
@@ -46,7 +46,7 @@ type tagResult struct {
 // it is fresh, after a HEAD once it is stale (stale-if-error when the
 // upstream fails), from the upstream on a miss. Concurrent requests of one
 // identity share one upstream round.
-func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant) {
+func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant) {
 	c := p.Cache
 	key, base, accept := tagKey(t, req, r)
 	rec, known := c.Store.Tag(key)
@@ -142,7 +142,7 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req R
 
 // revalidateTag asks the upstream with a HEAD (which Docker Hub does not
 // count) whether the tag still points at rec's digest.
-func (p *Proxy) revalidateTag(r *http.Request, t target, req Request, grant tokenauth.Grant, key string, rec blobcache.Tag) tagResult {
+func (p *Proxy) revalidateTag(r *http.Request, t target, req APIPath, grant tokenauth.Grant, key string, rec blobcache.Tag) tagResult {
 	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, http.MethodHead))
 	if err != nil {
 		return tagResult{err: err}
@@ -184,7 +184,7 @@ func tagFromHead(resp *http.Response, d digest.Digest) blobcache.Tag {
 }
 
 // fetchTag resolves a tag the cache does not know: GET (HEAD for a HEAD).
-func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth.Grant, key string) tagResult {
+func (p *Proxy) fetchTag(r *http.Request, t target, req APIPath, grant tokenauth.Grant, key string) tagResult {
 	if r.Method == http.MethodHead {
 		resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, http.MethodHead))
 		if err != nil {
@@ -228,7 +228,7 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req Request, grant tokenauth
 // fetchTagByDigest gets the manifest a tag points at; checked is when the
 // upstream last confirmed the tag (now, or the record's time when only the
 // manifest was missing).
-func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req Request, grant tokenauth.Grant, key string, d digest.Digest, checked time.Time) tagResult {
+func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req APIPath, grant tokenauth.Grant, key string, d digest.Digest, checked time.Time) tagResult {
 	res, ok := p.fetchByDigest(r, t, req, grant, d)
 	switch {
 	case !ok:
@@ -274,7 +274,7 @@ func (p *Proxy) sharedTierTag(r *http.Request, key string) (blobcache.Tag, bool)
 	}
 }
 
-func (p *Proxy) keepTag(t target, req Request, grant tokenauth.Grant, key string, m manifest, checked time.Time) tagResult {
+func (p *Proxy) keepTag(t target, req APIPath, grant tokenauth.Grant, key string, m manifest, checked time.Time) tagResult {
 	tag := blobcache.Tag{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(m.body)), Checked: checked}
 	if m.signed {
 		// Neither stored nor recorded: this identity fetched it just now.
@@ -294,7 +294,7 @@ func (p *Proxy) keepTag(t target, req Request, grant tokenauth.Grant, key string
 // identity for the tag. Cached content is always checked by digest: a
 // tag's answer names a digest, it does not confirm access to whatever the
 // cache holds under it.
-func (p *Proxy) serveTagRecord(w http.ResponseWriter, r *http.Request, t target, req Request, grant tokenauth.Grant, tag blobcache.Tag, res Result) bool {
+func (p *Proxy) serveTagRecord(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, tag blobcache.Tag, res Result) bool {
 	c := p.Cache
 	h, ok := c.lookup(tag.Digest)
 	if !ok {
