@@ -12,6 +12,7 @@ package registry
 // resolves to.
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
@@ -76,40 +77,39 @@ func accessScope(identity string, t target, name string) string {
 	return identity + "|" + t.up.String() + "/" + name
 }
 
-// confirmRead records that the upstream just served d of name to the
-// identity grant's requests go out as. The proxy's own identities are
+// confirmRead records that the upstream just served d of c's repository
+// to the identity c's requests go out as. The proxy's own identities are
 // persisted with the entry (every client of this handler may read what
 // they may); a client's own credentials are confirmed in Cache.Confirmed,
 // which holds them for confirmationTTL.
-func (p *Proxy) confirmRead(grant tokenauth.Grant, t target, name string, d digest.Digest) {
-	id := p.askedAs(grant, t.up)
-	scope := accessScope(id, t, name)
-	if grant.Anonymous() && p.Cache.Store.Allow(d, scope) == nil {
+func (c *pull) confirmRead(d digest.Digest) {
+	scope := accessScope(c.askedAs(), c.t, c.path.Name)
+	if c.grant.Anonymous() && c.p.Cache.Store.Allow(d, scope) == nil {
 		return
 	}
 	// A client's credentials, or a digest the store does not hold.
-	p.Cache.Confirmed.Confirm(confirmationKey(scope, d), time.Now())
+	c.p.Cache.Confirmed.Confirm(confirmationKey(scope, d), time.Now())
 }
 
 func confirmationKey(scope string, d digest.Digest) string { return scope + "\x00" + d.String() }
 
-// confirmTag records that the upstream just told grant's identity where
-// req's tag points. That lets a HEAD of the tag be answered from its
-// record; it says nothing of the content under the digest.
-func (p *Proxy) confirmTag(grant tokenauth.Grant, t target, req APIPath) {
-	p.Cache.Confirmed.Confirm(tagConfirmationKey(accessScope(p.askedAs(grant, t.up), t, req.Name), req.Tag), time.Now())
+// confirmTag records that the upstream just told c's identity where c's
+// tag points. That lets a HEAD of the tag be answered from its record; it
+// says nothing of the content under the digest.
+func (c *pull) confirmTag() {
+	c.p.Cache.Confirmed.Confirm(tagConfirmationKey(accessScope(c.askedAs(), c.t, c.path.Name), c.path.Tag), time.Now())
 }
 
-// tagConfirmed reports whether the upstream told grant's client where req's
-// tag points lately: this handler's own identity within tag_ttl, or the
+// tagConfirmed reports whether the upstream told c's client where c's tag
+// points lately: this handler's own identity within tag_ttl, or the
 // client's credentials within a minute.
-func (p *Proxy) tagConfirmed(grant tokenauth.Grant, t target, req APIPath) bool {
-	c, now := p.Cache, time.Now()
-	if c.Confirmed.Within(tagConfirmationKey(accessScope(p.ownIdentity(t.up), t, req.Name), req.Tag), max(c.confirmationTTL, c.TagTTL), now) {
+func (c *pull) tagConfirmed() bool {
+	cache, now := c.p.Cache, time.Now()
+	if cache.Confirmed.Within(tagConfirmationKey(accessScope(c.p.ownIdentity(c.t.up), c.t, c.path.Name), c.path.Tag), max(cache.confirmationTTL, cache.TagTTL), now) {
 		return true
 	}
-	client := clientOwn(grant)
-	return client != "" && c.Confirmed.Within(tagConfirmationKey(accessScope(client, t, req.Name), req.Tag), c.confirmationTTL, now)
+	client := clientOwn(c.grant)
+	return client != "" && cache.Confirmed.Within(tagConfirmationKey(accessScope(client, c.t, c.path.Name), c.path.Tag), cache.confirmationTTL, now)
 }
 
 func tagConfirmationKey(scope, tag string) string { return scope + "\x00tag:" + tag }
@@ -120,78 +120,80 @@ func (c *Cache) confirmedWithin(identity string, t target, name string, d digest
 	return c.Confirmed.Within(confirmationKey(accessScope(identity, t, name), d), window, time.Now())
 }
 
-// readConfirmed reports whether grant's client may read d of name without
-// asking the upstream: this handler's own identity may (recorded with the
-// entry, or confirmed within tag_ttl), or the client's credentials were
-// confirmed within window.
-func (p *Proxy) readConfirmed(grant tokenauth.Grant, t target, name string, d digest.Digest, window time.Duration) bool {
-	c := p.Cache
-	own := p.ownIdentity(t.up)
-	if c.Store.Allowed(d, accessScope(own, t, name)) || c.confirmedWithin(own, t, name, d, max(window, c.TagTTL)) {
+// readConfirmed reports whether c's client may read d of c's repository
+// without asking the upstream: this handler's own identity may (recorded
+// with the entry, or confirmed within tag_ttl), or the client's
+// credentials were confirmed within window.
+func (c *pull) readConfirmed(d digest.Digest, window time.Duration) bool {
+	cache := c.p.Cache
+	own := c.p.ownIdentity(c.t.up)
+	if cache.Store.Allowed(d, accessScope(own, c.t, c.path.Name)) || cache.confirmedWithin(own, c.t, c.path.Name, d, max(window, cache.TagTTL)) {
 		return true
 	}
-	client := clientOwn(grant)
-	return client != "" && c.confirmedWithin(client, t, name, d, window)
+	client := clientOwn(c.grant)
+	return client != "" && cache.confirmedWithin(client, c.t, c.path.Name, d, window)
 }
 
-// mayRead decides whether grant's identity may read cached content d of
-// req's repository, and if not, answers the request as a refusal of the
-// upstream's (the same answer a request for content the cache does not
-// hold gets), or 503 when the upstream cannot be asked.
-func (p *Proxy) mayRead(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, d digest.Digest) bool {
-	ok, resp, err := p.checkAccess(r, t, req, grant, d)
+// denyUnreadable answers the request if c's identity may not read cached
+// content d of c's repository: as a refusal of the upstream's (the same
+// answer a request for content the cache does not hold gets), or 503 when
+// the upstream cannot be asked.
+func (c *pull) denyUnreadable(d digest.Digest) (answered bool) {
+	ok, resp, err := c.checkAccess(d)
 	switch {
 	case ok:
-		return true
+		return false
 	case resp != nil:
-		p.writeRefusal(w, r, t, req, resp)
+		c.writeRefusal(resp)
 	default:
-		p.Logger.Warn("upstream cannot confirm access to cached content",
-			zap.String("upstream", t.up.Name), zap.String("repository", req.Name), zap.Error(err))
-		setOutcome(w, t, Result{Outcome: OutcomeUpstreamError})
-		WriteError(w, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
-			Message: "the upstream registry cannot confirm access to " + req.Name + " right now"})
+		c.p.Logger.Warn("upstream cannot confirm access to cached content",
+			zap.String("upstream", c.t.up.Name), zap.String("repository", c.path.Name), zap.Error(err))
+		setOutcome(c.w, c.t, Result{Outcome: OutcomeUpstreamError})
+		WriteError(c.w, &Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
+			Message: "the upstream registry cannot confirm access to " + c.path.Name + " right now"})
 	}
-	return false
+	return true
 }
 
-func (p *Proxy) mayReadQuiet(r *http.Request, t target, req APIPath, grant tokenauth.Grant, d digest.Digest) bool {
-	ok, resp, _ := p.checkAccess(r, t, req, grant, d)
+// mayRead reports whether c's identity may read cached content d of c's
+// repository, answering nothing.
+func (c *pull) mayRead(d digest.Digest) bool {
+	ok, resp, _ := c.checkAccess(d)
 	if resp != nil {
 		drain(resp.Body)
 	}
 	return ok
 }
 
-// checkAccess reports whether grant's identity may read d in req's
-// repository: known already, or confirmed now by the upstream's final
-// answer to a HEAD of the digest (which Docker Hub does not count). A
-// refusal comes back as the upstream's response (401, 403, 404).
-func (p *Proxy) checkAccess(r *http.Request, t target, req APIPath, grant tokenauth.Grant, d digest.Digest) (bool, *http.Response, error) {
-	c := p.Cache
-	if p.readConfirmed(grant, t, req.Name, d, c.confirmationTTL) {
+// checkAccess reports whether c's identity may read d in c's repository:
+// known already, or confirmed now by the upstream's final answer to a HEAD
+// of the digest (which Docker Hub does not count). A refusal comes back as
+// the upstream's response (401, 403, 404).
+func (c *pull) checkAccess(d digest.Digest) (bool, *http.Response, error) {
+	cache := c.p.Cache
+	if c.readConfirmed(d, cache.confirmationTTL) {
 		return true, nil, nil
 	}
 	// When the upstream cannot answer, what it confirmed for this
 	// client's own credentials lately still holds; nothing it never
 	// confirmed does.
 	confirmedBefore := func() bool {
-		client := clientOwn(grant)
-		return client != "" && c.confirmedWithin(client, t, req.Name, d, offlineAccessWindow)
+		client := clientOwn(c.grant)
+		return client != "" && cache.confirmedWithin(client, c.t, c.path.Name, d, offlineAccessWindow)
 	}
-	ctx, stop := detached(r.Context(), revalidationTimeout)
+	ctx, stop := detached(c.r.Context(), revalidationTimeout)
 	defer stop()
-	resp, err := p.askAccess(r.WithContext(ctx), t, req, grant, d)
+	resp, err := c.askAccess(ctx, d)
 	if err != nil {
 		return confirmedBefore(), nil, err
 	}
 	switch {
 	case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent:
 		drain(resp.Body)
-		p.confirmRead(grant, t, req.Name, d)
+		c.confirmRead(d)
 		return true, nil, nil
 	case refusedStatus(resp.StatusCode):
-		if grant.Anonymous() && confirmedBefore() {
+		if c.grant.Anonymous() && confirmedBefore() {
 			// An offline grant asks with the proxy's identity, which
 			// the upstream may refuse what it confirmed for the client.
 			drain(resp.Body)
@@ -204,28 +206,28 @@ func (p *Proxy) checkAccess(r *http.Request, t target, req APIPath, grant tokena
 	}
 }
 
-// askAccess asks the upstream for d in req's repository as grant's
+// askAccess asks the upstream, under ctx, for d in c's repository as c's
 // identity, following redirects to the final answer: a HEAD, and for a
 // blob whose HEAD the redirect target will not answer (a URL signed for
 // GET only) a GET of its first byte.
-func (p *Proxy) askAccess(r *http.Request, t target, req APIPath, grant tokenauth.Grant, d digest.Digest) (*http.Response, error) {
-	check := req
+func (c *pull) askAccess(ctx context.Context, d digest.Digest) (*http.Response, error) {
+	check := c.path
 	check.Tag, check.Digest = "", d
-	if req.Kind != KindBlob {
+	if c.path.Kind != KindBlob {
 		check.Kind = KindManifest
 	}
-	o := outboundFor(r, check, http.MethodHead)
+	o := outboundFor(c.r, check, http.MethodHead)
 	if check.Kind == KindManifest && o.header.Get("Accept") == "" {
 		o.header.Set("Accept", "*/*")
 	}
-	resp, err := p.Upstream.Do(r.Context(), t.up, grant, o)
+	resp, err := c.p.Upstream.Do(ctx, c.t.up, c.grant, o)
 	if err != nil || check.Kind != KindBlob || definitive(resp.StatusCode) || resp.StatusCode == http.StatusTooManyRequests {
 		return resp, err
 	}
 	drain(resp.Body)
-	o = outboundFor(r, check, http.MethodGet)
+	o = outboundFor(c.r, check, http.MethodGet)
 	o.header.Set("Range", "bytes=0-0")
-	return p.Upstream.Do(r.Context(), t.up, grant, o)
+	return c.p.Upstream.Do(ctx, c.t.up, c.grant, o)
 }
 
 // definitive reports whether an answer to an access check says yes or no
@@ -242,16 +244,16 @@ func definitive(status int) bool {
 // the proxy's challenge for a 401, a registry error for 403 and 404. A
 // refusal reads the same whether or not the cache holds the content, so
 // that nobody learns what others pulled.
-func (p *Proxy) writeRefusal(w http.ResponseWriter, r *http.Request, t target, req APIPath, resp *http.Response) {
+func (c *pull) writeRefusal(resp *http.Response) {
 	drain(resp.Body)
-	setOutcome(w, t, Result{Outcome: OutcomeRefused, UpstreamStatus: resp.StatusCode})
+	setOutcome(c.w, c.t, Result{Outcome: OutcomeRefused, UpstreamStatus: resp.StatusCode})
 	switch resp.StatusCode {
 	case http.StatusUnauthorized:
-		p.writeChallenge(w, r, t, req, challengeError(resp.Header))
+		c.p.writeChallenge(c.w, c.r, c.t, c.path, challengeError(resp.Header))
 	case http.StatusForbidden:
-		WriteError(w, &Error{Status: http.StatusForbidden, Code: CodeDenied, Message: "access to " + req.Name + " denied by the upstream registry"})
+		WriteError(c.w, &Error{Status: http.StatusForbidden, Code: CodeDenied, Message: "access to " + c.path.Name + " denied by the upstream registry"})
 	default:
-		WriteError(w, &Error{Status: http.StatusNotFound, Code: unknownCode(req.Kind), Message: req.Reference() + " is not in " + req.Name})
+		WriteError(c.w, &Error{Status: http.StatusNotFound, Code: unknownCode(c.path.Kind), Message: c.path.Reference() + " is not in " + c.path.Name})
 	}
 }
 

@@ -15,132 +15,133 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
-	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
 // serveBlob answers GET and HEAD of a blob: hits from the file, misses
 // through one shared fill per digest that streams to every reader.
-func (p *Proxy) serveBlob(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant) {
-	c := p.Cache
-	if c == nil {
-		p.forward(w, r, t, req, grant, resultBypass)
+func (c *pull) serveBlob() {
+	cache := c.p.Cache
+	if cache == nil {
+		c.forward(resultBypass)
 		return
 	}
-	if p.serveCached(w, r, t, req, grant) {
+	if c.serveCached() {
 		return
 	}
 	// A fill with every byte verified is being committed: that takes a
 	// moment, and then it is a hit like any other.
-	if c.Store.AwaitCommit(r.Context(), req.Digest) && p.serveCached(w, r, t, req, grant) {
+	if cache.Store.AwaitCommit(c.r.Context(), c.path.Digest) && c.serveCached() {
 		return
 	}
-	if r.Method == http.MethodHead {
+	if c.r.Method == http.MethodHead {
 		// A HEAD needs no bytes: ask the upstream rather than fill.
-		p.forward(w, r, t, req, grant, resultMiss)
+		c.forward(resultMiss)
 		return
 	}
-	p.fillBlob(w, r, t, req, grant, true)
+	c.fillBlob(true)
 }
 
 // fillBlob serves a blob the cache does not hold through the fill of its
 // digest: another request's, or one this request leads, from the shared
 // tier (if trySharedTier) or else from the upstream.
-func (p *Proxy) fillBlob(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, trySharedTier bool) {
-	c := p.Cache
-	fill, leader := c.Store.Join(req.Digest)
+func (c *pull) fillBlob(trySharedTier bool) {
+	p, d := c.p, c.path.Digest
+	fill, leader := p.Cache.Store.Join(d)
 	if !leader {
 		// Someone else's fill: this identity must be allowed too.
-		if !p.mayRead(w, r, t, req, grant, req.Digest) {
+		if c.denyUnreadable(d) {
 			return
 		}
-		rd, err := fill.Reader(r.Context())
+		rd, err := fill.Reader(c.r.Context())
 		if err != nil {
 			// The fill never started (the leader's upstream request
 			// failed): ask the upstream ourselves.
-			p.forward(w, r, t, req, grant, resultMiss)
+			c.forward(resultMiss)
 			return
 		}
-		p.serveFill(w, r, t, req, grant, rd, resultJoined)
+		c.serveFill(rd, resultJoined)
 		return
 	}
-	if trySharedTier && p.serveSharedBlob(w, r, t, req, grant, fill) {
+	if trySharedTier && c.serveSharedBlob(fill) {
 		return
 	}
-	o := outboundFor(r, req, http.MethodGet)
+	o := outboundFor(c.r, c.path, http.MethodGet)
 	o.header.Del("Range") // the fill fetches the whole blob; ranges are served from it
 	// The fill outlives this request (others join it, and it finishes the
 	// entry if they all leave), so the upstream request must not end with
 	// this client's; the store closes the body when the fill is abandoned.
-	ctx, stop := detached(r.Context(), upstreamAnswerTimeout)
-	resp, err := p.Upstream.Do(ctx, t.up, grant, o)
+	ctx, stop := detached(c.r.Context(), upstreamAnswerTimeout)
+	resp, err := p.Upstream.Do(ctx, c.t.up, c.grant, o)
 	stop()
 	if err != nil {
 		fill.Fail(err)
-		p.writeUpstreamError(w, t, err)
+		c.writeUpstreamError(err)
 		return
 	}
 	if resp.StatusCode != http.StatusOK {
 		fill.Fail(fmt.Errorf("upstream answered %d", resp.StatusCode))
-		p.relay(w, r, t, req, resp, resultMiss)
+		c.relay(resp, resultMiss)
 		return
 	}
 	// The upstream's final answer for this digest: this identity may
 	// read it (kept with the fill, so only if its bytes prove right).
-	p.confirmRead(grant, t, req.Name, req.Digest)
+	c.confirmRead(d)
+	up := c.t.up
 	src := blobcache.Source{Body: resp.Body, Size: resp.ContentLength, MediaType: blobMediaType(resp),
-		OnFailure: func(err error) { p.fillFailed(t.up, req.Digest, err) }}
-	rd, err := fill.StartReading(r.Context(), src)
+		OnFailure: func(err error) { p.fillFailed(up, d, err) }}
+	rd, err := fill.StartReading(c.r.Context(), src)
 	if err != nil {
 		// The cache cannot take it (disk full, unwritable): pass the
 		// bytes through as they come.
-		p.Logger.Debug("blob not cached", zap.String("digest", req.Digest.String()), zap.Error(err))
-		h := w.Header()
-		setEntryHeaders(h, req.Digest, src.MediaType)
-		setOutcome(w, t, resultCacheUnavailable)
+		p.Logger.Debug("blob not cached", zap.String("digest", d.String()), zap.Error(err))
+		h := c.w.Header()
+		setEntryHeaders(h, d, src.MediaType)
+		setOutcome(c.w, c.t, resultCacheUnavailable)
 		if resp.ContentLength >= 0 {
 			h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 		}
 		defer resp.Body.Close() // also when copyBody aborts the response
-		w.WriteHeader(http.StatusOK)
-		copyBody(w, resp.Body)
+		c.w.WriteHeader(http.StatusOK)
+		copyBody(c.w, resp.Body)
 		return
 	}
-	p.serveFill(w, r, t, req, grant, rd, resultMiss)
+	c.serveFill(rd, resultMiss)
 }
 
 // serveSharedBlob fills a blob from the shared tier, if it holds it, and
-// serves it, as the leader of the fill; false means the shared tier could
-// not help and the fill is still the leader's. The bytes are verified as
-// the upstream's would be, and the cache never widens access: unless the
-// shared copy's scopes hold this route's repository (the proxy's own
-// identity fetched it there), the upstream must accept this client first.
-func (p *Proxy) serveSharedBlob(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, fill *blobcache.Fill) bool {
-	ctx, cancel := context.WithTimeout(r.Context(), sharedTierWait)
+// serves it, as the leader of the fill; not answered means the shared tier
+// could not help and the fill is still the leader's. The bytes are
+// verified as the upstream's would be, and the cache never widens access:
+// unless the shared copy's scopes hold this route's repository (the
+// proxy's own identity fetched it there), the upstream must accept this
+// client first.
+func (c *pull) serveSharedBlob(fill *blobcache.Fill) (answered bool) {
+	ctx, cancel := context.WithTimeout(c.r.Context(), sharedTierWait)
 	started, err := fill.StartRemote(ctx)
 	cancel()
 	if errors.Is(err, blobcache.ErrUnavailable) {
 		// The disk cannot take it, and the fill failed: pass the
 		// upstream's bytes through.
-		p.forward(w, r, t, req, grant, resultCacheUnavailable)
+		c.forward(resultCacheUnavailable)
 		return true
 	}
 	if !started {
 		return false
 	}
-	if !p.mayRead(w, r, t, req, grant, req.Digest) {
+	if c.denyUnreadable(c.path.Digest) {
 		return true
 	}
-	rd, err := fill.Reader(r.Context())
+	rd, err := fill.Reader(c.r.Context())
 	if err != nil {
-		if r.Context().Err() == nil {
+		if c.r.Context().Err() == nil {
 			// The shared copy failed before this reader came (wrong
 			// bytes, the tier went away): fill from the upstream, so
 			// that its bytes are kept, not just passed through.
-			p.fillBlob(w, r, t, req, grant, false)
+			c.fillBlob(false)
 		}
 		return true
 	}
-	p.serveFill(w, r, t, req, grant, rd, resultShared)
+	c.serveFill(rd, resultShared)
 	return true
 }
 
@@ -156,11 +157,12 @@ func blobMediaType(resp *http.Response) string {
 // bytes) aborts the client's connection: never a clean end. If the fill
 // stops because the cache's disk failed, the reader fetches the rest from
 // the upstream with this client's identity and still verifies the blob.
-func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, rd *blobcache.Reader, res Result) {
+func (c *pull) serveFill(rd *blobcache.Reader, res Result) {
+	w, r := c.w, c.r
 	defer rd.Close()
 	info := rd.Info()
 	setEntryHeaders(w.Header(), info.Digest, info.MediaType)
-	setOutcome(w, t, res)
+	setOutcome(w, c.t, res)
 	er := &errorRecorder{r: rd}
 	rangeHeader := r.Header.Get("Range")
 	if info.Size < 0 && rangeHeader == "" {
@@ -172,8 +174,9 @@ func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, t target, req 
 	// fill's verdict: a range of a chunked upstream body is served whole.
 	if info.Size >= 0 {
 		rd.SetRangeEnd(rangesEnd(rangeHeader, info.Size))
+		resume := c.detach() // the reader keeps it; it writes no response
 		rd.SetResume(func(ctx context.Context, offset int64) (io.ReadCloser, error) {
-			return p.fetchBlobFrom(ctx, t, req, grant, offset)
+			return resume.fetchBlobFrom(ctx, offset)
 		})
 		if sendTo, ok := w.(interface {
 			io.Writer
@@ -199,10 +202,10 @@ func (p *Proxy) serveFill(w http.ResponseWriter, r *http.Request, t target, req 
 
 // fetchBlobFrom asks the upstream for a blob's bytes from offset to its
 // end, for a reader whose fill stopped on a disk error.
-func (p *Proxy) fetchBlobFrom(ctx context.Context, t target, req APIPath, grant tokenauth.Grant, offset int64) (io.ReadCloser, error) {
-	o := outbound{method: http.MethodGet, path: upstreamPath(req), header: http.Header{}, scope: "repository:" + req.Name + ":pull", kind: KindBlob}
+func (c *pull) fetchBlobFrom(ctx context.Context, offset int64) (io.ReadCloser, error) {
+	o := outbound{method: http.MethodGet, path: upstreamPath(c.path), header: http.Header{}, scope: "repository:" + c.path.Name + ":pull", kind: KindBlob}
 	o.header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
-	resp, err := p.Upstream.Do(ctx, t.up, grant, o)
+	resp, err := c.p.Upstream.Do(ctx, c.t.up, c.grant, o)
 	if err != nil {
 		return nil, err
 	}

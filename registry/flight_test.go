@@ -25,13 +25,14 @@ func TestRoundAfterARoundAsksNothing(t *testing.T) {
 	target := target{up: u, prefix: "/v2/"}
 	req := APIPath{Kind: KindManifest, Name: "team/app", Digest: digest.Digest(d.String())}
 	r := httptest.NewRequest(http.MethodGet, "/v2/team/app/manifests/"+d.String(), nil)
-	first, ok := p.fetchByDigest(r, target, req, tokenauth.Grant{}, req.Digest)
+	c := &pull{p: p, r: r, t: target, path: req, grant: tokenauth.Grant{}}
+	first, ok := c.fetchByDigest(req.Digest)
 	if !ok || first.err != nil || first.cached || up.Counters.ManifestGETs() != 1 {
 		t.Fatalf("first round: %+v, ok %v, %d upstream GETs; want a fetch", first, ok, up.Counters.ManifestGETs())
 	}
 	// The second request looked at the cache before the first round
 	// stored the manifest, and starts its own round now.
-	second, ok := p.fetchByDigest(r, target, req, tokenauth.Grant{}, req.Digest)
+	second, ok := c.fetchByDigest(req.Digest)
 	if !ok || !second.cached || string(second.m.body) != string(first.m.body) {
 		t.Fatalf("second round: %+v, ok %v; want the stored manifest", second, ok)
 	}

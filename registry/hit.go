@@ -9,20 +9,18 @@ import (
 	"strconv"
 
 	"github.com/opencontainers/go-digest"
-
-	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
 // serveCached answers a request by digest from the cache, if the entry is
 // there: the content, or the refusal when this identity may not read it.
-func (p *Proxy) serveCached(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant) bool {
-	h, ok := p.Cache.lookup(req.Digest)
+func (c *pull) serveCached() (answered bool) {
+	h, ok := c.p.Cache.lookup(c.path.Digest)
 	if !ok {
 		return false
 	}
 	defer h.Close()
-	if p.mayRead(w, r, t, req, grant, req.Digest) {
-		serveHit(w, r, t, h, resultHit)
+	if !c.denyUnreadable(c.path.Digest) {
+		c.serveHit(h, resultHit)
 	}
 	return true
 }
@@ -43,9 +41,10 @@ func setEntryHeaders(h http.Header, d digest.Digest, mediaType string) {
 // without TLS goes to the connection with sendfile; everything else (Range,
 // conditional requests, TLS, HTTP/2, entries in memory) through
 // http.ServeContent.
-func serveHit(w http.ResponseWriter, r *http.Request, t target, h *hit, res Result) {
+func (c *pull) serveHit(h *hit, res Result) {
+	w, r := c.w, c.r
 	setEntryHeaders(w.Header(), h.Digest, h.MediaType)
-	setOutcome(w, t, res)
+	setOutcome(w, c.t, res)
 	if h.blob == nil {
 		http.ServeContent(bodyWriter{w}, r, "", h.modTime, bytes.NewReader(h.body))
 		return

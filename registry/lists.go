@@ -17,7 +17,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
-	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
 // maxListSize bounds a list answer the proxy keeps; a bigger one (the tag
@@ -41,17 +40,17 @@ type keptList struct {
 	Body        []byte   `json:"body"`
 }
 
-func listKey(t target, req APIPath, r *http.Request) string {
-	return "list\x00" + t.up.String() + "\x00" + upstreamPath(req) + upstreamQuery(r, req) + "\x00" + acceptKey(r.Header.Values("Accept"))
+func (c *pull) listKey() string {
+	return "list\x00" + c.t.up.String() + "\x00" + upstreamPath(c.path) + upstreamQuery(c.r, c.path) + "\x00" + acceptKey(c.r.Header.Values("Accept"))
 }
 
 // serveList answers tags/list and referrers.
-func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant) {
-	if p.Cache == nil || r.Method != http.MethodGet {
-		p.forward(w, r, t, req, grant, Result{})
+func (c *pull) serveList() {
+	if c.p.Cache == nil || c.r.Method != http.MethodGet {
+		c.forward(Result{})
 		return
 	}
-	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, http.MethodGet))
+	resp, err := c.do(outboundFor(c.r, c.path, http.MethodGet))
 	upstreamStatus := 0
 	if err == nil {
 		switch {
@@ -65,56 +64,57 @@ func (p *Proxy) serveList(w http.ResponseWriter, r *http.Request, t target, req 
 				break
 			}
 			if len(head) <= maxListSize {
-				p.keepList(t, req, grant, listKey(t, req, r), resp.Header, head)
+				c.keepList(resp.Header, head)
 			}
 			// A list too big to keep still reaches the client whole:
 			// what was read, then the rest as it comes. relay aborts the
 			// client's connection if the rest fails.
 			resp.Body = readCloser{io.MultiReader(bytes.NewReader(head), resp.Body), resp.Body}
-			p.relay(w, r, t, req, resp, resultMiss)
+			c.relay(resp, resultMiss)
 			return
 		case failedStatus(resp.StatusCode):
 			upstreamStatus = resp.StatusCode
 			drain(resp.Body)
 		default:
-			p.relay(w, r, t, req, resp, resultMiss)
+			c.relay(resp, resultMiss)
 			return
 		}
 	}
-	if p.serveKeptList(w, r, t, req, grant, upstreamStatus) {
+	if c.serveKeptList(upstreamStatus) {
 		return
 	}
 	if err == nil {
 		err = &upstreamStatusError{status: upstreamStatus}
 	}
-	p.writeUpstreamError(w, t, err)
+	c.writeUpstreamError(err)
 }
 
-func (p *Proxy) keepList(t target, req APIPath, grant tokenauth.Grant, key string, h http.Header, body []byte) {
+// keepList stores a good list answer, with its header h, for stale-if-error.
+func (c *pull) keepList(h http.Header, body []byte) {
 	kept, _ := json.Marshal(keptList{ContentType: h.Get("Content-Type"), Links: h.Values("Link"), Body: body})
 	d := digest.FromBytes(kept)
 	// Kept for this instance's stale answers only: not for the shared tier.
-	if err := p.Cache.Store.PutLocal(d, listMediaType, kept); err != nil {
-		p.Logger.Debug("list not kept", zap.Error(err))
+	if err := c.p.Cache.Store.PutLocal(d, listMediaType, kept); err != nil {
+		c.p.Logger.Debug("list not kept", zap.Error(err))
 		return
 	}
-	p.confirmRead(grant, t, req.Name, d)
-	_ = p.Cache.Store.SetLocalTag(key, blobcache.Tag{Digest: d, MediaType: listMediaType, Size: int64(len(kept)), Checked: time.Now()})
+	c.confirmRead(d)
+	_ = c.p.Cache.Store.SetLocalTag(c.listKey(), blobcache.Tag{Digest: d, MediaType: listMediaType, Size: int64(len(kept)), Checked: time.Now()})
 }
 
 // serveKeptList serves the last good answer after an upstream failure, if
 // this identity may read it: the proxy's own identity fetched it, or the
 // upstream confirmed it for these credentials within the offline window.
-func (p *Proxy) serveKeptList(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, upstreamStatus int) bool {
-	c := p.Cache
-	rec, ok := c.Store.Tag(listKey(t, req, r))
+func (c *pull) serveKeptList(upstreamStatus int) (answered bool) {
+	cache := c.p.Cache
+	rec, ok := cache.Store.Tag(c.listKey())
 	if !ok {
 		return false
 	}
-	if !p.readConfirmed(grant, t, req.Name, rec.Digest, offlineAccessWindow) {
+	if !c.readConfirmed(rec.Digest, offlineAccessWindow) {
 		return false
 	}
-	h, ok := c.lookup(rec.Digest)
+	h, ok := cache.lookup(rec.Digest)
 	if !ok {
 		return false
 	}
@@ -132,17 +132,17 @@ func (p *Proxy) serveKeptList(w http.ResponseWriter, r *http.Request, t target, 
 	if err := json.Unmarshal(raw, &kept); err != nil {
 		return false
 	}
-	hdr := w.Header()
+	hdr := c.w.Header()
 	if kept.ContentType != "" {
 		hdr.Set("Content-Type", kept.ContentType)
 	}
 	for _, l := range kept.Links {
-		hdr.Add("Link", rewriteLink(l, t))
+		hdr.Add("Link", rewriteLink(l, c.t))
 	}
 	hdr.Set("Content-Length", strconv.Itoa(len(kept.Body)))
-	setOutcome(w, t, resultStale(upstreamStatus))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(kept.Body)
-	p.Logger.Info("served a stale list: upstream failed", zap.String("upstream", t.up.Name), zap.String("repository", req.Name))
+	setOutcome(c.w, c.t, resultStale(upstreamStatus))
+	c.w.WriteHeader(http.StatusOK)
+	_, _ = c.w.Write(kept.Body)
+	c.p.Logger.Info("served a stale list: upstream failed", zap.String("upstream", c.t.up.Name), zap.String("repository", c.path.Name))
 	return true
 }

@@ -18,51 +18,50 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
-	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
 // serveManifest answers GET and HEAD of a manifest by tag or digest.
-func (p *Proxy) serveManifest(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant) {
-	if p.Cache == nil {
-		p.forward(w, r, t, req, grant, resultBypass)
+func (c *pull) serveManifest() {
+	if c.p.Cache == nil {
+		c.forward(resultBypass)
 		return
 	}
-	if req.Tag != "" {
-		p.serveTag(w, r, t, req, grant)
+	if c.path.Tag != "" {
+		c.serveTag()
 		return
 	}
-	p.serveManifestByDigest(w, r, t, req, grant)
+	c.serveManifestByDigest()
 }
 
-func (p *Proxy) serveManifestByDigest(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant) {
-	if p.serveCached(w, r, t, req, grant) {
+func (c *pull) serveManifestByDigest() {
+	if c.serveCached() {
 		return
 	}
-	if r.Method == http.MethodHead {
+	if c.r.Method == http.MethodHead {
 		// A HEAD needs no bytes: ask the upstream rather than fill.
-		p.forward(w, r, t, req, grant, resultMiss)
+		c.forward(resultMiss)
 		return
 	}
-	res, ok := p.fetchByDigest(r, t, req, grant, req.Digest)
+	res, ok := c.fetchByDigest(c.path.Digest)
 	switch {
 	case !ok:
 		return // the client left
 	case res.reply != nil:
-		p.relay(w, r, t, req, res.reply.response(), res.reply.outcomeOr(resultMiss))
+		c.relay(res.reply.response(), res.reply.outcomeOr(resultMiss))
 	case res.err != nil:
-		p.writeUpstreamError(w, t, res.err)
+		c.writeUpstreamError(res.err)
 	case res.shared, res.cached:
 		// Another instance or another round fetched it, maybe with
 		// other credentials.
-		if p.mayRead(w, r, t, req, grant, req.Digest) {
+		if !c.denyUnreadable(c.path.Digest) {
 			served := resultShared
 			if res.cached {
 				served = resultHit
 			}
-			writeManifest(w, r, t, res.m, served)
+			c.writeManifest(res.m, served)
 		}
 	default:
-		writeManifest(w, r, t, res.m, resultMiss)
+		c.writeManifest(res.m, resultMiss)
 	}
 }
 
@@ -83,20 +82,23 @@ type digestResult struct {
 // GETs it, checks and stores it, once for any number of concurrent
 // requests of one identity (Docker Hub counts every GET). ok is false if
 // the client left while waiting.
-func (p *Proxy) fetchByDigest(r *http.Request, t target, req APIPath, grant tokenauth.Grant, d digest.Digest) (res digestResult, ok bool) {
-	key := "digest\x00" + t.up.String() + "\x00" + req.Name + "\x00" + d.String() + "\x00" + p.askedAs(grant, t.up)
+func (c *pull) fetchByDigest(d digest.Digest) (res digestResult, ok bool) {
+	p := c.p
+	key := "digest\x00" + c.t.up.String() + "\x00" + c.path.Name + "\x00" + d.String() + "\x00" + c.askedAs()
+	round := c.detach()
 	flight := p.Cache.tagFlight.DoChan(key, func() (any, error) {
 		// A round that ended between this request's look at the cache
 		// and this one may have stored it already.
 		if m, ok := p.cachedManifest(d); ok {
 			return digestResult{m: m, cached: true}, nil
 		}
-		ctx, stop := detached(r.Context(), upstreamAnswerTimeout)
+		ctx, stop := detached(round.r.Context(), upstreamAnswerTimeout)
 		defer stop()
 		if m, ok := p.sharedManifest(ctx, d); ok {
 			return digestResult{m: m, shared: true}, nil
 		}
-		m, reply, err := p.fetchManifest(r.WithContext(ctx), t, req, grant, d.String())
+		round.r = round.r.WithContext(ctx)
+		m, reply, err := round.fetchManifest(d.String())
 		switch {
 		case err != nil:
 			return digestResult{err: err}, nil
@@ -107,7 +109,7 @@ func (p *Proxy) fetchByDigest(r *http.Request, t target, req APIPath, grant toke
 		case m.signed:
 			return digestResult{reply: passThroughReply(m)}, nil
 		}
-		if !p.storeManifest(t, req, grant, m) {
+		if !round.storeManifest(m) {
 			return digestResult{reply: manifestReply(m, resultCacheUnavailable)}, nil
 		}
 		return digestResult{m: m}, nil
@@ -115,7 +117,7 @@ func (p *Proxy) fetchByDigest(r *http.Request, t target, req APIPath, grant toke
 	select {
 	case v := <-flight:
 		return v.Val.(digestResult), true
-	case <-r.Context().Done():
+	case <-c.r.Context().Done():
 		return digestResult{}, false
 	}
 }
@@ -170,15 +172,15 @@ type manifest struct {
 // fetchManifest GETs a manifest by tag or digest. A non-200 answer comes
 // back as reply (for relaying); the digest is computed from the bytes and
 // checked against the upstream's Docker-Content-Digest.
-func (p *Proxy) fetchManifest(r *http.Request, t target, req APIPath, grant tokenauth.Grant, ref string) (manifest, *http.Response, error) {
-	get := req
+func (c *pull) fetchManifest(ref string) (manifest, *http.Response, error) {
+	get := c.path
 	get.Tag, get.Digest = "", ""
 	if d, err := digest.Parse(ref); err == nil {
 		get.Digest = d
 	} else {
 		get.Tag = ref
 	}
-	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, get, http.MethodGet))
+	resp, err := c.do(outboundFor(c.r, get, http.MethodGet))
 	if err != nil {
 		return manifest{}, nil, err
 	}
@@ -223,29 +225,29 @@ func (p *Proxy) fetchManifest(r *http.Request, t target, req APIPath, grant toke
 // readable by every client of the route. Its scope goes in with the entry,
 // so that the shared tier never receives the manifest without it. false:
 // the store could not keep it (disk full, unwritable).
-func (p *Proxy) storeManifest(t target, req APIPath, grant tokenauth.Grant, m manifest) bool {
-	c := p.Cache
+func (c *pull) storeManifest(m manifest) bool {
+	cache := c.p.Cache
 	var scopes []string
-	if grant.Anonymous() {
-		scopes = append(scopes, accessScope(p.askedAs(grant, t.up), t, req.Name))
+	if c.grant.Anonymous() {
+		scopes = append(scopes, accessScope(c.askedAs(), c.t, c.path.Name))
 	}
-	if err := c.Store.Put(m.digest, m.mediaType, m.body, scopes...); err != nil {
-		p.Logger.Debug("manifest not cached", zap.String("digest", m.digest.String()), zap.Error(err))
+	if err := cache.Store.Put(m.digest, m.mediaType, m.body, scopes...); err != nil {
+		c.p.Logger.Debug("manifest not cached", zap.String("digest", m.digest.String()), zap.Error(err))
 		return false
 	}
-	c.memory.add(&memoryEntry{digest: m.digest, mediaType: m.mediaType, body: m.body, modTime: time.Now()})
-	p.confirmRead(grant, t, req.Name, m.digest)
+	cache.memory.add(&memoryEntry{digest: m.digest, mediaType: m.mediaType, body: m.body, modTime: time.Now()})
+	c.confirmRead(m.digest)
 	return true
 }
 
-func writeManifest(w http.ResponseWriter, r *http.Request, t target, m manifest, res Result) {
-	h := w.Header()
+func (c *pull) writeManifest(m manifest, res Result) {
+	h := c.w.Header()
 	setEntryHeaders(h, m.digest, m.mediaType)
-	setOutcome(w, t, res)
+	setOutcome(c.w, c.t, res)
 	h.Set("Content-Length", strconv.Itoa(len(m.body)))
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(m.body)
+	c.w.WriteHeader(http.StatusOK)
+	if c.r.Method != http.MethodHead {
+		_, _ = c.w.Write(m.body)
 	}
 }
 

@@ -9,19 +9,17 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-
-	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
 // forward sends the request upstream as grant's identity and relays the
 // answer as res (see relay).
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, res Result) {
-	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, r.Method))
+func (c *pull) forward(res Result) {
+	resp, err := c.do(outboundFor(c.r, c.path, c.r.Method))
 	if err != nil {
-		p.writeUpstreamError(w, t, err)
+		c.writeUpstreamError(err)
 		return
 	}
-	p.relay(w, r, t, req, resp, res)
+	c.relay(resp, res)
 }
 
 // outboundFor is req as an upstream request with method, carrying the

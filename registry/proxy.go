@@ -51,11 +51,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Serve serves one registry API request and returns its outcome (what the
 // Cache-Status header says), for the handler's metrics.
 func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request) Result {
-	// The request path records the outcome through the target it passes
-	// along, which escapes to the heap: a pooled record keeps that from
-	// costing every request an allocation. Nothing records an outcome
-	// once the response is written (work that outlives a request has no
-	// ResponseWriter), so the record is free again when serve returns.
+	// The request path records the outcome through its target, which
+	// copies of the pull for shared work take to the heap (with the
+	// record cleared, which escape analysis cannot see): a pooled record
+	// keeps that from costing every request an allocation. Nothing
+	// records an outcome once the response is written (work that outlives
+	// a request has no ResponseWriter), so the record is free again when
+	// serve returns.
 	rec := outcomeRecords.Get().(*Result)
 	*rec = Result{}
 	p.serve(w, r, rec)
@@ -88,41 +90,42 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, res *Result) {
 	if t.prefix != "/v2/" { // the registry named in the path is routing, not name
 		apiPath = "/v2/" + strings.TrimPrefix(apiPath, t.prefix)
 	}
-	req, perr := ParsePath(r.Method, apiPath)
+	path, perr := ParsePath(r.Method, apiPath)
 	if perr != nil {
 		WriteError(w, perr)
 		return
 	}
 
 	// 3. Docker Hub keeps official images under library/.
-	if t.up.IsDockerHub() && req.Name != "" && !strings.Contains(req.Name, "/") {
-		p.redirectToLibrary(w, r, t, req)
+	if t.up.IsDockerHub() && path.Name != "" && !strings.Contains(path.Name, "/") {
+		p.redirectToLibrary(w, r, t, path)
 		return
 	}
 
 	// 4. Authentication: the proxy's token endpoint, then the caller's grant.
-	if req.Kind == KindAuth {
+	if path.Kind == KindAuth {
 		p.serveToken(w, r, t)
 		return
 	}
 	grant, err := p.Auth.Identify(r, t.up.String())
 	if err != nil {
-		p.writeChallenge(w, r, t, req, "invalid_token")
+		p.writeChallenge(w, r, t, path, "invalid_token")
 		return
 	}
-	if req.Kind == KindBase {
+	if path.Kind == KindBase {
 		p.serveBase(w, r, t)
 		return
 	}
 
 	// 5. The cache, then the upstream.
-	switch req.Kind {
+	c := pull{p: p, w: w, r: r, t: t, path: path, grant: grant}
+	switch path.Kind {
 	case KindManifest:
-		p.serveManifest(w, r, t, req, grant)
+		c.serveManifest()
 	case KindBlob:
-		p.serveBlob(w, r, t, req, grant)
+		c.serveBlob()
 	default: // tags/list, referrers: from the upstream, kept for when it fails
-		p.serveList(w, r, t, req, grant)
+		c.serveList()
 	}
 }
 

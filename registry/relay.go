@@ -32,23 +32,24 @@ var hopHeaders = []string{
 // challenge, Link headers keep the client's form, the body streams. res
 // is the outcome of an answer with content; with the cache on, the
 // upstream's refusals and failures are outcomes of their own.
-func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, t target, req APIPath, resp *http.Response, res Result) {
+func (c *pull) relay(resp *http.Response, res Result) {
 	defer resp.Body.Close()
-	if p.Cache != nil {
-		if isRefusal(req, resp.StatusCode) {
+	if c.p.Cache != nil {
+		if isRefusal(c.path, resp.StatusCode) {
 			// The same answer as when the cache holds the content and
 			// the access check is refused: nothing tells what is cached.
-			p.writeRefusal(w, r, t, req, resp)
+			c.writeRefusal(resp)
 			return
 		}
 		res = relayedResult(resp.StatusCode, res)
 	}
 	if resp.StatusCode == http.StatusUnauthorized {
 		drain(resp.Body)
-		setOutcome(w, t, res)
-		p.writeChallenge(w, r, t, req, challengeError(resp.Header))
+		setOutcome(c.w, c.t, res)
+		c.p.writeChallenge(c.w, c.r, c.t, c.path, challengeError(resp.Header))
 		return
 	}
+	w := c.w
 	h := w.Header()
 	for k, vs := range resp.Header {
 		h[k] = vs
@@ -56,22 +57,22 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, t target, req APIP
 	for _, k := range hopHeaders {
 		h.Del(k)
 	}
-	if c := resp.Header.Get("Connection"); c != "" {
-		for _, k := range strings.Split(c, ",") {
+	if conn := resp.Header.Get("Connection"); conn != "" {
+		for _, k := range strings.Split(conn, ",") {
 			h.Del(strings.TrimSpace(k))
 		}
 	}
 	if links := resp.Header.Values("Link"); len(links) > 0 {
 		h.Del("Link")
 		for _, l := range links {
-			h.Add("Link", rewriteLink(l, t))
+			h.Add("Link", rewriteLink(l, c.t))
 		}
 	}
 	// Replaces the upstream's own Cache-Status, if any: it says nothing
 	// of this cache.
-	setOutcome(w, t, res)
+	setOutcome(w, c.t, res)
 	w.WriteHeader(resp.StatusCode)
-	if r.Method == http.MethodHead {
+	if c.r.Method == http.MethodHead {
 		return
 	}
 	copyBody(w, resp.Body)

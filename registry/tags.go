@@ -14,15 +14,14 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
-	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
 // tagKey names a tag record. The client's Accept is part of it because
 // the upstream's answer depends on it (an index, or one platform's
 // manifest for clients that do not accept indexes).
-func tagKey(t target, req APIPath, r *http.Request) (key, base, accept string) {
-	base = t.up.String() + "\x00" + req.Name + "\x00" + req.Tag
-	accept = acceptKey(r.Header.Values("Accept"))
+func (c *pull) tagKey() (key, base, accept string) {
+	base = c.t.up.String() + "\x00" + c.path.Name + "\x00" + c.path.Tag
+	accept = acceptKey(c.r.Header.Values("Accept"))
 	return base + "\x00" + accept, base, accept
 }
 
@@ -46,34 +45,35 @@ type tagResult struct {
 // it is fresh, after a HEAD once it is stale (stale-if-error when the
 // upstream fails), from the upstream on a miss. Concurrent requests of one
 // identity share one upstream round.
-func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant) {
-	c := p.Cache
-	key, base, accept := tagKey(t, req, r)
-	rec, known := c.Store.Tag(key)
+func (c *pull) serveTag() {
+	cache := c.p.Cache
+	key, base, accept := c.tagKey()
+	rec, known := cache.Store.Tag(key)
 	if !known {
 		// Another client's Accept set may have the answer already.
-		rec, known = c.siblingTag(base, accept, time.Now())
+		rec, known = cache.siblingTag(base, accept, time.Now())
 	} else {
-		c.accepts.add(base, accept)
+		cache.accepts.add(base, accept)
 	}
 	hitResult := resultHit
 	if !known {
 		// Another instance may have checked the tag: with a fresh
 		// record, N instances cost the upstream one GET.
-		if rec, known = p.sharedTierTag(r, key); known {
-			c.accepts.add(base, accept)
+		if rec, known = c.sharedTierTag(key); known {
+			cache.accepts.add(base, accept)
 			hitResult = resultShared
 		} else {
 			// Set here while the shared tier was asked? Then the
 			// upstream round that set it must not be made again.
-			rec, known = c.Store.Tag(key)
+			rec, known = cache.Store.Tag(key)
 		}
 	}
-	fresh := known && time.Since(rec.Checked) < c.TagTTL
-	if fresh && p.serveTagRecord(w, r, t, req, grant, rec, hitResult) {
+	fresh := known && time.Since(rec.Checked) < cache.TagTTL
+	if fresh && c.serveTagRecord(rec, hitResult) {
 		return
 	}
-	flight := c.tagFlight.DoChan(key+"\x00"+p.askedAs(grant, t.up)+"\x00"+r.Method, func() (any, error) {
+	round := c.detach()
+	flight := cache.tagFlight.DoChan(key+"\x00"+c.askedAs()+"\x00"+c.r.Method, func() (any, error) {
 		// Shared by every request of this identity for the tag: it must
 		// not end with the first one's. A revalidation that takes too
 		// long counts as an upstream failure (stale-if-error).
@@ -83,47 +83,47 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req A
 		}
 		// A round that ended between this request's look at the record
 		// and this one may have settled the tag already.
-		if cur, ok := c.Store.Tag(key); ok && time.Since(cur.Checked) < c.TagTTL &&
-			(!known || cur.Checked.After(rec.Checked)) && c.Store.Contains(cur.Digest) {
+		if cur, ok := cache.Store.Tag(key); ok && time.Since(cur.Checked) < cache.TagTTL &&
+			(!known || cur.Checked.After(rec.Checked)) && cache.Store.Contains(cur.Digest) {
 			return tagResult{tag: cur, settled: true}, nil
 		}
-		ctx, stop := detached(r.Context(), timeout)
+		ctx, stop := detached(round.r.Context(), timeout)
 		defer stop()
-		shared := r.WithContext(ctx)
+		round.r = round.r.WithContext(ctx)
 		switch {
 		case fresh: // the record holds, its manifest is not cached (it came from a HEAD, or was evicted)
-			return p.fetchTagByDigest(shared, t, req, grant, key, rec.Digest, rec.Checked), nil
+			return round.fetchTagByDigest(key, rec.Digest, rec.Checked), nil
 		case known:
-			return p.revalidateTag(shared, t, req, grant, key, rec), nil
+			return round.revalidateTag(key, rec), nil
 		}
-		return p.fetchTag(shared, t, req, grant, key), nil
+		return round.fetchTag(key), nil
 	})
 	var res tagResult
 	select {
 	case v := <-flight:
 		res = v.Val.(tagResult)
-	case <-r.Context().Done():
+	case <-c.r.Context().Done():
 		return
 	}
 	switch {
 	case res.reply != nil:
-		p.relay(w, r, t, req, res.reply.response(), res.reply.outcomeOr(resultMiss))
+		c.relay(res.reply.response(), res.reply.outcomeOr(resultMiss))
 	case res.err != nil || res.upstreamStatus != 0:
-		if known && !c.Store.Contains(rec.Digest) {
+		if known && !cache.Store.Contains(rec.Digest) {
 			// The manifest may be in the shared tier only (the
 			// record came from there, or it was evicted here).
-			p.sharedManifest(r.Context(), rec.Digest)
+			c.p.sharedManifest(c.r.Context(), rec.Digest)
 		}
-		if known && p.serveTagRecord(w, r, t, req, grant, rec, resultStale(res.upstreamStatus)) {
-			p.Logger.Info("served a stale tag: upstream failed",
-				zap.String("upstream", t.up.Name), zap.String("repository", req.Name), zap.String("tag", req.Tag),
+		if known && c.serveTagRecord(rec, resultStale(res.upstreamStatus)) {
+			c.p.Logger.Info("served a stale tag: upstream failed",
+				zap.String("upstream", c.t.up.Name), zap.String("repository", c.path.Name), zap.String("tag", c.path.Tag),
 				zap.Int("upstream_status", res.upstreamStatus), zap.Error(res.err))
 			return
 		}
 		if res.err == nil {
 			res.err = &upstreamStatusError{status: res.upstreamStatus}
 		}
-		p.writeUpstreamError(w, t, res.err)
+		c.writeUpstreamError(res.err)
 	default:
 		served := resultMiss
 		switch {
@@ -134,16 +134,16 @@ func (p *Proxy) serveTag(w http.ResponseWriter, r *http.Request, t target, req A
 		case known && res.tag.Digest == rec.Digest:
 			served = resultRevalidated
 		}
-		if !p.serveTagRecord(w, r, t, req, grant, res.tag, served) {
-			p.writeUpstreamError(w, t, errors.New("manifest vanished from the cache"))
+		if !c.serveTagRecord(res.tag, served) {
+			c.writeUpstreamError(errors.New("manifest vanished from the cache"))
 		}
 	}
 }
 
 // revalidateTag asks the upstream with a HEAD (which Docker Hub does not
 // count) whether the tag still points at rec's digest.
-func (p *Proxy) revalidateTag(r *http.Request, t target, req APIPath, grant tokenauth.Grant, key string, rec blobcache.Tag) tagResult {
-	resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, http.MethodHead))
+func (c *pull) revalidateTag(key string, rec blobcache.Tag) tagResult {
+	resp, err := c.do(outboundFor(c.r, c.path, http.MethodHead))
 	if err != nil {
 		return tagResult{err: err}
 	}
@@ -158,9 +158,9 @@ func (p *Proxy) revalidateTag(r *http.Request, t target, req APIPath, grant toke
 	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
 	if err != nil {
 		// No usable digest in the HEAD: fetch the tag itself.
-		return p.fetchTag(r, t, req, grant, key)
+		return c.fetchTag(key)
 	}
-	if p.Cache.Store.Contains(d) || r.Method == http.MethodHead {
+	if c.p.Cache.Store.Contains(d) || c.r.Method == http.MethodHead {
 		// No GET (which Docker Hub counts): the manifest is cached, or
 		// a HEAD needs none. The HEAD says where the tag points, not
 		// that this identity may read cached content of that digest:
@@ -169,11 +169,11 @@ func (p *Proxy) revalidateTag(r *http.Request, t target, req APIPath, grant toke
 		if d == rec.Digest && rec.Size > 0 {
 			tag.MediaType, tag.Size = rec.MediaType, rec.Size
 		}
-		p.confirmTag(grant, t, req)
-		p.Cache.setTag(key, tag)
+		c.confirmTag()
+		c.p.Cache.setTag(key, tag)
 		return tagResult{tag: tag}
 	}
-	return p.fetchTagByDigest(r, t, req, grant, key, d, time.Now())
+	return c.fetchTagByDigest(key, d, time.Now())
 }
 
 // tagFromHead is the tag record an upstream's answer to a HEAD of the tag
@@ -184,9 +184,9 @@ func tagFromHead(resp *http.Response, d digest.Digest) blobcache.Tag {
 }
 
 // fetchTag resolves a tag the cache does not know: GET (HEAD for a HEAD).
-func (p *Proxy) fetchTag(r *http.Request, t target, req APIPath, grant tokenauth.Grant, key string) tagResult {
-	if r.Method == http.MethodHead {
-		resp, err := p.Upstream.Do(r.Context(), t.up, grant, outboundFor(r, req, http.MethodHead))
+func (c *pull) fetchTag(key string) tagResult {
+	if c.r.Method == http.MethodHead {
+		resp, err := c.do(outboundFor(c.r, c.path, http.MethodHead))
 		if err != nil {
 			return tagResult{err: err}
 		}
@@ -203,14 +203,14 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req APIPath, grant tokenauth
 		drain(resp.Body)
 		d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
 		if err != nil {
-			return tagResult{err: fmt.Errorf("upstream HEAD of %s:%s has no valid Docker-Content-Digest", req.Name, req.Tag)}
+			return tagResult{err: fmt.Errorf("upstream HEAD of %s:%s has no valid Docker-Content-Digest", c.path.Name, c.path.Tag)}
 		}
 		tag := tagFromHead(resp, d)
-		p.confirmTag(grant, t, req)
-		p.Cache.setTag(key, tag)
+		c.confirmTag()
+		c.p.Cache.setTag(key, tag)
 		return tagResult{tag: tag}
 	}
-	m, reply, err := p.fetchManifest(r, t, req, grant, req.Tag)
+	m, reply, err := c.fetchManifest(c.path.Tag)
 	if err != nil {
 		return tagResult{err: err}
 	}
@@ -221,18 +221,18 @@ func (p *Proxy) fetchTag(r *http.Request, t target, req APIPath, grant tokenauth
 		}
 		return tagResult{reply: bufferReply(reply)}
 	}
-	p.confirmTag(grant, t, req)
-	return p.keepTag(t, req, grant, key, m, time.Now())
+	c.confirmTag()
+	return c.keepTag(key, m, time.Now())
 }
 
 // fetchTagByDigest gets the manifest a tag points at; checked is when the
 // upstream last confirmed the tag (now, or the record's time when only the
 // manifest was missing).
-func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req APIPath, grant tokenauth.Grant, key string, d digest.Digest, checked time.Time) tagResult {
-	res, ok := p.fetchByDigest(r, t, req, grant, d)
+func (c *pull) fetchTagByDigest(key string, d digest.Digest, checked time.Time) tagResult {
+	res, ok := c.fetchByDigest(d)
 	switch {
 	case !ok:
-		return tagResult{err: r.Context().Err()}
+		return tagResult{err: c.r.Context().Err()}
 	case res.reply != nil:
 		if failedStatus(res.reply.status) {
 			return tagResult{upstreamStatus: res.reply.status}
@@ -245,72 +245,71 @@ func (p *Proxy) fetchTagByDigest(r *http.Request, t target, req APIPath, grant t
 		// round: nothing here says this identity may read it
 		// (serveTagRecord asks).
 		tag := blobcache.Tag{Digest: d, MediaType: res.m.mediaType, Size: int64(len(res.m.body)), Checked: checked}
-		p.Cache.setTag(key, tag)
+		c.p.Cache.setTag(key, tag)
 		return tagResult{tag: tag, shared: res.shared, settled: res.cached}
 	}
-	return p.keepTag(t, req, grant, key, res.m, checked)
+	return c.keepTag(key, res.m, checked)
 }
 
 // sharedTierTag reads the shared tier's record of a tag this store has none
 // of, once for concurrent requests.
-func (p *Proxy) sharedTierTag(r *http.Request, key string) (blobcache.Tag, bool) {
+func (c *pull) sharedTierTag(key string) (blobcache.Tag, bool) {
 	type found struct {
 		rec blobcache.Tag
 		ok  bool
 	}
-	c := p.Cache
-	flight := c.tagFlight.DoChan("remote\x00"+key, func() (any, error) {
-		ctx, stop := detached(r.Context(), sharedTierWait)
+	cache, parent := c.p.Cache, c.r.Context()
+	flight := cache.tagFlight.DoChan("remote\x00"+key, func() (any, error) {
+		ctx, stop := detached(parent, sharedTierWait)
 		defer stop()
-		rec, ok := c.Store.RemoteTag(ctx, key)
+		rec, ok := cache.Store.RemoteTag(ctx, key)
 		return found{rec, ok}, nil
 	})
 	select {
 	case v := <-flight:
 		f := v.Val.(found)
 		return f.rec, f.ok
-	case <-r.Context().Done():
+	case <-parent.Done():
 		return blobcache.Tag{}, false
 	}
 }
 
-func (p *Proxy) keepTag(t target, req APIPath, grant tokenauth.Grant, key string, m manifest, checked time.Time) tagResult {
+func (c *pull) keepTag(key string, m manifest, checked time.Time) tagResult {
 	tag := blobcache.Tag{Digest: m.digest, MediaType: m.mediaType, Size: int64(len(m.body)), Checked: checked}
 	if m.signed {
 		// Neither stored nor recorded: this identity fetched it just now.
 		return tagResult{tag: tag, reply: passThroughReply(m)}
 	}
-	if !p.storeManifest(t, req, grant, m) {
+	if !c.storeManifest(m) {
 		// Still answer this round, from memory.
 		return tagResult{tag: tag, reply: manifestReply(m, resultCacheUnavailable)}
 	}
-	p.Cache.setTag(key, tag)
+	c.p.Cache.setTag(key, tag)
 	return tagResult{tag: tag}
 }
 
 // serveTagRecord answers from a tag record if the cache has what it
-// needs and the identity may read it; false means "not answered". A HEAD
+// needs and the identity may read it. A HEAD
 // is answered from the record alone if the upstream lately answered this
 // identity for the tag. Cached content is always checked by digest: a
 // tag's answer names a digest, it does not confirm access to whatever the
 // cache holds under it.
-func (p *Proxy) serveTagRecord(w http.ResponseWriter, r *http.Request, t target, req APIPath, grant tokenauth.Grant, tag blobcache.Tag, res Result) bool {
-	c := p.Cache
-	h, ok := c.lookup(tag.Digest)
+func (c *pull) serveTagRecord(tag blobcache.Tag, res Result) (answered bool) {
+	h, ok := c.p.Cache.lookup(tag.Digest)
 	if !ok {
-		if r.Method != http.MethodHead || tag.Size <= 0 || !(p.tagConfirmed(grant, t, req) || p.mayReadQuiet(r, t, req, grant, tag.Digest)) {
+		if c.r.Method != http.MethodHead || tag.Size <= 0 || !(c.tagConfirmed() || c.mayRead(tag.Digest)) {
 			return false
 		}
 		// A HEAD is answered from the record alone.
-		setEntryHeaders(w.Header(), tag.Digest, tag.MediaType)
-		setOutcome(w, t, res)
-		w.Header().Set("Content-Length", strconv.FormatInt(tag.Size, 10))
-		w.WriteHeader(http.StatusOK)
+		setEntryHeaders(c.w.Header(), tag.Digest, tag.MediaType)
+		setOutcome(c.w, c.t, res)
+		c.w.Header().Set("Content-Length", strconv.FormatInt(tag.Size, 10))
+		c.w.WriteHeader(http.StatusOK)
 		return true
 	}
 	defer h.Close()
-	if p.mayRead(w, r, t, req, grant, tag.Digest) {
-		serveHit(w, r, t, h, res)
+	if !c.denyUnreadable(tag.Digest) {
+		c.serveHit(h, res)
 	}
 	return true
 }
