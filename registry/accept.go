@@ -19,7 +19,8 @@ var acceptKeys struct {
 }
 
 // acceptKeysMax bounds the memo, which starts over when full, and
-// acceptKeyMaxMemo the Accept values it keeps (real clients send less).
+// acceptKeyMaxMemo the longest Accept value it memoises (real clients send
+// less).
 const (
 	acceptKeysMax    = 1024
 	acceptKeyMaxMemo = 1024
@@ -55,7 +56,7 @@ func acceptKey(values []string) string {
 //     that do not parse (or carry a q that is not an RFC 9110 qvalue), are
 //     dropped, so meaningless variations cannot multiply records;
 //   - a range with q=0 is "not acceptable" (RFC 9110, 12.4.2): it is left
-//     out, or, when an accepted wildcard would otherwise admit it, kept as
+//     out, or, when an accepted wildcard would otherwise admit it, left in as
 //     "<type>;q=0"; other q values are dropped (registries choose by their
 //     own preference, not by weight);
 //   - a range both accepted and refused is refused;

@@ -49,7 +49,7 @@ func (p *Proxy) ownIdentity(up Upstream) string {
 
 // clientOwn names the credentials the client brought, or "" when it
 // brought none (its requests go out as the proxy's own identity). A grant
-// issued offline keeps its Subject but asks upstream as the proxy.
+// issued offline carries its Subject but asks upstream as the proxy.
 func clientOwn(g tokenauth.Grant) string {
 	switch {
 	case g.Subject != "":

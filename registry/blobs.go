@@ -174,7 +174,7 @@ func (c *pull) serveFill(rd *blobcache.Reader, res Result) {
 	// fill's verdict: a range of a chunked upstream body is served whole.
 	if info.Size >= 0 {
 		rd.SetRangeEnd(rangesEnd(rangeHeader, info.Size))
-		resume := c.detach() // the reader keeps it; it writes no response
+		resume := c.detach() // the reader holds it; it writes no response
 		rd.SetResume(func(ctx context.Context, offset int64) (io.ReadCloser, error) {
 			return resume.fetchBlobFrom(ctx, offset)
 		})

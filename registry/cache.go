@@ -35,7 +35,7 @@ type Cache struct {
 	Confirmed *tokenauth.Confirmations
 }
 
-// memoryCacheSize bounds the small entries (manifests, configs) kept in
+// memoryCacheSize bounds the small entries (manifests, configs) held in
 // memory beside the store.
 const memoryCacheSize = 32 << 20
 
@@ -110,7 +110,7 @@ const (
 	revalidationTimeout   = 10 * time.Second
 )
 
-// detached returns a context that keeps ctx's values but not its
+// detached returns a context that carries ctx's values but not its
 // cancellation, canceled after timeout unless stop is called first. Once
 // stop is called the context lives on, so a response body read after it
 // is not cut.

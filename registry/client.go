@@ -154,8 +154,8 @@ type outbound struct {
 	// kind is what the request asks for, which names the error a
 	// redirect target's refusal becomes.
 	kind Kind
-	// keepRedirect returns the upstream's 3xx instead of following it.
-	keepRedirect bool
+	// returnRedirect returns the upstream's 3xx instead of following it.
+	returnRedirect bool
 }
 
 // Do sends o to up as grant's identity and returns the final response.
@@ -175,7 +175,7 @@ func (c *Client) Do(ctx context.Context, up Upstream, grant tokenauth.Grant, o o
 	if err != nil {
 		return nil, err
 	}
-	if o.keepRedirect {
+	if o.returnRedirect {
 		return resp, nil
 	}
 	return c.follow(ctx, resp, o)
@@ -324,7 +324,7 @@ func (c *Client) follow(ctx context.Context, resp *http.Response, o outbound) (*
 		return resp, nil
 	}
 	visited := map[string]bool{resp.Request.URL.String(): true}
-	// A redirect within the upstream's own host (a path it moved) keeps
+	// A redirect within the upstream's own host (a path it moved) carries
 	// the request's Authorization: it goes to the upstream and nowhere else.
 	origin := resp.Request.URL
 	originAuth := resp.Request.Header.Get("Authorization")
@@ -607,7 +607,7 @@ func (c *Client) upstreamPolicy(ctx context.Context, up Upstream) netguard.Polic
 // UpstreamPolicy is the netguard policy of up as configured: it is on an
 // internal address (and its redirects and realms may be too) when its host
 // is an internal IP literal, or a name that resolves to at least one
-// internal address. A private registry at registry.lan or 10.0.0.5 keeps
+// internal address. A private registry at registry.lan or 10.0.0.5 goes on
 // working; a public one cannot send the proxy to the proxy's own network.
 // When the name does not resolve, the upstream counts as public and the
 // error says why.

@@ -8,7 +8,7 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// memoryCache keeps small cached entries (manifests, image configs) in
+// memoryCache holds small cached entries (manifests, image configs) in
 // memory, least recently used out first, so that the most frequent
 // requests of a pull cost no file open. The store stays the source of
 // truth: an entry is here only after the store committed it.

@@ -30,13 +30,13 @@ type Proxy struct {
 }
 
 // target is where a request goes: the upstream, and how the client
-// addressed it (so redirects and realms keep the client's form).
+// addressed it (so redirects and realms follow the client's form).
 type target struct {
 	up Upstream
 	// prefix is the client's path before the repository name: "/v2/", or
 	// "/v2/ghcr.io/" when the registry was named in the path.
 	prefix string
-	// ns is containerd's ?ns= value, kept in realms and links.
+	// ns is containerd's ?ns= value, carried into realms and links.
 	ns string
 	// outcome is where setOutcome records the response's outcome, for
 	// Serve to return.
@@ -54,7 +54,7 @@ func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request) Result {
 	// The request path records the outcome through its target, which
 	// copies of the pull for shared work take to the heap (with the
 	// record cleared, which escape analysis cannot see): a pooled record
-	// keeps that from costing every request an allocation. Nothing
+	// spares every request that allocation. Nothing
 	// records an outcome once the response is written (work that outlives
 	// a request has no ResponseWriter), so the record is free again when
 	// serve returns.
@@ -96,7 +96,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, res *Result) {
 		return
 	}
 
-	// 3. Docker Hub keeps official images under library/.
+	// 3. Docker Hub has official images under library/.
 	if t.up.IsDockerHub() && path.Name != "" && !strings.Contains(path.Name, "/") {
 		p.redirectToLibrary(w, r, t, path)
 		return

@@ -29,7 +29,7 @@ var hopHeaders = []string{
 }
 
 // relay writes an upstream response to the client: 401s get the proxy's
-// challenge, Link headers keep the client's form, the body streams. res
+// challenge, Link headers take the client's form, the body streams. res
 // is the outcome of an answer with content; with the cache on, the
 // upstream's refusals and failures are outcomes of their own.
 func (c *pull) relay(resp *http.Response, res Result) {

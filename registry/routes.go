@@ -20,7 +20,7 @@ var seedPrefixes = map[string]string{
 	"ghcr":           "ghcr.io",
 	"cloudsmith":     "docker.cloudsmith.io",
 	"ecr":            "public.ecr.aws",
-	// The older names, kept working for clients configured long ago.
+	// The older names, still working for clients configured long ago.
 	"hub":                        DockerHub,
 	"registry":                   DockerHub,
 	"registry.docker":            DockerHub,

@@ -73,7 +73,7 @@ func WellKnownNames() []string {
 // ParseUpstream parses an upstream given as a well-known registry name
 // (docker.io, ghcr.io, ...) or as an http(s) URL with no path, query or
 // user info. overrides points well-known names at other URLs (tests, private
-// mirrors); an overridden name keeps its name and so its rules.
+// mirrors); an overridden name retains its name and so its rules.
 func ParseUpstream(s string, overrides map[string]string) (Upstream, error) {
 	if s == "" {
 		return Upstream{}, fmt.Errorf("empty upstream")
@@ -101,7 +101,7 @@ func ParseUpstream(s string, overrides map[string]string) (Upstream, error) {
 	if err != nil {
 		return Upstream{}, err
 	}
-	// Docker Hub given by its API URL keeps its name, and so its rules.
+	// Docker Hub given by its API URL retains its name, and so its rules.
 	if canonical, ok := aliases[u.Hostname()]; ok && u.Port() == "" {
 		return Upstream{Name: canonical, URL: u}, nil
 	}
