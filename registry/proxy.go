@@ -51,13 +51,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Serve serves one registry API request and returns its outcome (what the
 // Cache-Status header says), for the handler's metrics.
 func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request) Result {
-	// The request path records the outcome through its target, which
-	// copies of the pull for shared work take to the heap (with the
-	// record cleared, which escape analysis cannot see): a pooled record
-	// spares every request that allocation. Nothing
-	// records an outcome once the response is written (work that outlives
-	// a request has no ResponseWriter), so the record is free again when
-	// serve returns.
+	// The request path records the outcome through the target it passes
+	// along, which escapes to the heap (the token endpoint's closures
+	// hold it, as do the pull's copies for shared work, whose record is
+	// cleared): a pooled record spares every request that allocation.
+	// Nothing records an outcome once the response is written (work that
+	// outlives a request has no ResponseWriter), so the record is free
+	// again when serve returns.
 	rec := outcomeRecords.Get().(*Result)
 	*rec = Result{}
 	p.serve(w, r, rec)
