@@ -16,12 +16,13 @@ import (
 	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
-// The cache pool: one store per cache directory, kept across config
+// The cache pool: one store per cache directory, living across config
 // reloads, and the settings a config waits to give it until it serves.
 
-// stores holds one blobcache.Store per directory, shared by every handler
-// that names it and kept across config reloads: a reload provisions the new
-// handlers (taking a reference) before the old ones are cleaned up.
+// stores holds one blobcache.Store per directory, the directory's store:
+// every handler that names the directory uses it, and it lives across
+// config reloads, because a reload provisions the new handlers (taking a
+// reference) before the old ones are cleaned up.
 //
 // Caddy provisions a new config while the old one serves, and may still
 // reject it (a later module fails to provision or validate, an app fails
@@ -33,10 +34,10 @@ import (
 // store (the first one) gives them to the store at once.
 var stores = caddy.NewUsagePool()
 
-// sharedCache is what lives as long as a cache directory is in use: the
-// store and what the upstream confirmed (credentials, client access), which
+// dirCache is what lives as long as a cache directory is in use: the
+// directory's store and what the upstream confirmed (credentials, client access), which
 // the proxy needs to serve private content while the upstream is down.
-type sharedCache struct {
+type dirCache struct {
 	store    *blobcache.Store
 	verdicts *tokenauth.Confirmations
 	accepted *tokenauth.Confirmations
@@ -49,7 +50,7 @@ type sharedCache struct {
 	pending map[*caddyevents.App]cacheSettings
 }
 
-func (s *sharedCache) Destruct() error { return s.store.Close() }
+func (s *dirCache) Destruct() error { return s.store.Close() }
 
 // cacheSettings are what a config sets on the store of a directory: the
 // bound and the shared tier.
@@ -61,32 +62,32 @@ type cacheSettings struct {
 }
 
 // apply gives the store the settings: a lower bound evicts at once.
-func (s *sharedCache) apply(c cacheSettings, logger *zap.Logger) {
+func (s *dirCache) apply(c cacheSettings, logger *zap.Logger) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.applyLocked(c, logger)
 }
 
-func (s *sharedCache) applyLocked(c cacheSettings, logger *zap.Logger) {
+func (s *dirCache) applyLocked(c cacheSettings, logger *zap.Logger) {
 	s.store.SetMaxSize(c.maxSize)
 	if s.remoteKey != c.remoteKey {
 		s.store.SetRemote(c.remote)
 		s.remoteKey = c.remoteKey
-		logger.Info("shared cache tier of the cache directory changed", zap.String("dir", c.dir), zap.Bool("enabled", c.remote != nil))
+		logger.Info("shared tier of the cache directory changed", zap.String("dir", c.dir), zap.Bool("enabled", c.remote != nil))
 	}
 }
 
 // applyWhenStarted records the settings of the config whose events app is
 // events, to be applied when that config has started. Within one config,
 // the handler provisioned last sets them, as the first config's do.
-func (s *sharedCache) applyWhenStarted(events *caddyevents.App, c cacheSettings, logger *zap.Logger) {
+func (s *dirCache) applyWhenStarted(events *caddyevents.App, c cacheSettings, logger *zap.Logger) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, subscribed := s.pending[events]; subscribed {
 		s.pending[events] = c
 		return
 	}
-	if err := events.On("started", configStarted{shared: s, events: events, logger: logger}); err != nil {
+	if err := events.On("started", configStarted{cache: s, events: events, logger: logger}); err != nil {
 		// The events app has started, so has the config: it serves.
 		s.applyLocked(c, logger)
 		return
@@ -100,7 +101,7 @@ func (s *sharedCache) applyWhenStarted(events *caddyevents.App, c cacheSettings,
 // dropPending forgets the settings of a config that is cleaned up. Those
 // of a config that started are applied and gone already; those of one
 // that never started must never reach the store.
-func (s *sharedCache) dropPending(events *caddyevents.App) {
+func (s *dirCache) dropPending(events *caddyevents.App) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.pending, events)
@@ -110,13 +111,13 @@ func (s *sharedCache) dropPending(events *caddyevents.App) {
 // that config started: every app of it runs, and it replaces the running
 // config.
 type configStarted struct {
-	shared *sharedCache
+	cache  *dirCache
 	events *caddyevents.App
 	logger *zap.Logger
 }
 
 func (h configStarted) Handle(context.Context, caddy.Event) error {
-	s := h.shared
+	s := h.cache
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c, ok := s.pending[h.events]; ok {
@@ -158,7 +159,7 @@ func (h *Handler) provisionCache(remote *sharedRemote) (*registry.Cache, *tokena
 		if err != nil {
 			return nil, err
 		}
-		return &sharedCache{
+		return &dirCache{
 			store:     s,
 			verdicts:  tokenauth.NewConfirmations(offlineWindow),
 			accepted:  tokenauth.NewConfirmations(offlineWindow),
@@ -169,20 +170,20 @@ func (h *Handler) provisionCache(remote *sharedRemote) (*registry.Cache, *tokena
 		return nil, nil, fmt.Errorf("opening cache %s: %v", dir, err)
 	}
 	h.cacheDir = dir
-	shared := val.(*sharedCache)
-	h.shared = shared
+	dc := val.(*dirCache)
+	h.dirCache = dc
 	if loaded {
 		// A reload (or another site naming the same directory): the
 		// configuration loaded last sets the bound and the shared tier,
 		// once it serves (see stores).
 		settings := cacheSettings{dir: dir, maxSize: maxSize, remote: r, remoteKey: remoteKey}
 		if h.events == nil {
-			shared.apply(settings, h.logger)
+			dc.apply(settings, h.logger)
 		} else {
-			shared.applyWhenStarted(h.events, settings, h.logger)
+			dc.applyWhenStarted(h.events, settings, h.logger)
 		}
 	}
-	return registry.NewCache(shared.store, ttl, shared.verdicts), shared.accepted, nil
+	return registry.NewCache(dc.store, ttl, dc.verdicts), dc.accepted, nil
 }
 
 // configEvents returns the events app of the config being provisioned

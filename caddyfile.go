@@ -79,17 +79,17 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //   - route sends requests for <host> (a host name or IP address, without a
 //     port; stored in lower case) to <upstream>. Repeatable, once per host.
 //   - upstream points the well-known registry <name> at another <url>, for
-//     example a private mirror; the name keeps its rules (Docker Hub's
-//     library/ prefix). Repeatable, once per name.
+//     example a private mirror; the name still follows its rules (Docker
+//     Hub's library/ prefix). Repeatable, once per name.
 //   - fallback is the upstream for hosts that match no route. Debug only: in
 //     production an unknown host should get the list of routes.
 //   - credentials are used towards <upstream> (default: the directive's
 //     upstream) for clients that bring none. Repeatable, once per upstream.
-//     Placeholders such as {env.DOCKERHUB_TOKEN} are kept and expanded when
-//     the handler is provisioned; a username or secret that expands to
-//     nothing (an unset variable) is an error then.
+//     Placeholders such as {env.DOCKERHUB_TOKEN} stay as written and are
+//     expanded when the handler is provisioned; a username or secret that
+//     expands to nothing (an unset variable) is an error then.
 //   - auth_key seals the tokens that /v2/auth hands out; every instance
-//     behind one load balancer needs the same key. Placeholders are kept.
+//     behind one load balancer needs the same key. Placeholders stay as written.
 //   - cache off proxies every request. Otherwise the cache is on; <dir> is
 //     its directory, max_size bounds it (50GiB, 500MB, 1073741824; 0 means
 //     unbounded) and tag_ttl (5m, 1h, 1d; must be positive) is how long a
@@ -101,9 +101,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //     AWS credentials sign: environment, shared credentials file, instance
 //     role); region (empty: AWS_REGION, else us-east-1; "auto" for R2) and prefix
 //     (put before every object name) are optional.
-//     Placeholders such as {env.S3_SECRET_KEY} are kept and expanded when
-//     the handler is provisioned. Every handler naming the same cache
-//     directory should give the same s3 block (a snippet helps).
+//     Placeholders such as {env.S3_SECRET_KEY} stay as written and are
+//     expanded when the handler is provisioned. Every handler naming the
+//     same cache directory should give the same s3 block (a snippet helps).
 //   - transport configures the connections to the upstreams with an
 //     http.reverse_proxy.transport module and its block, exactly as in
 //     reverse_proxy: "transport http" with dial_timeout, versions, tls_*,

@@ -46,7 +46,7 @@ type Handler struct {
 
 	// Upstreams points well-known upstream names at other URLs, for
 	// example docker.io at a private mirror or a test registry. The name
-	// keeps its rules (Docker Hub's library/ prefix).
+	// still follows its rules (Docker Hub's library/ prefix).
 	Upstreams map[string]string `json:"upstreams,omitempty"`
 
 	// Fallback is the upstream for hosts that match no route. For
@@ -70,8 +70,8 @@ type Handler struct {
 	TransportRaw json.RawMessage `json:"transport,omitempty" caddy:"namespace=http.reverse_proxy.transport inline_key=protocol"`
 
 	proxy    *registry.Proxy
-	cacheDir string       // the store this handler holds in the pool, if any
-	shared   *sharedCache // that store
+	cacheDir string    // the directory whose store this handler holds in the pool, if any
+	dirCache *dirCache // that directory's store
 	// events is the events app of the config this handler belongs to: its
 	// "started" event says that the config is the one serving. Nil when
 	// the handler is provisioned outside a config with one.
@@ -97,7 +97,7 @@ const offlineWindow = 24 * time.Hour
 const defaultTagTTL = 5 * time.Minute
 
 // Provision sets the handler up: routes, upstream client, credentials,
-// token sealing key and the shared cache.
+// token sealing key and the directory's store.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	// Caddy validates a module only after provisioning it, and
@@ -296,7 +296,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	return nil
 }
 
-// Cleanup releases the handler's reference to the shared cache. Caddy
+// Cleanup releases the handler's reference to the directory's store. Caddy
 // cleans up an old config while the requests it accepted still run (a
 // reload is graceful), so the reference goes when the last of them ends:
 // a reload that moves the cache must not close the store under them.
@@ -305,8 +305,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // settings it meant for a store that the running config shares are
 // dropped, never applied.
 func (h *Handler) Cleanup() error {
-	if h.shared != nil && h.events != nil {
-		h.shared.dropPending(h.events)
+	if h.dirCache != nil && h.events != nil {
+		h.dirCache.dropPending(h.events)
 	}
 	if h.cacheDir == "" || h.inFlight == nil {
 		return nil

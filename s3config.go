@@ -86,7 +86,7 @@ func (h *Handler) sharedTier(repl *caddy.Replacer) (*sharedRemote, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache %w", err)
 	}
-	h.logger.Info("shared cache tier", zap.String("endpoint", cfg.Endpoint), zap.String("bucket", cfg.Bucket),
+	h.logger.Info("shared tier", zap.String("endpoint", cfg.Endpoint), zap.String("bucket", cfg.Bucket),
 		zap.String("prefix", cfg.Prefix))
 	return &sharedRemote{remote: r, key: remoteKeyOf(cfg)}, nil
 }

@@ -11,8 +11,8 @@ import (
 	"github.com/caddy-dockerproxy/dockerproxy/netguard"
 )
 
-// The upstream transport: Caddy's reverse_proxy transport, its dials
-// kept off internal addresses.
+// The upstream transport: Caddy's reverse_proxy transport, whose dials
+// netguard refuses for internal addresses.
 
 // loadTransport loads the configured reverse_proxy transport, or Caddy's
 // HTTP transport with its defaults (keep-alive, HTTP/2).

@@ -173,8 +173,8 @@ func (s *Store) commit(info Info, tmpPath string, f *Fill, from origin) error {
 
 // notKeptLocked drops verified bytes the store cannot keep (bigger than
 // MaxSize, or the disk failed at commit): a fill's readers still get every
-// byte and a clean end, from descriptors that keep the unlinked file
-// readable.
+// byte and a clean end, from descriptors that hold the unlinked file
+// open.
 func (s *Store) notKeptLocked(info Info, tmpPath string, f *Fill) {
 	os.Remove(tmpPath)
 	if f != nil {

@@ -76,7 +76,7 @@ type Fill struct {
 	size      int64 // -1 while unknown
 	mediaType string
 	body      io.ReadCloser
-	file      *os.File // shared by readers through ReadAt; nil once nobody uses it
+	file      *os.File // read by every reader through ReadAt; nil once nobody uses it
 	fileRefs  int      // the copy goroutine + open readers on file
 	tmpPath   string   // "" once renamed or removed
 	written   int64

@@ -38,7 +38,7 @@ func (f *Fill) Reader(ctx context.Context) (*Reader, error) {
 		return nil, err
 	}
 	if f.file != nil {
-		// Attach to the shared descriptor: works while running and after
+		// Attach to the fill's descriptor: works while running and after
 		// the verdict, as long as someone still holds the file.
 		r := f.attachLocked(ctx)
 		f.mu.Unlock()

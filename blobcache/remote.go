@@ -1,6 +1,6 @@
 package blobcache
 
-// The shared tier. Several instances behind one load balancer each keep
+// The shared tier. Several instances behind one load balancer each have
 // their local store, which serves every request (fan-out, verification,
 // sendfile), and share one Remote behind it:
 //
@@ -32,7 +32,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// Remote is a shared store behind the local one, such as an S3 bucket.
+// Remote is the shared tier behind the local store, such as an S3 bucket.
 // Implementations must be safe for concurrent use. The context of each
 // call governs the whole call, the body of an opened entry included.
 type Remote interface {
@@ -115,7 +115,7 @@ func (s *Store) remoteWorked() {
 	defer s.remote.mu.Unlock()
 	if s.remote.down {
 		s.remote.down = false
-		s.log.Info("shared cache reachable again")
+		s.log.Info("shared tier reachable again")
 	}
 }
 
@@ -132,7 +132,7 @@ func (s *Store) remoteFailed(op string, err error) {
 	defer s.remote.mu.Unlock()
 	s.remote.until = time.Now().Add(s.opts.RetryAfter)
 	if !s.remote.down || cause != s.remote.cause {
-		s.log.Warn("shared cache unavailable; requests go on from the local cache and the upstream while it lasts",
+		s.log.Warn("shared tier unavailable; requests go on from the local cache and the upstream while it lasts",
 			zap.String("operation", op), zap.Error(err), zap.Duration("retry_after", s.opts.RetryAfter))
 	}
 	s.remote.down = true
@@ -167,7 +167,7 @@ func (s *Store) remoteCopyBad(d digest.Digest, err error) {
 		}
 	}
 	s.remote.bad[d] = now
-	s.log.Warn("shared cache holds a wrong copy; it is ignored here for a while, and this instance's next upstream fetch of it replaces it",
+	s.log.Warn("shared tier holds a wrong copy; it is ignored here for a while, and this instance's next upstream fetch of it replaces it",
 		zap.String("digest", d.String()), zap.Error(err), zap.Duration("ignored_for", badCopyTTL))
 }
 
@@ -325,7 +325,7 @@ func (s *Store) RemoteTag(ctx context.Context, key string) (Tag, bool) {
 			err = fmt.Errorf("negative size %d", t.Size)
 		}
 		if err != nil {
-			s.log.Debug("ignoring a bad tag record of the shared cache", zap.Error(err))
+			s.log.Debug("ignoring a bad tag record of the shared tier", zap.Error(err))
 			return Tag{}, false
 		}
 	}
@@ -343,7 +343,7 @@ func (s *Store) RemoteTag(ctx context.Context, key string) (Tag, bool) {
 		return local, true // set here meanwhile, and no older
 	}
 	if err := s.setTag(key, t, false); err != nil {
-		s.log.Debug("cannot store a tag record of the shared cache", zap.Error(err))
+		s.log.Debug("cannot store a tag record of the shared tier", zap.Error(err))
 	}
 	return t, true
 }

@@ -66,7 +66,7 @@ const (
 	// for the sidecars, tag records and whatever else lives there.
 	minFreeSpace = 64 << 20
 	// touchInterval bounds how often Get writes recency back to the file's
-	// atime: often enough that a restart keeps the LRU order approximately,
+	// atime: often enough that the LRU order survives a restart approximately,
 	// rarely enough that hot entries cost no extra syscall per hit.
 	touchInterval = time.Minute
 )
@@ -339,7 +339,7 @@ func (s *Store) open(d digest.Digest, used bool) (*Blob, error) {
 			return nil, fmt.Errorf("%w: %s", ErrNotFound, d)
 		}
 		if e.pins == 0 {
-			s.evictLocked() // it may have been kept over MaxSize for us
+			s.evictLocked() // our pin may have held the store over MaxSize
 		}
 		return nil, fmt.Errorf("blobcache: %w", err)
 	}

@@ -108,7 +108,7 @@ func (s *Store) loadTags() error {
 }
 
 // Tag returns the record for key and counts it as used. A record is read
-// from disk on first use and then kept in memory. A missing or unreadable
+// from disk on first use and then held in memory. A missing or unreadable
 // record is a miss. The record may point to a digest that is no longer
 // cached (records and entries are evicted independently).
 func (s *Store) Tag(key string) (Tag, bool) {

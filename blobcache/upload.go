@@ -76,7 +76,7 @@ func (s *Store) queueUpload(j uploadJob) {
 		}
 		u.pending++
 	default:
-		s.log.Debug("shared cache upload queue full; not uploaded",
+		s.log.Debug("shared tier upload queue full; not uploaded",
 			zap.String("digest", j.digest.String()), zap.Bool("tag", j.tagKey != ""))
 	}
 }

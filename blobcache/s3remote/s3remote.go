@@ -216,7 +216,7 @@ func (r *Remote) TagName(key string) string {
 	return r.prefix + "tags/" + h[:2] + "/" + h + ".json"
 }
 
-// scopesKey is the user metadata key of an entry's scopes (S3 keeps
+// scopesKey is the user metadata key of an entry's scopes (S3 stores
 // metadata keys in lower case); maxScopes bounds its value, below S3's
 // 2 KiB for all user metadata.
 const (
