@@ -4,7 +4,6 @@ import (
 	"container/list"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -182,7 +181,7 @@ func (s *Store) setTag(key string, t Tag, upload bool) error {
 	if t.Size < 0 {
 		return fmt.Errorf("blobcache: negative tag size %d", t.Size)
 	}
-	b, err := json.Marshal(tagRecord{Key: key, Digest: t.Digest, MediaType: t.MediaType, Size: t.Size, Checked: t.Checked})
+	b, err := MarshalTagRecord(key, t)
 	if err != nil {
 		return err
 	}
