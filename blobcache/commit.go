@@ -155,8 +155,7 @@ func (s *Store) commit(info Info, tmpPath string, f *Fill, from origin) error {
 		e.elem = s.lru.PushFront(e)
 		s.entries[d] = e
 		s.total += info.Size
-		if s.diskDown {
-			s.diskDown = false
+		if s.disk.worked() {
 			s.log.Info("blob cache disk usable again")
 		}
 		if from.upload {

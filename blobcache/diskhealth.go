@@ -4,10 +4,7 @@ package blobcache
 // Options.RetryAfter instead of touching the disk, and logs the condition once.
 
 import (
-	"errors"
 	"fmt"
-	"syscall"
-	"time"
 
 	"go.uber.org/zap"
 )
@@ -20,8 +17,8 @@ func (s *Store) checkAvailable() error {
 	if s.closed {
 		return fmt.Errorf("%w: %w", ErrUnavailable, ErrClosed)
 	}
-	if time.Now().Before(s.unavailUntil) {
-		return fmt.Errorf("%w: recent disk error: %s", ErrUnavailable, s.diskCause)
+	if s.disk.resting() {
+		return fmt.Errorf("%w: recent disk error: %s", ErrUnavailable, s.disk.cause)
 	}
 	return nil
 }
@@ -35,22 +32,15 @@ func (s *Store) diskError(err error) {
 // diskErrorLocked opens the fail-fast window and logs the condition once:
 // again only if it changes or the disk worked in between.
 func (s *Store) diskErrorLocked(err error) {
-	s.unavailUntil = time.Now().Add(s.opts.RetryAfter)
-	cause := err.Error()
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
-		cause = errno.Error() // drop the (random temp) path from the key
-	}
-	s.logDiskConditionLocked(cause, err)
+	s.disk.backOff(s.opts.RetryAfter)
+	s.logDiskConditionLocked(causeOf(err), err)
 }
 
 // logDiskConditionLocked logs a disk condition (named by cause) once: again
 // only if it changes or the disk worked in between.
 func (s *Store) logDiskConditionLocked(cause string, err error) {
-	if !s.diskDown || cause != s.diskCause {
+	if s.disk.failing(cause) {
 		s.log.Warn("blob cache disk error; requests pass through while it lasts",
 			zap.String("dir", s.opts.Dir), zap.Error(err), zap.Duration("retry_after", s.opts.RetryAfter))
 	}
-	s.diskDown = true
-	s.diskCause = cause
 }

@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"io"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -75,11 +74,9 @@ const (
 
 // remoteState is the store's remote and its health.
 type remoteState struct {
-	mu    sync.Mutex
-	r     Remote
-	until time.Time // while now < until, the remote is not asked (it just failed)
-	down  bool      // a failure was logged and nothing worked since
-	cause string    // the condition last logged
+	mu     sync.Mutex
+	r      Remote
+	health health
 	// bad holds the digests whose remote copy did not match, and when:
 	// for badCopyTTL they are not read from the remote again (another
 	// instance may replace the copy meanwhile), and uploading them
@@ -93,8 +90,7 @@ func (s *Store) SetRemote(r Remote) {
 	s.remote.mu.Lock()
 	defer s.remote.mu.Unlock()
 	s.remote.r = r
-	s.remote.until = time.Time{}
-	s.remote.down = false
+	s.remote.health = health{}
 	s.remote.bad = nil
 }
 
@@ -103,7 +99,7 @@ func (s *Store) SetRemote(r Remote) {
 func (s *Store) usableRemote() Remote {
 	s.remote.mu.Lock()
 	defer s.remote.mu.Unlock()
-	if s.remote.r == nil || time.Now().Before(s.remote.until) {
+	if s.remote.r == nil || s.remote.health.resting() {
 		return nil
 	}
 	return s.remote.r
@@ -113,8 +109,7 @@ func (s *Store) usableRemote() Remote {
 func (s *Store) remoteWorked() {
 	s.remote.mu.Lock()
 	defer s.remote.mu.Unlock()
-	if s.remote.down {
-		s.remote.down = false
+	if s.remote.health.worked() {
 		s.log.Info("shared tier reachable again")
 	}
 }
@@ -127,29 +122,13 @@ func (s *Store) remoteFailed(op string, err error) {
 	if errors.Is(err, context.Canceled) {
 		return
 	}
-	cause := remoteCause(err)
 	s.remote.mu.Lock()
 	defer s.remote.mu.Unlock()
-	s.remote.until = time.Now().Add(s.opts.RetryAfter)
-	if !s.remote.down || cause != s.remote.cause {
+	s.remote.health.backOff(s.opts.RetryAfter)
+	if s.remote.health.failing(causeOf(err)) {
 		s.log.Warn("shared tier unavailable; requests go on from the local cache and the upstream while it lasts",
 			zap.String("operation", op), zap.Error(err), zap.Duration("retry_after", s.opts.RetryAfter))
 	}
-	s.remote.down = true
-	s.remote.cause = cause
-}
-
-// remoteCause names the condition of a remote failure, without what
-// changes from one call to the next (object names, addresses).
-func remoteCause(err error) string {
-	var errno syscall.Errno
-	switch {
-	case errors.As(err, &errno):
-		return errno.Error()
-	case errors.Is(err, context.DeadlineExceeded):
-		return "timeout"
-	}
-	return err.Error()
 }
 
 // remoteCopyBad records that the remote's copy of d is wrong (it did not

@@ -132,10 +132,9 @@ type Store struct {
 	lru     *list.List // of *entry, front = most recently used
 	total   int64      // bytes of committed data
 	fills   map[digest.Digest]*Fill
-	// Disk health: while now < unavailUntil, Start and Put fail fast.
-	unavailUntil time.Time
-	diskDown     bool   // a disk error was logged and no commit succeeded since
-	diskCause    string // the condition last logged, so a lasting one is logged once
+	// disk: while it rests after an error, Start and Put fail fast; it
+	// works again when a commit succeeds.
+	disk health
 
 	// Tag records: indexed like entries, in a recency list of their own;
 	// eviction takes whichever of the two lists' oldest was used longer ago.
