@@ -147,10 +147,40 @@ func (r *Reader) Read(p []byte) (int, error) {
 
 // wait blocks until the file holds bytes at the Reader's offset that may
 // be read and returns where they end; or io.EOF at the end of a committed
-// blob; or why no more bytes will come (the fill's error, ctx's, or
-// os.ErrClosed). ctx only matters when it would block: bytes already there
-// are delivered regardless.
+// blob; or why no more bytes will come (see waitFor).
 func (r *Reader) wait() (avail int64, err error) {
+	return r.waitFor(func(f *Fill) (int64, bool, error) {
+		// The file never holds the blob's last byte before the verdict
+		// (see copy); a range that ends earlier holds back its own last
+		// byte here.
+		avail := f.written
+		if !f.committed && r.end > 0 && avail > r.end-1 {
+			avail = r.end - 1
+		}
+		switch {
+		case r.off < avail:
+			return avail, true, nil
+		case f.committed:
+			return 0, true, io.EOF
+		}
+		return 0, false, nil
+	})
+}
+
+// waitSize blocks until the blob's size is known (announced, or counted
+// at the verdict) and returns it; or why it never will be (see waitFor).
+func (r *Reader) waitSize() (int64, error) {
+	return r.waitFor(func(f *Fill) (int64, bool, error) {
+		return f.size, f.size >= 0, nil
+	})
+}
+
+// waitFor blocks until ready, asked with f.mu held after every change of
+// the fill, says it is done, and returns its answer; or why it never will
+// be: the Reader was closed (os.ErrClosed), the fill failed (its error) or
+// ctx is done. ctx only matters when it would block: what is there already
+// is delivered regardless.
+func (r *Reader) waitFor(ready func(f *Fill) (n int64, done bool, err error)) (int64, error) {
 	f := r.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -161,18 +191,8 @@ func (r *Reader) wait() (avail int64, err error) {
 		case f.err != nil:
 			return 0, f.err
 		}
-		// The file never holds the blob's last byte before the verdict
-		// (see copy); a range that ends earlier holds back its own last
-		// byte here.
-		avail = f.written
-		if !f.committed && r.end > 0 && avail > r.end-1 {
-			avail = r.end - 1
-		}
-		switch {
-		case r.off < avail:
-			return avail, nil
-		case f.committed:
-			return 0, io.EOF
+		if n, done, err := ready(f); done {
+			return n, err
 		}
 		if err := r.ctx.Err(); err != nil {
 			return 0, err
@@ -276,25 +296,6 @@ func (r *Reader) Seek(offset int64, whence int) (int64, error) {
 	}
 	r.off = abs
 	return abs, nil
-}
-
-func (r *Reader) waitSize() (int64, error) {
-	f := r.f
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for {
-		switch {
-		case r.closed:
-			return 0, os.ErrClosed
-		case f.err != nil:
-			return 0, f.err
-		case f.size >= 0:
-			return f.size, nil
-		case r.ctx.Err() != nil:
-			return 0, r.ctx.Err()
-		}
-		f.cond.Wait()
-	}
 }
 
 // Close releases the reader. When the last reader of a running fill closes,
