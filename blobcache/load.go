@@ -44,16 +44,13 @@ func (s *Store) load() error {
 			s.log.Debug("ignoring unknown file in cache", zap.String("name", ad.Name()))
 			continue
 		}
-		prefixes, err := os.ReadDir(filepath.Join(s.blobsDir, ad.Name()))
+		prefixes, err := prefixDirs(filepath.Join(s.blobsDir, ad.Name()))
 		if err != nil {
-			return fmt.Errorf("blobcache: %w", err)
+			return err
 		}
-		for _, pd := range prefixes {
-			if !pd.IsDir() || len(pd.Name()) != 2 || !isLowerHex(pd.Name()) {
-				continue
-			}
-			dir := filepath.Join(s.blobsDir, ad.Name(), pd.Name())
-			loaded = append(loaded, s.loadPrefix(alg, dir, pd.Name())...)
+		for _, prefix := range prefixes {
+			dir := filepath.Join(s.blobsDir, ad.Name(), prefix)
+			loaded = append(loaded, s.loadPrefix(alg, dir, prefix)...)
 		}
 	}
 	// Oldest first, each pushed to the front: the most recent ends up in front.
@@ -143,6 +140,22 @@ func (s *Store) loadPrefix(alg digest.Algorithm, dir, prefix string) []*entry {
 		os.Remove(filepath.Join(dir, enc+".json"))
 	}
 	return out
+}
+
+// prefixDirs lists the directories under dir that the store spreads its
+// files over, named by two hex digits; anything else there is ignored.
+func prefixDirs(dir string) ([]string, error) {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("blobcache: %w", err)
+	}
+	var names []string
+	for _, de := range des {
+		if de.IsDir() && len(de.Name()) == 2 && isLowerHex(de.Name()) {
+			names = append(names, de.Name())
+		}
+	}
+	return names, nil
 }
 
 func isLowerHex(s string) bool {

@@ -65,23 +65,20 @@ func (s *Store) tagPath(key string) string { return s.tagFile(tagName(key)) }
 // loadTags indexes the records under tags/ from file stats alone, oldest
 // use first, as load does for entries.
 func (s *Store) loadTags() error {
-	prefixes, err := os.ReadDir(s.tagsDir)
+	prefixes, err := prefixDirs(s.tagsDir)
 	if err != nil {
-		return fmt.Errorf("blobcache: %w", err)
+		return err
 	}
 	var loaded []*tagEntry
-	for _, pd := range prefixes {
-		if !pd.IsDir() || len(pd.Name()) != 2 || !isLowerHex(pd.Name()) {
-			continue
-		}
-		des, err := os.ReadDir(filepath.Join(s.tagsDir, pd.Name()))
+	for _, prefix := range prefixes {
+		des, err := os.ReadDir(filepath.Join(s.tagsDir, prefix))
 		if err != nil {
-			s.log.Warn("cannot list tag records", zap.String("dir", pd.Name()), zap.Error(err))
+			s.log.Warn("cannot list tag records", zap.String("dir", prefix), zap.Error(err))
 			continue
 		}
 		for _, de := range des {
 			name, ok := strings.CutSuffix(de.Name(), ".json")
-			if !ok || len(name) != sha256.Size*2 || !isLowerHex(name) || name[:2] != pd.Name() || !de.Type().IsRegular() {
+			if !ok || len(name) != sha256.Size*2 || !isLowerHex(name) || name[:2] != prefix || !de.Type().IsRegular() {
 				continue
 			}
 			fi, err := de.Info()
