@@ -5,7 +5,12 @@
 // Caddy supplies TLS, HTTP/2, site blocks, logging and reloads; the registry
 // knowledge lives in package registry, authentication in tokenauth and the
 // cache in blobcache (with its S3-compatible shared tier in
-// blobcache/s3remote). This file only adapts them to Caddy.
+// blobcache/s3remote). This package only adapts them to Caddy: this file
+// is the module (Provision, Validate, ServeHTTP, Cleanup); caddyfile.go
+// its directive, config.go its config types, cachepool.go the store of
+// each cache directory, which lives across reloads, s3config.go the shared tier's
+// config, authkey.go the token sealing key, transport.go the upstream
+// transport and metrics.go its Prometheus counters.
 package dockerproxy
 
 import (
@@ -59,7 +64,7 @@ type Handler struct {
 
 	// AuthKey seals the tokens that /v2/auth hands out. Every instance
 	// behind one load balancer needs the same key. Default: a random key
-	// kept in the cache directory.
+	// stored once in Caddy's data directory (docker_proxy/auth.key).
 	AuthKey string `json:"auth_key,omitempty"`
 
 	// Cache configures the blob and manifest cache (on by default).
@@ -236,9 +241,12 @@ func checkCredential(c Credential, name string, given map[string]bool) error {
 	return nil
 }
 
-// Validate checks the configuration as the Caddyfile parser does, for
-// configurations written in JSON (or changed through the admin API),
-// which nothing has checked before.
+// Validate checks what can be checked before anything is set up: routes,
+// credentials (one set per upstream, neither part empty), the cache's
+// bounds and its S3 config (placeholders aside, checked once expanded).
+// The Caddyfile parser makes the same checks with line numbers; this is
+// for every config, JSON and admin API changes included. Provision calls
+// it first, because Caddy validates a module only after provisioning it.
 func (h *Handler) Validate() error {
 	if err := h.routerConfig().Validate(); err != nil {
 		return err

@@ -70,7 +70,7 @@ type Fill struct {
 	cond      sync.Cond  // on mu; broadcast on every write and state change
 	state     fillState
 	err       error // why the fill failed; wraps ErrFillFailed
-	committed bool  // bytes verified (and stored, unless too big for the cache)
+	committed bool  // bytes verified (and stored, unless not kept: see endCommittedLocked)
 	finishing bool  // bytes verified and flushed: the last byte and the commit follow at once
 	entry     *entry
 	size      int64 // -1 while unknown
@@ -274,7 +274,8 @@ func (f *Fill) fail(err error, cond func() bool) bool {
 }
 
 // endCommittedLocked ends the fill as committed (s.mu held). e is nil when
-// the entry was verified but not kept (bigger than MaxSize). Readers still
+// the bytes were verified but not kept: bigger than MaxSize, or the disk
+// failed at the commit (see notKeptLocked). Readers still
 // open pin the entry from now on, as a Blob would.
 func (f *Fill) endCommittedLocked(e *entry, size int64) {
 	s := f.s

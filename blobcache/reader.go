@@ -53,7 +53,7 @@ func (f *Fill) Reader(ctx context.Context) (*Reader, error) {
 	}
 	b, err := s.Get(f.d)
 	if err != nil {
-		// Committed but evicted or never kept (too big) before we came.
+		// Committed but evicted, or never kept (too big, disk error), before we came.
 		return nil, fmt.Errorf("%w: %w", ErrFillFailed, err)
 	}
 	return &Reader{blob: b}, nil

@@ -7,7 +7,7 @@
 // load balancer use together. The local store stays the serving tier: what
 // it commits from an upstream it uploads in the background, and a fill may
 // take its bytes from the remote instead of the upstream (Fill.StartRemote),
-// verified as any fill is. See remote.go.
+// verified as any fill is. See remote.go and upload.go.
 //
 // Layout under Options.Dir:
 //
@@ -83,8 +83,9 @@ type Options struct {
 	// fails so followers fall back and the digest can get a new leader,
 	// instead of staying stuck behind a fill that will never start.
 	LeaderTimeout time.Duration
-	// RetryAfter is how long Start and Put answer ErrUnavailable without
-	// touching the disk after a disk error (default 30s).
+	// RetryAfter is how long, after a disk error, fills and Put answer
+	// ErrUnavailable without touching the disk; and how long, after a
+	// failure of the remote, the remote is not asked (default 30s).
 	RetryAfter time.Duration
 	// StallTimeout bounds how long a fill waits for the next bytes of its
 	// upstream body (default 1m); then the fill fails, so its readers are
