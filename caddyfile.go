@@ -136,16 +136,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch sub := d.Val(); sub {
 		case "domain":
-			if h.Domain != "" {
-				return d.Errf("domain already specified")
+			domain, err := singleArg(d, h.Domain != "")
+			if err != nil {
+				return err
 			}
-			if len(d.RemainingArgs()) != 1 {
-				return d.ArgErr()
-			}
-			if err := registry.CheckDomain(d.Val()); err != nil {
+			if err := registry.CheckDomain(domain); err != nil {
 				return d.Errf("%v", err)
 			}
-			h.Domain = strings.ToLower(d.Val())
+			h.Domain = strings.ToLower(domain)
 
 		case "route":
 			args := d.RemainingArgs()
@@ -188,11 +186,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Upstreams[canonical] = rawURL
 
 		case "fallback":
-			if h.Fallback != "" {
-				return d.Errf("fallback already specified")
-			}
-			if len(d.RemainingArgs()) != 1 {
-				return d.ArgErr()
+			if _, err := singleArg(d, h.Fallback != ""); err != nil {
+				return err
 			}
 			if _, err := h.parseUpstreamArg(d); err != nil {
 				return err
@@ -228,16 +223,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Credentials = append(h.Credentials, cred)
 
 		case "auth_key":
-			if h.AuthKey != "" {
-				return d.Errf("auth_key already specified")
+			key, err := singleArg(d, h.AuthKey != "")
+			if err != nil {
+				return err
 			}
-			if len(d.RemainingArgs()) != 1 {
-				return d.ArgErr()
-			}
-			if d.Val() == "" {
+			if key == "" {
 				return d.Errf("auth_key must not be empty")
 			}
-			h.AuthKey = d.Val()
+			h.AuthKey = key
 
 		case "cache":
 			if h.Cache != nil {
@@ -281,6 +274,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			"or a domain, route or fallback subdirective")
 	}
 	return nil
+}
+
+// singleArg reads the one argument of the subdirective in the current
+// token, which may be given once: given says whether it was already.
+// The cursor is left on the argument, for error messages about it.
+func singleArg(d *caddyfile.Dispenser, given bool) (string, error) {
+	if given {
+		return "", d.Errf("%s already specified", d.Val())
+	}
+	if len(d.RemainingArgs()) != 1 {
+		return "", d.ArgErr()
+	}
+	return d.Val(), nil
 }
 
 // parseUpstreamArg validates the upstream in the current token.
@@ -332,13 +338,10 @@ func parseCache(d *caddyfile.Dispenser) (*CacheConfig, error) {
 			cache.S3 = s3
 
 		case "max_size":
-			if haveMaxSize {
-				return nil, d.Errf("max_size already specified")
+			if _, err := singleArg(d, haveMaxSize); err != nil {
+				return nil, err
 			}
 			haveMaxSize = true
-			if len(d.RemainingArgs()) != 1 {
-				return nil, d.ArgErr()
-			}
 			size, err := humanize.ParseBytes(d.Val())
 			if err != nil {
 				return nil, d.Errf("invalid max_size '%s': %v", d.Val(), err)
@@ -349,13 +352,10 @@ func parseCache(d *caddyfile.Dispenser) (*CacheConfig, error) {
 			cache.MaxSize = int64(size)
 
 		case "tag_ttl":
-			if haveTagTTL {
-				return nil, d.Errf("tag_ttl already specified")
+			if _, err := singleArg(d, haveTagTTL); err != nil {
+				return nil, err
 			}
 			haveTagTTL = true
-			if len(d.RemainingArgs()) != 1 {
-				return nil, d.ArgErr()
-			}
 			ttl, err := caddy.ParseDuration(d.Val())
 			if err != nil {
 				return nil, d.Errf("invalid tag_ttl '%s': %v", d.Val(), err)
