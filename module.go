@@ -95,7 +95,10 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 }
 
 // offlineWindow is how long what the upstream confirmed stays usable
-// while it cannot be asked.
+// while it cannot be asked. The token endpoint and the confirmations of
+// each directory's store take it from here; package registry reads those
+// confirmations with a window of its own (offlineAccessWindow), which it
+// does not take from here and which must stay the same.
 const offlineWindow = 24 * time.Hour
 
 // defaultTagTTL is how long a tag is served from the cache unasked.
