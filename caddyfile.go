@@ -79,17 +79,17 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //   - route sends requests for <host> (a host name or IP address, without a
 //     port; stored in lower case) to <upstream>. Repeatable, once per host.
 //   - upstream points the well-known registry <name> at another <url>, for
-//     example a private mirror; the name keeps its rules (Docker Hub's
-//     library/ prefix). Repeatable, once per name.
+//     example a private mirror; the name still follows its rules (Docker
+//     Hub's library/ prefix). Repeatable, once per name.
 //   - fallback is the upstream for hosts that match no route. Debug only: in
 //     production an unknown host should get the list of routes.
 //   - credentials are used towards <upstream> (default: the directive's
 //     upstream) for clients that bring none. Repeatable, once per upstream.
-//     Placeholders such as {env.DOCKERHUB_TOKEN} are kept and expanded when
-//     the handler is provisioned; a username or secret that expands to
-//     nothing (an unset variable) is an error then.
+//     Placeholders such as {env.DOCKERHUB_TOKEN} stay as written and are
+//     expanded when the handler is provisioned; a username or secret that
+//     expands to nothing (an unset variable) is an error then.
 //   - auth_key seals the tokens that /v2/auth hands out; every instance
-//     behind one load balancer needs the same key. Placeholders are kept.
+//     behind one load balancer needs the same key. Placeholders stay as written.
 //   - cache off proxies every request. Otherwise the cache is on; <dir> is
 //     its directory, max_size bounds it (50GiB, 500MB, 1073741824; 0 means
 //     unbounded) and tag_ttl (5m, 1h, 1d; must be positive) is how long a
@@ -101,9 +101,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //     AWS credentials sign: environment, shared credentials file, instance
 //     role); region (empty: AWS_REGION, else us-east-1; "auto" for R2) and prefix
 //     (put before every object name) are optional.
-//     Placeholders such as {env.S3_SECRET_KEY} are kept and expanded when
-//     the handler is provisioned. Every handler naming the same cache
-//     directory should give the same s3 block (a snippet helps).
+//     Placeholders such as {env.S3_SECRET_KEY} stay as written and are
+//     expanded when the handler is provisioned. Every handler naming the
+//     same cache directory should give the same s3 block (a snippet helps).
 //   - transport configures the connections to the upstreams with an
 //     http.reverse_proxy.transport module and its block, exactly as in
 //     reverse_proxy: "transport http" with dial_timeout, versions, tls_*,
@@ -136,16 +136,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch sub := d.Val(); sub {
 		case "domain":
-			if h.Domain != "" {
-				return d.Errf("domain already specified")
+			domain, err := singleArg(d, h.Domain != "")
+			if err != nil {
+				return err
 			}
-			if len(d.RemainingArgs()) != 1 {
-				return d.ArgErr()
-			}
-			if err := registry.CheckDomain(d.Val()); err != nil {
+			if err := registry.CheckDomain(domain); err != nil {
 				return d.Errf("%v", err)
 			}
-			h.Domain = strings.ToLower(d.Val())
+			h.Domain = strings.ToLower(domain)
 
 		case "route":
 			args := d.RemainingArgs()
@@ -188,11 +186,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Upstreams[canonical] = rawURL
 
 		case "fallback":
-			if h.Fallback != "" {
-				return d.Errf("fallback already specified")
-			}
-			if len(d.RemainingArgs()) != 1 {
-				return d.ArgErr()
+			if _, err := singleArg(d, h.Fallback != ""); err != nil {
+				return err
 			}
 			if _, err := h.parseUpstreamArg(d); err != nil {
 				return err
@@ -228,16 +223,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Credentials = append(h.Credentials, cred)
 
 		case "auth_key":
-			if h.AuthKey != "" {
-				return d.Errf("auth_key already specified")
+			key, err := singleArg(d, h.AuthKey != "")
+			if err != nil {
+				return err
 			}
-			if len(d.RemainingArgs()) != 1 {
-				return d.ArgErr()
-			}
-			if d.Val() == "" {
+			if key == "" {
 				return d.Errf("auth_key must not be empty")
 			}
-			h.AuthKey = d.Val()
+			h.AuthKey = key
 
 		case "cache":
 			if h.Cache != nil {
@@ -281,6 +274,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			"or a domain, route or fallback subdirective")
 	}
 	return nil
+}
+
+// singleArg reads the one argument of the subdirective in the current
+// token, which may be given once: given says whether it was already.
+// The cursor is left on the argument, for error messages about it.
+func singleArg(d *caddyfile.Dispenser, given bool) (string, error) {
+	if given {
+		return "", d.Errf("%s already specified", d.Val())
+	}
+	if len(d.RemainingArgs()) != 1 {
+		return "", d.ArgErr()
+	}
+	return d.Val(), nil
 }
 
 // parseUpstreamArg validates the upstream in the current token.
@@ -332,13 +338,10 @@ func parseCache(d *caddyfile.Dispenser) (*CacheConfig, error) {
 			cache.S3 = s3
 
 		case "max_size":
-			if haveMaxSize {
-				return nil, d.Errf("max_size already specified")
+			if _, err := singleArg(d, haveMaxSize); err != nil {
+				return nil, err
 			}
 			haveMaxSize = true
-			if len(d.RemainingArgs()) != 1 {
-				return nil, d.ArgErr()
-			}
 			size, err := humanize.ParseBytes(d.Val())
 			if err != nil {
 				return nil, d.Errf("invalid max_size '%s': %v", d.Val(), err)
@@ -349,13 +352,10 @@ func parseCache(d *caddyfile.Dispenser) (*CacheConfig, error) {
 			cache.MaxSize = int64(size)
 
 		case "tag_ttl":
-			if haveTagTTL {
-				return nil, d.Errf("tag_ttl already specified")
+			if _, err := singleArg(d, haveTagTTL); err != nil {
+				return nil, err
 			}
 			haveTagTTL = true
-			if len(d.RemainingArgs()) != 1 {
-				return nil, d.ArgErr()
-			}
 			ttl, err := caddy.ParseDuration(d.Val())
 			if err != nil {
 				return nil, d.Errf("invalid tag_ttl '%s': %v", d.Val(), err)

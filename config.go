@@ -22,9 +22,9 @@ type Credential struct {
 type CacheConfig struct {
 	// Disabled turns the cache off: every request is proxied.
 	Disabled bool `json:"disabled,omitempty"`
-	// Dir is the cache directory. Default: "docker_proxy" under Caddy's
-	// data directory. Every handler naming the same directory shares one
-	// store.
+	// Dir is the cache directory. Default: "docker_proxy/cache" under
+	// Caddy's data directory. Every handler naming the same directory uses
+	// one store, the directory's.
 	Dir string `json:"dir,omitempty"`
 	// MaxSize bounds the bytes on disk; least recently used entries are
 	// evicted beyond it. Zero means unbounded.

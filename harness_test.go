@@ -31,7 +31,8 @@ type proxyEnv struct {
 	t    *testing.T
 	up   *testupstream.Upstream
 	port string
-	// hosts maps the made-up host names of the tests to Caddy's port.
+	// transport dials the made-up host names of the tests (testHosts) at
+	// Caddy's port, and other hosts as they are.
 	transport *http.Transport
 	logPath   string
 	dataDir   string

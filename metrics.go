@@ -27,7 +27,7 @@ func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Namespace: "caddy",
 		Subsystem: "docker_proxy",
 		Name:      "responses_total",
-		Help:      "Registry API responses by cache outcome: hit, miss, shared (filled from the shared tier), joined (a fill in progress), revalidated, stale (served after an upstream failure), bypass (cache off, or unable to store), refused (the upstream refused this client: 401, 403, 404), error (the upstream failed and nothing cached could answer), none (not a request for content).",
+		Help:      "Registry API responses by cache outcome, the one their Cache-Status names: hit, miss (fetched from the upstream), shared (fetched from the shared tier), joined (served from a fill in progress), revalidated (a tag the upstream confirmed unchanged), stale (the last known answer, served after an upstream failure), bypass (cache off, or unable to store), refused (the upstream refused this client: 401, 403, 404), error (the upstream failed and nothing cached could answer), none (no cache outcome: the token endpoint, /v2/, invalid requests, lists answered by the upstream).",
 	}, []string{"cache"})
 	responses, err := registerOrReuse(reg, responses)
 	if err != nil {

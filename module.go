@@ -5,35 +5,27 @@
 // Caddy supplies TLS, HTTP/2, site blocks, logging and reloads; the registry
 // knowledge lives in package registry, authentication in tokenauth and the
 // cache in blobcache (with its S3-compatible shared tier in
-// blobcache/s3remote). This file only adapts them to Caddy.
+// blobcache/s3remote). This package only adapts them to Caddy: this file
+// is the module (Provision, Validate, ServeHTTP, Cleanup); caddyfile.go
+// its directive, config.go its config types, cachepool.go the store of
+// each cache directory, which lives across reloads, s3config.go the shared tier's
+// config, authkey.go the token sealing key, transport.go the upstream
+// transport and metrics.go its Prometheus counters.
 package dockerproxy
 
 import (
-	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
-	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
-	"github.com/caddy-dockerproxy/dockerproxy/blobcache/s3remote"
-	"github.com/caddy-dockerproxy/dockerproxy/netguard"
 	"github.com/caddy-dockerproxy/dockerproxy/registry"
 	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
@@ -59,7 +51,7 @@ type Handler struct {
 
 	// Upstreams points well-known upstream names at other URLs, for
 	// example docker.io at a private mirror or a test registry. The name
-	// keeps its rules (Docker Hub's library/ prefix).
+	// still follows its rules (Docker Hub's library/ prefix).
 	Upstreams map[string]string `json:"upstreams,omitempty"`
 
 	// Fallback is the upstream for hosts that match no route. For
@@ -72,7 +64,7 @@ type Handler struct {
 
 	// AuthKey seals the tokens that /v2/auth hands out. Every instance
 	// behind one load balancer needs the same key. Default: a random key
-	// kept in the cache directory.
+	// stored once in Caddy's data directory (docker_proxy/auth.key).
 	AuthKey string `json:"auth_key,omitempty"`
 
 	// Cache configures the blob and manifest cache (on by default).
@@ -83,8 +75,8 @@ type Handler struct {
 	TransportRaw json.RawMessage `json:"transport,omitempty" caddy:"namespace=http.reverse_proxy.transport inline_key=protocol"`
 
 	proxy    *registry.Proxy
-	cacheDir string       // the store this handler holds in the pool, if any
-	shared   *sharedCache // that store
+	cacheDir string    // the directory whose store this handler holds in the pool, if any
+	dirCache *dirCache // that directory's store
 	// events is the events app of the config this handler belongs to: its
 	// "started" event says that the config is the one serving. Nil when
 	// the handler is provisioned outside a config with one.
@@ -102,122 +94,18 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// stores holds one blobcache.Store per directory, shared by every handler
-// that names it and kept across config reloads: a reload provisions the new
-// handlers (taking a reference) before the old ones are cleaned up.
-//
-// Caddy provisions a new config while the old one serves, and may still
-// reject it (a later module fails to provision or validate, an app fails
-// to start); the running config must then go on exactly as before. So a
-// config that finds its directory's store already open does not change the
-// store's bound or shared tier while it is provisioned: it records them,
-// and they are applied when Caddy reports the config started (all its apps
-// running, just before the old config is stopped). A config that opens the
-// store (the first one) gives them to the store at once.
-var stores = caddy.NewUsagePool()
-
-// sharedCache is what lives as long as a cache directory is in use: the
-// store and what the upstream confirmed (credentials, client access), which
-// the proxy needs to serve private content while the upstream is down.
-type sharedCache struct {
-	store    *blobcache.Store
-	verdicts *tokenauth.Confirmations
-	accepted *tokenauth.Confirmations
-
-	mu        sync.Mutex
-	remoteKey string // identifies the store's shared tier config ("" for none)
-	// pending holds the settings of each config being loaded that found
-	// the store open, keyed by that config's events app, until the config
-	// has started (then they are applied) or is cleaned up (then dropped).
-	pending map[*caddyevents.App]cacheSettings
-}
-
-func (s *sharedCache) Destruct() error { return s.store.Close() }
-
-// cacheSettings are what a config sets on the store of a directory: the
-// bound and the shared tier.
-type cacheSettings struct {
-	dir       string
-	maxSize   int64
-	remote    blobcache.Remote // nil: none
-	remoteKey string           // identifies remote's config ("" for none)
-}
-
-// apply gives the store the settings: a lower bound evicts at once.
-func (s *sharedCache) apply(c cacheSettings, logger *zap.Logger) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.applyLocked(c, logger)
-}
-
-func (s *sharedCache) applyLocked(c cacheSettings, logger *zap.Logger) {
-	s.store.SetMaxSize(c.maxSize)
-	if s.remoteKey != c.remoteKey {
-		s.store.SetRemote(c.remote)
-		s.remoteKey = c.remoteKey
-		logger.Info("shared cache tier of the cache directory changed", zap.String("dir", c.dir), zap.Bool("enabled", c.remote != nil))
-	}
-}
-
-// applyWhenStarted records the settings of the config whose events app is
-// events, to be applied when that config has started. Within one config,
-// the handler provisioned last sets them, as the first config's do.
-func (s *sharedCache) applyWhenStarted(events *caddyevents.App, c cacheSettings, logger *zap.Logger) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, subscribed := s.pending[events]; subscribed {
-		s.pending[events] = c
-		return
-	}
-	if err := events.On("started", configStarted{shared: s, events: events, logger: logger}); err != nil {
-		// The events app has started, so has the config: it serves.
-		s.applyLocked(c, logger)
-		return
-	}
-	if s.pending == nil {
-		s.pending = make(map[*caddyevents.App]cacheSettings)
-	}
-	s.pending[events] = c
-}
-
-// dropPending forgets the settings of a config that is cleaned up. Those
-// of a config that started are applied and gone already; those of one
-// that never started must never reach the store.
-func (s *sharedCache) dropPending(events *caddyevents.App) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.pending, events)
-}
-
-// configStarted applies a config's pending settings when Caddy reports
-// that config started: every app of it runs, and it replaces the running
-// config.
-type configStarted struct {
-	shared *sharedCache
-	events *caddyevents.App
-	logger *zap.Logger
-}
-
-func (h configStarted) Handle(context.Context, caddy.Event) error {
-	s := h.shared
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if c, ok := s.pending[h.events]; ok {
-		delete(s.pending, h.events)
-		s.applyLocked(c, h.logger)
-	}
-	return nil
-}
-
 // offlineWindow is how long what the upstream confirmed stays usable
-// while it cannot be asked.
+// while it cannot be asked. The token endpoint and the confirmations of
+// each directory's store take it from here; package registry reads those
+// confirmations with a window of its own (offlineAccessWindow), which it
+// does not take from here and which must stay the same.
 const offlineWindow = 24 * time.Hour
 
 // defaultTagTTL is how long a tag is served from the cache unasked.
 const defaultTagTTL = 5 * time.Minute
 
 // Provision sets the handler up: routes, upstream client, credentials,
-// token sealing key and the shared cache.
+// token sealing key and the directory's store.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	// Caddy validates a module only after provisioning it, and
@@ -356,9 +244,12 @@ func checkCredential(c Credential, name string, given map[string]bool) error {
 	return nil
 }
 
-// Validate checks the configuration as the Caddyfile parser does, for
-// configurations written in JSON (or changed through the admin API),
-// which nothing has checked before.
+// Validate checks what can be checked before anything is set up: routes,
+// credentials (one set per upstream, neither part empty), the cache's
+// bounds and its S3 config (placeholders aside, checked once expanded).
+// The Caddyfile parser makes the same checks with line numbers; this is
+// for every config, JSON and admin API changes included. Provision calls
+// it first, because Caddy validates a module only after provisioning it.
 func (h *Handler) Validate() error {
 	if err := h.routerConfig().Validate(); err != nil {
 		return err
@@ -392,228 +283,6 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// check checks a shared tier config as the Caddyfile does: endpoint and
-// bucket given, both keys or neither, endpoint and bucket valid unless
-// they hold placeholders (checked again once expanded).
-func (c *S3Config) check() error {
-	switch {
-	case c.Endpoint == "":
-		return errors.New("s3: endpoint is required")
-	case c.Bucket == "":
-		return errors.New("s3: bucket is required")
-	case (c.AccessKey == "") != (c.SecretKey == ""):
-		return errors.New("s3: " + s3remote.KeysRule)
-	}
-	if !hasPlaceholder(c.Endpoint) {
-		if err := s3remote.CheckEndpoint(c.Endpoint); err != nil {
-			return err
-		}
-	}
-	if !hasPlaceholder(c.Bucket) {
-		if err := s3remote.CheckBucket(c.Bucket); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// hasPlaceholder reports whether a config value holds a placeholder, to
-// be checked once expanded at provision time.
-func hasPlaceholder(v string) bool { return strings.Contains(v, "{") }
-
-// remoteKeyOf identifies an expanded shared tier config, secret included
-// (hashed), so that a reload that changes any of it changes the store's.
-func remoteKeyOf(c s3remote.Config) string {
-	sum := sha256.Sum256([]byte(strings.Join([]string{c.Endpoint, c.Bucket, c.Region, c.Prefix, c.AccessKey, c.SecretKey}, "\x00")))
-	return hex.EncodeToString(sum[:])
-}
-
-// sharedRemote is a shared tier with the key of its config.
-type sharedRemote struct {
-	remote blobcache.Remote
-	key    string
-}
-
-// sharedTier sets up the shared tier the cache config names (nil: none),
-// its placeholders expanded. Errors name the field, never a key.
-func (h *Handler) sharedTier(repl *caddy.Replacer) (*sharedRemote, error) {
-	if h.Cache == nil || h.Cache.S3 == nil {
-		return nil, nil
-	}
-	c := h.Cache.S3
-	cfg := s3remote.Config{
-		Endpoint:  repl.ReplaceKnown(c.Endpoint, ""),
-		Bucket:    repl.ReplaceKnown(c.Bucket, ""),
-		Region:    repl.ReplaceKnown(c.Region, ""),
-		Prefix:    repl.ReplaceKnown(c.Prefix, ""),
-		AccessKey: repl.ReplaceKnown(c.AccessKey, ""),
-		SecretKey: repl.ReplaceKnown(c.SecretKey, ""),
-	}
-	for _, f := range []struct{ name, given, value string }{
-		{"endpoint", c.Endpoint, cfg.Endpoint}, {"bucket", c.Bucket, cfg.Bucket},
-		{"access_key", c.AccessKey, cfg.AccessKey}, {"secret_key", c.SecretKey, cfg.SecretKey},
-	} {
-		if f.given != "" && f.value == "" {
-			return nil, fmt.Errorf("cache s3: %s is empty once placeholders are expanded (is its environment variable set?)", f.name)
-		}
-	}
-	r, err := s3remote.New(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("cache %w", err)
-	}
-	h.logger.Info("shared cache tier", zap.String("endpoint", cfg.Endpoint), zap.String("bucket", cfg.Bucket),
-		zap.String("prefix", cfg.Prefix))
-	return &sharedRemote{remote: r, key: remoteKeyOf(cfg)}, nil
-}
-
-// loadTransport loads the configured reverse_proxy transport, or Caddy's
-// HTTP transport with its defaults (keep-alive, HTTP/2).
-func (h *Handler) loadTransport(ctx caddy.Context) (http.RoundTripper, error) {
-	if h.TransportRaw != nil {
-		mod, err := ctx.LoadModule(h, "TransportRaw")
-		if err != nil {
-			return nil, fmt.Errorf("loading transport: %v", err)
-		}
-		rt, ok := mod.(http.RoundTripper)
-		if !ok {
-			return nil, fmt.Errorf("transport module %T is not an http.RoundTripper", mod)
-		}
-		guardDial(rt)
-		return rt, nil
-	}
-	ht := new(reverseproxy.HTTPTransport)
-	if err := ht.Provision(ctx); err != nil {
-		return nil, fmt.Errorf("provisioning transport: %v", err)
-	}
-	guardDial(ht)
-	return ht, nil
-}
-
-// guardDial makes the transport's connections subject to the netguard
-// policy of the request they are made for, so that a redirect target or
-// realm whose name resolves to an internal address only when dialled is
-// refused too. Other transports get the check before each request only
-// (registry.Client and tokenauth.Fetcher do that whatever the transport).
-func guardDial(rt http.RoundTripper) {
-	ht, ok := rt.(*reverseproxy.HTTPTransport)
-	if !ok || ht.Transport == nil {
-		return
-	}
-	dial := ht.Transport.DialContext
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
-	ht.Transport.DialContext = netguard.Dial(dial)
-}
-
-func (h *Handler) cacheDirectory() string {
-	if h.Cache != nil && h.Cache.Dir != "" {
-		return caddy.NewReplacer().ReplaceKnown(h.Cache.Dir, "")
-	}
-	return filepath.Join(caddy.AppDataDir(), "docker_proxy", "cache")
-}
-
-// provisionCache takes (or opens) the store of the cache directory, with
-// remote as its shared tier (nil: none).
-func (h *Handler) provisionCache(remote *sharedRemote) (*registry.Cache, *tokenauth.Confirmations, error) {
-	dir, err := filepath.Abs(h.cacheDirectory())
-	if err != nil {
-		return nil, nil, fmt.Errorf("cache directory: %v", err)
-	}
-	var maxSize int64
-	ttl := defaultTagTTL
-	if h.Cache != nil {
-		maxSize = h.Cache.MaxSize
-		if h.Cache.TagTTL > 0 {
-			ttl = time.Duration(h.Cache.TagTTL)
-		}
-	}
-	var r blobcache.Remote
-	var remoteKey string
-	if remote != nil {
-		r, remoteKey = remote.remote, remote.key
-	}
-	val, loaded, err := stores.LoadOrNew(dir, func() (caddy.Destructor, error) {
-		s, err := blobcache.Open(blobcache.Options{Dir: dir, MaxSize: maxSize, Logger: h.logger.Named("cache"), Remote: r})
-		if err != nil {
-			return nil, err
-		}
-		return &sharedCache{
-			store:     s,
-			verdicts:  tokenauth.NewConfirmations(offlineWindow),
-			accepted:  tokenauth.NewConfirmations(offlineWindow),
-			remoteKey: remoteKey,
-		}, nil
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("opening cache %s: %v", dir, err)
-	}
-	h.cacheDir = dir
-	shared := val.(*sharedCache)
-	h.shared = shared
-	if loaded {
-		// A reload (or another site naming the same directory): the
-		// configuration loaded last sets the bound and the shared tier,
-		// once it serves (see stores).
-		settings := cacheSettings{dir: dir, maxSize: maxSize, remote: r, remoteKey: remoteKey}
-		if h.events == nil {
-			shared.apply(settings, h.logger)
-		} else {
-			shared.applyWhenStarted(h.events, settings, h.logger)
-		}
-	}
-	return registry.NewCache(shared.store, ttl, shared.verdicts), shared.accepted, nil
-}
-
-// configEvents returns the events app of the config being provisioned
-// (the http app loads it before its handlers), or nil.
-func configEvents(ctx caddy.Context) *caddyevents.App {
-	app, err := ctx.AppIfConfigured("events")
-	if err != nil {
-		return nil
-	}
-	events, _ := app.(*caddyevents.App)
-	return events
-}
-
-// authKey returns the configured key, or a random one kept in Caddy's data
-// directory, so that tokens outlive restarts and every instance sharing
-// that directory accepts the others' tokens.
-func (h *Handler) authKey(repl *caddy.Replacer) ([]byte, error) {
-	if h.AuthKey != "" {
-		return []byte(repl.ReplaceKnown(h.AuthKey, "")), nil
-	}
-	path := filepath.Join(caddy.AppDataDir(), "docker_proxy", "auth.key")
-	if key, err := os.ReadFile(path); err == nil && len(key) >= 32 {
-		return key, nil
-	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("reading auth key: %v", err)
-	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("storing auth key: %v", err)
-	}
-	// Create exclusively: if another instance won the race, use its key.
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		return os.ReadFile(path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("storing auth key: %v", err)
-	}
-	_, werr := f.Write(key)
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		return nil, fmt.Errorf("storing auth key: %v", werr)
-	}
-	return key, nil
-}
-
 // clientScheme is the scheme the client used: TLS on this connection, or
 // X-Forwarded-Proto from a proxy listed in the server's trusted_proxies.
 func clientScheme(r *http.Request) string {
@@ -638,7 +307,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	return nil
 }
 
-// Cleanup releases the handler's reference to the shared cache. Caddy
+// Cleanup releases the handler's reference to the directory's store. Caddy
 // cleans up an old config while the requests it accepted still run (a
 // reload is graceful), so the reference goes when the last of them ends:
 // a reload that moves the cache must not close the store under them.
@@ -647,8 +316,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // settings it meant for a store that the running config shares are
 // dropped, never applied.
 func (h *Handler) Cleanup() error {
-	if h.shared != nil && h.events != nil {
-		h.shared.dropPending(h.events)
+	if h.dirCache != nil && h.events != nil {
+		h.dirCache.dropPending(h.events)
 	}
 	if h.cacheDir == "" || h.inFlight == nil {
 		return nil

@@ -1,6 +1,6 @@
 package blobcache
 
-// The shared tier. Several instances behind one load balancer each keep
+// The shared tier. Several instances behind one load balancer each have
 // their local store, which serves every request (fan-out, verification,
 // sendfile), and share one Remote behind it:
 //
@@ -24,16 +24,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 )
 
-// Remote is a shared store behind the local one, such as an S3 bucket.
+// Remote is the shared tier behind the local store, such as an S3 bucket.
 // Implementations must be safe for concurrent use. The context of each
 // call governs the whole call, the body of an opened entry included.
 type Remote interface {
@@ -70,27 +68,15 @@ const (
 	// entry) and for its small background calls: a remote that is slow
 	// costs the request a few seconds, then the upstream answers it.
 	remoteTimeout = 5 * time.Second
-	// uploadWorkers upload entries in parallel; uploadQueue bounds what
-	// waits for them.
-	uploadWorkers = 2
-	uploadQueue   = 1024
-	// uploadRate is the slowest upload rate tolerated: an upload gets a
-	// minute plus the time to send its size at this rate, then is given
-	// up, so that a stalled connection does not hold a worker forever.
-	uploadRate = 1 << 20
-	// closeGrace is how long Close lets running uploads finish.
-	closeGrace = 5 * time.Second
 	// badCopyTTL is how long a wrong remote copy is ignored.
 	badCopyTTL = 10 * time.Minute
 )
 
 // remoteState is the store's remote and its health.
 type remoteState struct {
-	mu    sync.Mutex
-	r     Remote
-	until time.Time // while now < until, the remote is not asked (it just failed)
-	down  bool      // a failure was logged and nothing worked since
-	cause string    // the condition last logged
+	mu     sync.Mutex
+	r      Remote
+	health health
 	// bad holds the digests whose remote copy did not match, and when:
 	// for badCopyTTL they are not read from the remote again (another
 	// instance may replace the copy meanwhile), and uploading them
@@ -104,8 +90,7 @@ func (s *Store) SetRemote(r Remote) {
 	s.remote.mu.Lock()
 	defer s.remote.mu.Unlock()
 	s.remote.r = r
-	s.remote.until = time.Time{}
-	s.remote.down = false
+	s.remote.health = health{}
 	s.remote.bad = nil
 }
 
@@ -114,7 +99,7 @@ func (s *Store) SetRemote(r Remote) {
 func (s *Store) usableRemote() Remote {
 	s.remote.mu.Lock()
 	defer s.remote.mu.Unlock()
-	if s.remote.r == nil || time.Now().Before(s.remote.until) {
+	if s.remote.r == nil || s.remote.health.resting() {
 		return nil
 	}
 	return s.remote.r
@@ -124,9 +109,8 @@ func (s *Store) usableRemote() Remote {
 func (s *Store) remoteWorked() {
 	s.remote.mu.Lock()
 	defer s.remote.mu.Unlock()
-	if s.remote.down {
-		s.remote.down = false
-		s.log.Info("shared cache reachable again")
+	if s.remote.health.worked() {
+		s.log.Info("shared tier reachable again")
 	}
 }
 
@@ -138,29 +122,13 @@ func (s *Store) remoteFailed(op string, err error) {
 	if errors.Is(err, context.Canceled) {
 		return
 	}
-	cause := remoteCause(err)
 	s.remote.mu.Lock()
 	defer s.remote.mu.Unlock()
-	s.remote.until = time.Now().Add(s.opts.RetryAfter)
-	if !s.remote.down || cause != s.remote.cause {
-		s.log.Warn("shared cache unavailable; requests go on from the local cache and the upstream while it lasts",
+	s.remote.health.backOff(s.opts.RetryAfter)
+	if s.remote.health.failing(causeOf(err)) {
+		s.log.Warn("shared tier unavailable; requests go on from the local cache and the upstream while it lasts",
 			zap.String("operation", op), zap.Error(err), zap.Duration("retry_after", s.opts.RetryAfter))
 	}
-	s.remote.down = true
-	s.remote.cause = cause
-}
-
-// remoteCause names the condition of a remote failure, without what
-// changes from one call to the next (object names, addresses).
-func remoteCause(err error) string {
-	var errno syscall.Errno
-	switch {
-	case errors.As(err, &errno):
-		return errno.Error()
-	case errors.Is(err, context.DeadlineExceeded):
-		return "timeout"
-	}
-	return err.Error()
 }
 
 // remoteCopyBad records that the remote's copy of d is wrong (it did not
@@ -178,7 +146,7 @@ func (s *Store) remoteCopyBad(d digest.Digest, err error) {
 		}
 	}
 	s.remote.bad[d] = now
-	s.log.Warn("shared cache holds a wrong copy; it is ignored here for a while, and this instance's next upstream fetch of it replaces it",
+	s.log.Warn("shared tier holds a wrong copy; it is ignored here for a while, and this instance's next upstream fetch of it replaces it",
 		zap.String("digest", d.String()), zap.Error(err), zap.Duration("ignored_for", badCopyTTL))
 }
 
@@ -336,7 +304,7 @@ func (s *Store) RemoteTag(ctx context.Context, key string) (Tag, bool) {
 			err = fmt.Errorf("negative size %d", t.Size)
 		}
 		if err != nil {
-			s.log.Debug("ignoring a bad tag record of the shared cache", zap.Error(err))
+			s.log.Debug("ignoring a bad tag record of the shared tier", zap.Error(err))
 			return Tag{}, false
 		}
 	}
@@ -354,221 +322,7 @@ func (s *Store) RemoteTag(ctx context.Context, key string) (Tag, bool) {
 		return local, true // set here meanwhile, and no older
 	}
 	if err := s.setTag(key, t, false); err != nil {
-		s.log.Debug("cannot store a tag record of the shared cache", zap.Error(err))
+		s.log.Debug("cannot store a tag record of the shared tier", zap.Error(err))
 	}
 	return t, true
-}
-
-// uploadJob is an entry (digest) or a tag record (tagKey) to upload.
-type uploadJob struct {
-	digest digest.Digest
-	tagKey string
-	tag    Tag
-}
-
-// uploads is the queue of work for the remote and its workers.
-type uploads struct {
-	jobs   chan uploadJob
-	quit   chan struct{} // closed by Close: workers take no new job
-	ctx    context.Context
-	cancel context.CancelFunc // ends running uploads, closeGrace after quit
-	wg     sync.WaitGroup
-
-	mu      sync.Mutex
-	closed  bool
-	pending int           // queued or running
-	idle    chan struct{} // closed when pending drops to 0
-}
-
-func (s *Store) startUploads() {
-	ctx, cancel := context.WithCancel(context.Background())
-	u := &uploads{jobs: make(chan uploadJob, uploadQueue), quit: make(chan struct{}), ctx: ctx, cancel: cancel}
-	s.uploads = u
-	for range uploadWorkers {
-		u.wg.Add(1)
-		go s.uploadWorker()
-	}
-}
-
-// queueUpload hands a job to the workers without ever waiting: with no
-// usable remote, or a full queue, the job is dropped.
-func (s *Store) queueUpload(j uploadJob) {
-	if s.usableRemote() == nil {
-		return
-	}
-	u := s.uploads
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.closed {
-		return
-	}
-	select {
-	case u.jobs <- j:
-		if u.pending == 0 {
-			u.idle = make(chan struct{})
-		}
-		u.pending++
-	default:
-		s.log.Debug("shared cache upload queue full; not uploaded",
-			zap.String("digest", j.digest.String()), zap.Bool("tag", j.tagKey != ""))
-	}
-}
-
-func (s *Store) uploadWorker() {
-	u := s.uploads
-	defer u.wg.Done()
-	for {
-		select {
-		case <-u.quit:
-			return
-		default:
-		}
-		select {
-		case <-u.quit:
-			return
-		case j := <-u.jobs:
-			if j.tagKey != "" {
-				s.uploadTag(u.ctx, j.tagKey, j.tag)
-			} else {
-				s.uploadEntry(u.ctx, j.digest)
-			}
-			u.done()
-		}
-	}
-}
-
-func (u *uploads) done() {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.pending--
-	if u.pending == 0 {
-		close(u.idle)
-	}
-}
-
-// uploadEntry copies a committed entry to the remote, unless the remote
-// has it (and its copy is not known to be wrong) or the entry is gone.
-// The entry stays pinned while it is read.
-func (s *Store) uploadEntry(ctx context.Context, d digest.Digest) {
-	r := s.usableRemote()
-	if r == nil {
-		return
-	}
-	if !s.remoteCopyIsBad(d) {
-		hctx, cancel := context.WithTimeout(ctx, remoteTimeout)
-		has, err := r.Has(hctx, d)
-		cancel()
-		if err != nil {
-			s.remoteFailed("check", err)
-			return
-		}
-		s.remoteWorked()
-		if has {
-			return
-		}
-	}
-	b, err := s.open(d, false)
-	if err != nil {
-		return // evicted meanwhile
-	}
-	defer b.Close()
-	pctx, cancel := context.WithTimeout(ctx, time.Minute+time.Duration(b.Size/uploadRate)*time.Second)
-	defer cancel()
-	if err := r.Put(pctx, b.Info, s.scopesOf(d), io.NewSectionReader(b.File, 0, b.Size)); err != nil {
-		s.remoteFailed("upload", err)
-		return
-	}
-	s.remoteWorked()
-	s.remoteCopyReplaced(d)
-}
-
-func (s *Store) uploadTag(ctx context.Context, key string, t Tag) {
-	r := s.usableRemote()
-	if r == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, remoteTimeout)
-	defer cancel()
-	if err := r.SetTag(ctx, key, t); err != nil {
-		s.remoteFailed("write tag", err)
-		return
-	}
-	s.remoteWorked()
-}
-
-// WaitUploads waits until every upload queued so far has ended (done,
-// failed or dropped), or ctx is done; first, fills that are being
-// committed (their clients may have every byte already) commit and queue
-// theirs. For tests and orderly shutdowns.
-func (s *Store) WaitUploads(ctx context.Context) error {
-	s.mu.Lock()
-	var finishing []*Fill
-	for _, f := range s.fills {
-		if f.isFinishing() {
-			finishing = append(finishing, f)
-		}
-	}
-	s.mu.Unlock()
-	for _, f := range finishing {
-		select {
-		case <-f.ended:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	u := s.uploads
-	u.mu.Lock()
-	if u.pending == 0 {
-		u.mu.Unlock()
-		return nil
-	}
-	idle := u.idle
-	u.mu.Unlock()
-	select {
-	case <-idle:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// stopUploads lets running uploads finish for closeGrace, then cancels
-// them, drops the queued ones and waits for the workers.
-func (s *Store) stopUploads() {
-	u := s.uploads
-	u.mu.Lock()
-	if u.closed {
-		u.mu.Unlock()
-		return
-	}
-	u.closed = true
-	close(u.quit)
-	u.mu.Unlock()
-	grace := time.AfterFunc(closeGrace, u.cancel)
-	u.wg.Wait()
-	grace.Stop()
-	u.cancel()
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	for {
-		select {
-		case <-u.jobs:
-			u.pending--
-			if u.pending == 0 {
-				close(u.idle)
-			}
-		default:
-			return
-		}
-	}
-}
-
-// sortedScopes returns the keys of a scope set, sorted.
-func sortedScopes(set map[string]struct{}) []string {
-	out := make([]string, 0, len(set))
-	for sc := range set {
-		out = append(out, sc)
-	}
-	sort.Strings(out)
-	return out
 }

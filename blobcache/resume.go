@@ -173,9 +173,9 @@ func (r *Reader) openRest(u *Unfinished) error {
 	return nil
 }
 
-// skipRestTo reads (and hashes) the upstream rest up to offset to, keeping
-// the byte at keep (-1: none).
-func (r *Reader) skipRestTo(to, keep int64) error {
+// skipRestTo reads (and hashes) the upstream rest up to offset to, holding
+// back the byte at offset hold (-1: none).
+func (r *Reader) skipRestTo(to, hold int64) error {
 	res := r.res
 	if res.pos > to {
 		return fmt.Errorf("%w: cannot go back to %d in the upstream rest", ErrFillFailed, to)
@@ -189,8 +189,8 @@ func (r *Reader) skipRestTo(to, keep int64) error {
 		}
 		n, err := res.body.Read(buf)
 		res.hash.Write(buf[:n])
-		if keep >= res.pos && keep < res.pos+int64(n) {
-			res.held, res.heldAt = buf[keep-res.pos], keep
+		if hold >= res.pos && hold < res.pos+int64(n) {
+			res.held, res.heldAt = buf[hold-res.pos], hold
 		}
 		res.pos += int64(n)
 		if n == 0 && err != nil {
@@ -204,7 +204,7 @@ func (r *Reader) skipRestTo(to, keep int64) error {
 }
 
 // verifyRest reads the upstream rest to its end and checks the whole blob
-// against the digest, keeping the byte at the Reader's offset (the held
+// against the digest, holding back the byte at the Reader's offset (the
 // one it is about to deliver).
 func (r *Reader) verifyRest(u *Unfinished, size int64) error {
 	if r.res != nil && r.res.verified {
@@ -213,11 +213,11 @@ func (r *Reader) verifyRest(u *Unfinished, size int64) error {
 	if err := r.openRest(u); err != nil {
 		return err
 	}
-	keep := int64(-1)
+	hold := int64(-1)
 	if r.off >= r.res.pos {
-		keep = r.off
+		hold = r.off
 	}
-	if err := r.skipRestTo(size, keep); err != nil {
+	if err := r.skipRestTo(size, hold); err != nil {
 		return err
 	}
 	var one [1]byte

@@ -4,7 +4,6 @@ import (
 	"container/list"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -66,23 +65,20 @@ func (s *Store) tagPath(key string) string { return s.tagFile(tagName(key)) }
 // loadTags indexes the records under tags/ from file stats alone, oldest
 // use first, as load does for entries.
 func (s *Store) loadTags() error {
-	prefixes, err := os.ReadDir(s.tagsDir)
+	prefixes, err := prefixDirs(s.tagsDir)
 	if err != nil {
-		return fmt.Errorf("blobcache: %w", err)
+		return err
 	}
 	var loaded []*tagEntry
-	for _, pd := range prefixes {
-		if !pd.IsDir() || len(pd.Name()) != 2 || !isLowerHex(pd.Name()) {
-			continue
-		}
-		des, err := os.ReadDir(filepath.Join(s.tagsDir, pd.Name()))
+	for _, prefix := range prefixes {
+		des, err := os.ReadDir(filepath.Join(s.tagsDir, prefix))
 		if err != nil {
-			s.log.Warn("cannot list tag records", zap.String("dir", pd.Name()), zap.Error(err))
+			s.log.Warn("cannot list tag records", zap.String("dir", prefix), zap.Error(err))
 			continue
 		}
 		for _, de := range des {
 			name, ok := strings.CutSuffix(de.Name(), ".json")
-			if !ok || len(name) != sha256.Size*2 || !isLowerHex(name) || name[:2] != pd.Name() || !de.Type().IsRegular() {
+			if !ok || len(name) != sha256.Size*2 || !isLowerHex(name) || name[:2] != prefix || !de.Type().IsRegular() {
 				continue
 			}
 			fi, err := de.Info()
@@ -108,7 +104,7 @@ func (s *Store) loadTags() error {
 }
 
 // Tag returns the record for key and counts it as used. A record is read
-// from disk on first use and then kept in memory. A missing or unreadable
+// from disk on first use and then held in memory. A missing or unreadable
 // record is a miss. The record may point to a digest that is no longer
 // cached (records and entries are evicted independently).
 func (s *Store) Tag(key string) (Tag, bool) {
@@ -182,7 +178,7 @@ func (s *Store) setTag(key string, t Tag, upload bool) error {
 	if t.Size < 0 {
 		return fmt.Errorf("blobcache: negative tag size %d", t.Size)
 	}
-	b, err := json.Marshal(tagRecord{Key: key, Digest: t.Digest, MediaType: t.MediaType, Size: t.Size, Checked: t.Checked})
+	b, err := MarshalTagRecord(key, t)
 	if err != nil {
 		return err
 	}

@@ -18,14 +18,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -216,7 +214,7 @@ func (r *Remote) TagName(key string) string {
 	return r.prefix + "tags/" + h[:2] + "/" + h + ".json"
 }
 
-// scopesKey is the user metadata key of an entry's scopes (S3 keeps
+// scopesKey is the user metadata key of an entry's scopes (S3 stores
 // metadata keys in lower case); maxScopes bounds its value, below S3's
 // 2 KiB for all user metadata.
 const (
@@ -275,16 +273,6 @@ func (r *Remote) Put(ctx context.Context, info blobcache.Info, scopes []string, 
 	return nil
 }
 
-// tagRecord is the JSON of a tag object. The key is kept so that a
-// (practically impossible) collision of two keys' hashes is detected.
-type tagRecord struct {
-	Key       string        `json:"key"`
-	Digest    digest.Digest `json:"digest"`
-	MediaType string        `json:"mediaType,omitempty"`
-	Size      int64         `json:"size"`
-	Checked   time.Time     `json:"checked"`
-}
-
 // maxTagRecord bounds what Tag reads.
 const maxTagRecord = 64 << 10
 
@@ -299,23 +287,21 @@ func (r *Remote) Tag(ctx context.Context, key string) (blobcache.Tag, error) {
 	if err != nil {
 		return blobcache.Tag{}, r.fail("GET", "tag record", err)
 	}
-	var rec tagRecord
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
+	var t blobcache.Tag
 	if len(b) > maxTagRecord {
 		err = errors.New("too large")
-	} else if err = dec.Decode(&rec); err == nil && rec.Key != key {
-		err = errors.New("it belongs to another key")
+	} else {
+		t, err = blobcache.UnmarshalTagRecord(b, key)
 	}
 	if err != nil {
 		return blobcache.Tag{}, fmt.Errorf("s3: bad tag record %s: %v", r.TagName(key), err)
 	}
-	return blobcache.Tag{Digest: rec.Digest, MediaType: rec.MediaType, Size: rec.Size, Checked: rec.Checked}, nil
+	return t, nil
 }
 
 // SetTag stores the record of key.
 func (r *Remote) SetTag(ctx context.Context, key string, t blobcache.Tag) error {
-	b, err := json.Marshal(tagRecord{Key: key, Digest: t.Digest, MediaType: t.MediaType, Size: t.Size, Checked: t.Checked})
+	b, err := blobcache.MarshalTagRecord(key, t)
 	if err != nil {
 		return err
 	}

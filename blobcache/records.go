@@ -1,5 +1,8 @@
 package blobcache
 
+// The JSON files the store writes beside its data: entry sidecars and tag
+// records.
+
 import (
 	"bytes"
 	"encoding/json"
@@ -48,8 +51,9 @@ func parseSidecar(b []byte, want digest.Digest) (sidecar, error) {
 	return sc, nil
 }
 
-// tagRecord is the JSON of a tag file. Key is stored so that a (practically
-// impossible) hash collision of two keys is detected, not served.
+// tagRecord is the JSON of a tag record, on disk and in the shared tier.
+// Key is stored so that a (practically impossible) hash collision of two
+// keys is detected, not served.
 type tagRecord struct {
 	Key       string        `json:"key"`
 	Digest    digest.Digest `json:"digest"`
@@ -58,25 +62,44 @@ type tagRecord struct {
 	Checked   time.Time     `json:"checked"`
 }
 
-// parseTag decodes a tag file and checks it belongs to key.
+// MarshalTagRecord encodes the record of key, as the store writes it and
+// as a Remote should keep it.
+func MarshalTagRecord(key string, t Tag) ([]byte, error) {
+	return json.Marshal(tagRecord{Key: key, Digest: t.Digest, MediaType: t.MediaType, Size: t.Size, Checked: t.Checked})
+}
+
+// UnmarshalTagRecord decodes what MarshalTagRecord encoded for key: a
+// record with unknown fields, or one that belongs to another key, is an
+// error. The tag it holds is not checked; Store.Tag and Store.RemoteTag
+// check it before use.
+func UnmarshalTagRecord(b []byte, key string) (Tag, error) {
+	var r tagRecord
+	if err := strictUnmarshal(b, &r); err != nil {
+		return Tag{}, err
+	}
+	if r.Key != key {
+		return Tag{}, errors.New("it belongs to another key")
+	}
+	return Tag{Digest: r.Digest, MediaType: r.MediaType, Size: r.Size, Checked: r.Checked}, nil
+}
+
+// parseTag decodes a tag file and checks that it belongs to key and holds
+// a valid tag.
 func parseTag(b []byte, key string) (Tag, error) {
 	if len(b) > maxMetaFile {
 		return Tag{}, errors.New("tag file too large")
 	}
-	var r tagRecord
-	if err := strictUnmarshal(b, &r); err != nil {
+	t, err := UnmarshalTagRecord(b, key)
+	if err != nil {
 		return Tag{}, fmt.Errorf("tag file: %w", err)
 	}
-	if r.Key != key {
-		return Tag{}, errors.New("tag file belongs to another key")
-	}
-	if err := checkDigest(r.Digest); err != nil {
+	if err := checkDigest(t.Digest); err != nil {
 		return Tag{}, err
 	}
-	if r.Size < 0 {
-		return Tag{}, fmt.Errorf("tag file: negative size %d", r.Size)
+	if t.Size < 0 {
+		return Tag{}, fmt.Errorf("tag file: negative size %d", t.Size)
 	}
-	return Tag{Digest: r.Digest, MediaType: r.MediaType, Size: r.Size, Checked: r.Checked}, nil
+	return t, nil
 }
 
 // strictUnmarshal decodes exactly one JSON object with known fields only.
