@@ -120,11 +120,12 @@ func TestRedirectingUpstreamUnlocksNothing(t *testing.T) {
 	}
 }
 
-// TestConfiguredCredentialsServeOnlyTheirSite: two sites share the cache
-// (its default directory); one has credentials for the upstream, the
-// other none. What the first fetched with its credentials is not served
-// to the second's anonymous clients, by tag or by digest, though it holds
-// every byte: the second's own identity is refused upstream.
+// TestConfiguredCredentialsServeOnlyTheirSite: three sites share the cache
+// (its default directory); one has credentials for the upstream, one none,
+// one the same user with another secret. What the first fetched with its
+// credentials is not served to the others' anonymous clients, by tag or by
+// digest, though the cache holds every byte: their own identities are
+// refused upstream.
 func TestConfiguredCredentialsServeOnlyTheirSite(t *testing.T) {
 	up := testupstream.Start(t, testupstream.Options{})
 	up.SetPrivate("team/secret", "bot", "bot-pw")
@@ -139,6 +140,12 @@ http://hub.example.test:{PORT} {
 	docker_proxy docker.io {
 		upstream docker.io {UPSTREAM}
 	}
+}
+http://quay.example.test:{PORT} {
+	docker_proxy docker.io {
+		upstream docker.io {UPSTREAM}
+		credentials docker.io bot not-bot-pw
+	}
 }`)
 	if err := e.pullImage(e.ref("docker.example.test", "team/secret:v1"), nil, img); err != nil {
 		t.Fatalf("anonymous pull on the site with credentials: %v", err)
@@ -151,6 +158,12 @@ http://hub.example.test:{PORT} {
 		resp, body := e.do("GET", "hub.example.test", p, nil)
 		if resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("anonymous GET %s on the site without credentials = %d with %d bytes, want 401", p, resp.StatusCode, len(body))
+		}
+		// The upstream refuses the other secret's token: nothing can
+		// confirm that site's access.
+		resp, body = e.do("GET", "quay.example.test", p, nil)
+		if resp.StatusCode == http.StatusOK || strings.Contains(body, "team/secret") && resp.StatusCode < 300 {
+			t.Errorf("anonymous GET %s on the site with the same user and another secret = %d with %d bytes: served", p, resp.StatusCode, len(body))
 		}
 	}
 	// The site with credentials still serves it, from the cache.

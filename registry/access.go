@@ -37,14 +37,22 @@ const (
 )
 
 // ownIdentity names the identity the proxy itself has at up: the
-// configured account, or anonymous. Two sites configured with the same
-// account have the same access; a site without one never reads what an
-// account fetched.
+// configured account, or anonymous. An account is named by its user and a
+// keyed hash of user and secret (the sealing key's, which every instance
+// behind one load balancer shares): two sites configured with the same
+// account have the same access; a site without it, or with another secret
+// for the same user, never reads what the account fetched.
 func (p *Proxy) ownIdentity(up Upstream) string {
-	if creds := p.Upstream.Credentials[up.Name]; creds != nil {
-		return accountIdentity + url.QueryEscape(creds.Username)
+	creds := p.Upstream.Credentials[up.Name]
+	if creds == nil {
+		return anonymousIdentity
 	}
-	return anonymousIdentity
+	if id, ok := p.ownIdentities.Load(up.Name); ok {
+		return id.(string)
+	}
+	id := accountIdentity + url.QueryEscape(creds.Username) + ":" + p.Auth.Sealer.Subject(up.String(), *creds)
+	p.ownIdentities.Store(up.Name, id)
+	return id
 }
 
 // clientOwn names the credentials the client brought, or "" when it

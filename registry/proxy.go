@@ -27,6 +27,10 @@ type Proxy struct {
 	// OnFillFailure, if set, counts a blob fill that the upstream's body
 	// failed, by FillFailureReasons (for the handler's metrics).
 	OnFillFailure func(reason string)
+
+	// ownIdentities memoizes ownIdentity per upstream name: it is asked
+	// on every cache hit, and the configured credentials do not change.
+	ownIdentities sync.Map
 }
 
 // target is where a request goes: the upstream, and how the client
