@@ -363,7 +363,7 @@ func TestSharedTierDown(t *testing.T) {
 	if got := in.statuses(); len(got) != 1 || len(got[resultMiss.CacheStatus()]) == 0 {
 		t.Errorf("Cache-Status values: %v; want misses only", got)
 	}
-	warnings := logs.FilterMessageSnippet("shared cache unavailable").AllUntimed()
+	warnings := logs.FilterMessageSnippet("shared tier unavailable").AllUntimed()
 	if len(warnings) != 1 {
 		t.Errorf("%d warnings about the shared tier, want 1: %v", len(warnings), warnings)
 	}
