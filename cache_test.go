@@ -275,29 +275,42 @@ func TestFiftyConcurrentColdPullsFetchOnce(t *testing.T) {
 		results <- result{sum, n, st, err}
 	}()
 	var rangeBody []byte
+	var rangeStatus string
+	var rangeResponded atomic.Bool
 	go func() {
 		defer wg.Done()
 		req, _ := http.NewRequest("GET", e.url("docker.example.test", path), nil)
 		req.Header.Set("Authorization", "Bearer "+tok)
-		req.Header.Set("Range", "bytes=100000000-100000099")
+		// To the end: a range that ends before it holds its last byte
+		// back until the fill is verified, so its response could not
+		// be seen while the fill is in progress.
+		req.Header.Set("Range", "bytes=100000000-")
 		resp, err := (&http.Client{Transport: e.transport.Clone()}).Do(req)
 		if err == nil {
-			rangeBody, err = io.ReadAll(resp.Body)
+			rangeResponded.Store(true)
+			rangeStatus = resp.Header.Get("Cache-Status")
+			rangeBody = make([]byte, 100)
+			var rest int64
+			if _, err = io.ReadFull(resp.Body, rangeBody); err == nil {
+				rest, err = io.Copy(io.Discard, resp.Body)
+			}
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusPartialContent {
 				err = fmt.Errorf("range status %d", resp.StatusCode)
+			} else if err == nil && 100+rest != size-100000000 {
+				err = fmt.Errorf("range of %d bytes, want %d", 100+rest, size-100000000)
 			}
 		}
 		results <- result{status: "range", err: err}
 	}()
 	// Every client has its response, so each one has joined the held fill
-	// (or leads it); the Range request waits for bytes past the hold point,
-	// so it cannot be counted, only given a moment.
-	deadline := time.Now().Add(time.Minute)
-	for responded.Load() < 51 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(100 * time.Millisecond)
+	// (or leads it). The Range request waits for bytes past the hold
+	// point: the upstream goes on to a second hold point past the range's
+	// start, where the Range request has its response, from the fill in
+	// progress.
+	waitUntil(t, "every client's response", func() bool { return responded.Load() == 51 })
+	hold = up.Faults.HoldBlobs(128 << 20) // releases the first hold
+	waitUntil(t, "the Range request's response", rangeResponded.Load)
 	hold.Release()
 	wg.Wait()
 	close(results)
@@ -323,6 +336,9 @@ func TestFiftyConcurrentColdPullsFetchOnce(t *testing.T) {
 	}
 	if string(rangeBody) != string(want) {
 		t.Error("Range on a fill in progress returned the wrong bytes")
+	}
+	if !strings.Contains(rangeStatus, "collapsed") {
+		t.Errorf("Range request's Cache-Status %q, want it joined the fill (collapsed)", rangeStatus)
 	}
 	if joined != 50 {
 		t.Errorf("%d clients joined the fill, want 50: all but the one that started it", joined)
@@ -352,12 +368,13 @@ func TestBrokenUpstreamBlobsFailVisiblyAndAreNotKept(t *testing.T) {
 			}
 			hold := up.Faults.HoldBlobs(1 << 20)
 			var wg sync.WaitGroup
+			var responded atomic.Int64
 			errs := make(chan error, 5)
 			for i := 0; i < 5; i++ {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					sum, n, _, err := e.readBlob(path, tok, nil)
+					sum, n, _, err := e.readBlobCounting(path, tok, nil, &responded)
 					if err == nil {
 						err = fmt.Errorf("transfer ended cleanly with %d bytes (sha %s)", n, sum)
 					} else {
@@ -366,8 +383,9 @@ func TestBrokenUpstreamBlobsFailVisiblyAndAreNotKept(t *testing.T) {
 					errs <- err
 				}()
 			}
-			<-hold.Reached()
-			time.Sleep(100 * time.Millisecond)
+			// Every client has its response: each one leads or joined
+			// the held fill when the fault strikes.
+			waitUntil(t, "every client's response", func() bool { return responded.Load() == 5 })
 			hold.Release()
 			wg.Wait()
 			close(errs)
@@ -375,6 +393,9 @@ func TestBrokenUpstreamBlobsFailVisiblyAndAreNotKept(t *testing.T) {
 				if err != nil {
 					t.Errorf("a client did not see the failure: %v", err)
 				}
+			}
+			if n := up.Counters.ObjectStoreGETsFor(blob.Digest.String()); n != 1 {
+				t.Errorf("%d upstream fetches for 5 clients, want 1", n)
 			}
 			up.Faults.Reset()
 			if files := filesUnder(t, filepath.Join(e.dataDirParent(), "cache")); len(files) != 0 {
@@ -607,14 +628,9 @@ func TestMaxSizeEvictsLeastRecentlyUsed(t *testing.T) {
 		}
 		// The server releases the entry just after the client has the
 		// last byte; eviction runs then.
-		used := dirSize(t, filepath.Join(e.dataDirParent(), "cache", "blobs"))
-		for wait := 0; used > 1<<20 && wait < 100; wait++ {
-			time.Sleep(20 * time.Millisecond)
-			used = dirSize(t, filepath.Join(e.dataDirParent(), "cache", "blobs"))
-		}
-		if used > 1<<20 {
-			t.Errorf("after %d images the cache holds %d bytes, max_size is 1 MiB", i+1, used)
-		}
+		waitUntil(t, fmt.Sprintf("the cache within max_size (1 MiB) after %d images", i+1), func() bool {
+			return dirSize(t, blobsDir) <= 1<<20
+		})
 	}
 	// The most recent image is still a hit; the first one is gone.
 	last := len(imgs) - 1
@@ -666,12 +682,15 @@ func TestFillGoesOnWhenFirstClientLeaves(t *testing.T) {
 	up := testupstream.Start(t, testupstream.Options{})
 	const size = 8 << 20
 	_, blob := up.PushGeneratedImage(t, "team/big", "1", 11, size)
-	e := startProxy(t, up, cachedBlock("tag_ttl 5m"))
+	// Caddy's access log says when the proxy is done with a request.
+	accessLog := filepath.Join(t.TempDir(), "access.log")
+	e := startProxy(t, up, strings.Replace(cachedBlock("tag_ttl 5m"), "http://:{PORT} {",
+		"http://:{PORT} {\n\tlog {\n\t\toutput file "+accessLog+"\n\t}", 1))
 	tok := anonymousToken(t, e, "docker.example.test", "team/big")
 	path := "/v2/team/big/blobs/" + blob.Digest.String()
 	hold := up.Faults.HoldBlobs(1 << 20)
 
-	// The first client starts the fill, reads a little and hangs up.
+	// The first client starts the fill and reads a little.
 	req, _ := http.NewRequest("GET", e.url("docker.example.test", path), nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	first, err := (&http.Client{Transport: e.transport.Clone()}).Do(req)
@@ -679,24 +698,36 @@ func TestFillGoesOnWhenFirstClientLeaves(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-hold.Reached()
-	// A second client joins the fill in progress.
+	// A second client joins the fill in progress: it has its response
+	// (so its place in the fill) before the first one leaves.
 	done := make(chan error, 1)
+	var responded atomic.Int64
+	var joinedStatus string
 	go func() {
-		sum, n, _, err := e.readBlob(path, tok, nil)
+		sum, n, status, err := e.readBlobCounting(path, tok, nil, &responded)
 		if err == nil && (sum != blob.Digest.String() || n != size) {
 			err = fmt.Errorf("got %d bytes hashing to %s", n, sum)
 		}
+		joinedStatus = status
 		done <- err
 	}()
-	time.Sleep(100 * time.Millisecond)
+	waitUntil(t, "the second client's response", func() bool { return responded.Load() == 1 })
 	if _, err := io.ReadFull(first.Body, make([]byte, 1000)); err != nil {
 		t.Fatal(err)
 	}
 	first.Body.Close() // the first client leaves mid-transfer
-	time.Sleep(100 * time.Millisecond)
+	// The upstream goes on only once the proxy is done with the first
+	// client's request.
+	waitUntil(t, "the first client's request to end", func() bool {
+		b, _ := os.ReadFile(accessLog)
+		return strings.Contains(string(b), path)
+	})
 	hold.Release()
 	if err := <-done; err != nil {
 		t.Fatalf("the joined client failed after the first one left: %v", err)
+	}
+	if !strings.Contains(joinedStatus, "collapsed") {
+		t.Errorf("second client's Cache-Status %q, want it joined the fill (collapsed)", joinedStatus)
 	}
 	if n := up.Counters.ObjectStoreGETsFor(blob.Digest.String()); n != 1 {
 		t.Errorf("%d upstream fetches, want 1", n)
