@@ -290,3 +290,75 @@ func TestAccessCheckThroughAURLSignedForGET(t *testing.T) {
 		t.Error("a client the upstream refuses got the cached image")
 	}
 }
+
+func TestPrivateContentIsNotServedToOthers(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{RedirectBlobHEADs: true})
+	up.SetPrivate("team/secret", "alice", "alice-pw")
+	up.AddUser("mallory", "mallory-pw")
+	img := up.PushRandomImage(t, "team/secret", "v1", 2, 32<<10)
+	// The same layers in a public repository are fine to serve there.
+	e := startProxy(t, up, cachedBlock("tag_ttl 5m"))
+	ref := e.ref("docker.example.test", "team/secret:v1")
+	alice := &authn.Basic{Username: "alice", Password: "alice-pw"}
+	if err := e.pullImage(ref, alice, img); err != nil {
+		t.Fatal(err)
+	}
+	fetched := up.Counters.ObjectStoreGETs()
+
+	if err := e.pullImage(ref, nil, img); !isStatus(err, http.StatusUnauthorized) {
+		t.Errorf("anonymous pull of cached private image: %v, want 401", err)
+	}
+	if err := e.pullImage(ref, &authn.Basic{Username: "mallory", Password: "mallory-pw"}, img); err == nil {
+		t.Error("a user the upstream refuses got the cached private image")
+	}
+	// By digest too: the manifest and each layer.
+	tok := anonymousToken(t, e, "docker.example.test", "team/secret")
+	md, _ := img.Digest()
+	for _, p := range append([]string{"/v2/team/secret/manifests/" + md.String()}, blobPaths("team/secret", layerDigests(t, img))...) {
+		resp, body := e.get("GET", p, tok, nil)
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("anonymous GET %s = %d (%d bytes), want 401", p, resp.StatusCode, len(body))
+		}
+		// A refusal reads as the upstream's, cached or not
+		// (TestRefusalsDoNotTellWhatIsCached).
+		if got, want := resp.Header.Get("Cache-Status"), "docker_proxy; fwd=miss; fwd-status=401"; got != want {
+			t.Errorf("anonymous GET %s: Cache-Status %q, want %q", p, got, want)
+		}
+	}
+	// Nor through a public repository's path.
+	up.PushRandomImage(t, "team/public", "1", 1, 1024)
+	tok = anonymousToken(t, e, "docker.example.test", "team/public")
+	for _, p := range blobPaths("team/public", layerDigests(t, img)) {
+		resp, _ := e.get("GET", p, tok, nil)
+		if resp.StatusCode == http.StatusOK {
+			t.Errorf("private layer served through a public repository: %s", p)
+		}
+	}
+
+	if err := e.pullImage(ref, alice, img); err != nil {
+		t.Errorf("accepted client: %v", err)
+	}
+	if n := up.Counters.ObjectStoreGETs() - fetched; n != 0 {
+		t.Errorf("the accepted client's second pull fetched %d blobs upstream, want 0 (served from cache)", n)
+	}
+
+	// A newly admitted user. The registry answers blob HEADs with a
+	// redirect to its object store: a redirect is not an answer, the
+	// store's is. While the store fails, access cannot be confirmed;
+	// once it answers, the cached layers are served without a fetch.
+	up.SetPrivate("team/secret", "bob", "bob-pw")
+	bob := &authn.Basic{Username: "bob", Password: "bob-pw"}
+	up.Faults.SetObjectStoreStatus(http.StatusInternalServerError)
+	if err := e.pullImage(ref, bob, img); !isStatus(err, http.StatusServiceUnavailable) {
+		t.Errorf("newly admitted client while the object store fails: %v, want 503", err)
+	}
+	up.Faults.SetObjectStoreStatus(0)
+	fetched = up.Counters.ObjectStoreGETs()
+	if err := e.pullImage(ref, bob, img); err != nil {
+		t.Errorf("newly admitted client: %v", err)
+	}
+	// Each layer's access check costs its first byte from the store.
+	if n, layers := up.Counters.ObjectStoreGETs()-fetched, int64(len(layerDigests(t, img))); n > layers {
+		t.Errorf("the newly admitted client's pull fetched %d times from the object store, want at most %d (one-byte access checks)", n, layers)
+	}
+}

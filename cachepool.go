@@ -183,8 +183,15 @@ func (h *Handler) provisionCache(remote *sharedRemote) (*registry.Cache, *tokena
 			dc.applyWhenStarted(h.events, settings, h.logger)
 		}
 	}
-	return registry.NewCache(dc.store, ttl, dc.verdicts), dc.accepted, nil
+	cache := registry.NewCache(dc.store, ttl, dc.verdicts)
+	cache.Now = clock
+	return cache, dc.accepted, nil
 }
+
+// clock is the registry caches' clock (tag_ttl, access confirmations):
+// nil, which is time.Now, but in tests, where export_test.go sets one that
+// can be moved forward instead of waiting for time to pass.
+var clock func() time.Time
 
 // configEvents returns the events app of the config being provisioned
 // (the http app loads it before its handlers), or nil.

@@ -2,6 +2,11 @@ package dockerproxy_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
@@ -203,4 +210,190 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// cachedBlock proxies the test upstream as Docker Hub with the cache on.
+func cachedBlock(options string) string {
+	return `http://:{PORT} {
+	docker_proxy docker.io {
+		upstream docker.io {UPSTREAM}
+		cache {DIR}/cache {
+			` + options + `
+		}
+	}
+}`
+}
+
+// get does an authenticated request with a token from the proxy.
+func (e *proxyEnv) get(method, path, token string, header http.Header) (*http.Response, string) {
+	e.t.Helper()
+	h := http.Header{}
+	for k, v := range header {
+		h[k] = v
+	}
+	if token != "" {
+		h.Set("Authorization", "Bearer "+token)
+	}
+	return e.do(method, "docker.example.test", path, h)
+}
+
+func layerDigests(t *testing.T, img v1.Image) []v1.Hash {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []v1.Hash
+	for _, l := range layers {
+		d, _ := l.Digest()
+		ds = append(ds, d)
+	}
+	return ds
+}
+
+// readBlob GETs a blob and returns its sha256 and length, or the error
+// that ended the transfer.
+func (e *proxyEnv) readBlob(path, token string, header http.Header) (sum string, n int64, status string, err error) {
+	return e.readBlobCounting(path, token, header, nil)
+}
+
+// readBlobCounting is readBlob that adds one to responded, if not nil, as
+// soon as the response's headers have arrived: the proxy sends them once
+// the request has found its place (a hit, the fill it leads or joins).
+func (e *proxyEnv) readBlobCounting(path, token string, header http.Header, responded *atomic.Int64) (sum string, n int64, status string, err error) {
+	req, _ := http.NewRequest("GET", e.url("docker.example.test", path), nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	tr := e.transport.Clone()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return "", 0, "", err
+	}
+	defer resp.Body.Close()
+	if responded != nil {
+		responded.Add(1)
+	}
+	h := sha256.New()
+	n, err = io.Copy(h, resp.Body)
+	if err == nil && resp.StatusCode/100 != 2 {
+		err = fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), n, resp.Header.Get("Cache-Status"), err
+}
+
+func (e *proxyEnv) dataDirParent() string { return filepath.Dir(e.dataDir) }
+
+// filesUnder lists the data files under dir (blobs and temp files; tag
+// records and empty directories do not count).
+func filesUnder(t *testing.T, dir string) []string {
+	var files []string
+	_ = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && !strings.Contains(p, string(filepath.Separator)+"tags"+string(filepath.Separator)) {
+			files = append(files, strings.TrimPrefix(p, dir))
+		}
+		return nil
+	})
+	return files
+}
+
+func blobPaths(repo string, ds []v1.Hash) []string {
+	var ps []string
+	for _, d := range ds {
+		ps = append(ps, "/v2/"+repo+"/blobs/"+d.String())
+	}
+	return ps
+}
+
+func dirSize(t *testing.T, dir string) int64 {
+	var total int64
+	_ = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && !strings.HasSuffix(p, ".json") {
+			total += fi.Size()
+		}
+		return nil
+	})
+	return total
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// domainBlock is one site block serving the seeds' host table on
+// example.test, with Docker Hub and ghcr.io pointed at the test upstream.
+const domainBlock = `http://:{PORT} {
+	docker_proxy {
+		domain example.test
+		upstream docker.io {UPSTREAM}
+		upstream ghcr.io {UPSTREAM}
+		cache off
+	}
+}`
+
+func pullIndex(t *testing.T, e *proxyEnv, ref interface{ String() string }, want v1.ImageIndex) {
+	t.Helper()
+	r := e.ref(strings.SplitN(ref.String(), ":", 2)[0], strings.SplitN(ref.String(), "/", 2)[1])
+	got, err := remote.Index(r, e.remoteOptions(nil)...)
+	if err != nil {
+		t.Fatalf("index: %v", err)
+	}
+	gd, _ := got.Digest()
+	wd, _ := want.Digest()
+	if gd != wd {
+		t.Fatalf("index digest %s, want %s", gd, wd)
+	}
+	wm, _ := want.IndexManifest()
+	for _, desc := range wm.Manifests {
+		wi, _ := want.Image(desc.Digest)
+		gi, err := got.Image(desc.Digest)
+		if err != nil {
+			t.Fatalf("child %s: %v", desc.Digest, err)
+		}
+		if err := testupstream.SameImage(gi, wi); err != nil {
+			t.Fatalf("child %s (%s): %v", desc.Digest, desc.Platform, err)
+		}
+	}
+}
+
+// loginToken gets a token for a logged-in client from the proxy.
+func loginToken(t *testing.T, e *proxyEnv, user, pass, repo string) string {
+	t.Helper()
+	return loginTokenOn(t, e, "docker.example.test", user, pass, repo)
+}
+
+// loginTokenOn is loginToken on another host of the proxy.
+func loginTokenOn(t *testing.T, e *proxyEnv, host, user, pass, repo string) string {
+	t.Helper()
+	h := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))}}
+	resp, body := e.do("GET", host, "/v2/auth?scope=repository:"+repo+":pull", h)
+	var tr struct{ Token string }
+	if err := json.Unmarshal([]byte(body), &tr); err != nil || resp.StatusCode != 200 || tr.Token == "" {
+		t.Fatalf("login token: %d %s", resp.StatusCode, body)
+	}
+	return tr.Token
+}
+
+// anonymousToken gets a token from the proxy's endpoint, as clients do.
+func anonymousToken(t *testing.T, e *proxyEnv, host, repo string) string {
+	t.Helper()
+	resp, body := e.do("GET", host, "/v2/auth?scope=repository:"+repo+":pull", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("token: %d %s", resp.StatusCode, body)
+	}
+	var tr struct{ Token string }
+	_ = json.Unmarshal([]byte(body), &tr)
+	return tr.Token
+}
+
+func isStatus(err error, status int) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && te.StatusCode == status
 }

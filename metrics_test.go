@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
 )
@@ -137,6 +138,41 @@ http://quay.example.test:{PORT} {
 			if n != want {
 				t.Errorf("%s: %s counted %v, want %v", step.name, label, n-before[label], want-before[label])
 			}
+		}
+	}
+}
+
+func TestMetricsCountCacheOutcomes(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 1, 4096)
+	e := startProxy(t, up, `http://:{PORT} {
+	handle /metrics {
+		metrics
+	}
+	handle {
+		docker_proxy {UPSTREAM} {
+			cache {DIR}/cache
+		}
+	}
+}`)
+	for i := 0; i < 2; i++ {
+		if err := e.pullImage(e.ref("docker.example.test", "team/app:1"), nil, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A response is counted just after the client has it: poll a little.
+	wants := []string{`caddy_docker_proxy_responses_total{cache="hit"} 3`, `caddy_docker_proxy_responses_total{cache="miss"} 3`}
+	var body string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		_, body = e.do("GET", "docker.example.test", "/metrics", nil)
+		if strings.Contains(body, wants[0]) && strings.Contains(body, wants[1]) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, want := range wants {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grepLines(body, "docker_proxy"))
 		}
 	}
 }

@@ -294,3 +294,26 @@ func TestRejectedReloadKeepsTheSharedTier(t *testing.T) {
 		t.Errorf("after the accepted reload a new layer went to %q, want next/", got)
 	}
 }
+
+func TestReloadAppliesANewMaxSize(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	cacheDir := t.TempDir()
+	block := func(maxSize string) string {
+		return strings.Replace(cachedBlock("tag_ttl 5m\n\t\t\tmax_size "+maxSize), "{DIR}/cache", cacheDir, 1)
+	}
+	e := startProxy(t, up, block("10MiB"))
+	for i := 0; i < 4; i++ {
+		img := up.PushRandomImage(t, fmt.Sprintf("team/app%d", i), "1", 1, 300<<10)
+		if err := e.pullImage(e.ref("docker.example.test", fmt.Sprintf("team/app%d:1", i)), nil, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The last layer is committed a moment after its client has it.
+	waitUntil(t, "over 1 MiB in the cache before the reload", func() bool {
+		return dirSize(t, filepath.Join(cacheDir, "blobs")) >= 1<<20
+	})
+	startProxy(t, up, block("512KiB")) // a reload over the same directory
+	if used := dirSize(t, filepath.Join(cacheDir, "blobs")); used > 512<<10 {
+		t.Errorf("after a reload with max_size 512KiB the cache holds %d bytes", used)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -465,41 +466,45 @@ func TestFillGoesOnWithoutReaders(t *testing.T) {
 	waitFor(t, "commit with no reader", func() bool { return s.Contains(d) })
 }
 
+// TestLingerAbandons runs in a synctest bubble: its time is virtual, so
+// "longer than Linger" is exact, however busy the machine.
 func TestLingerAbandons(t *testing.T) {
-	s := openStore(t, Options{Linger: 30 * time.Millisecond})
-	data, d := blob(100<<10, 9)
-	f, _ := s.Join(d)
-	body := newPipeBody()
-	if err := f.Start(Source{Body: body, Size: int64(len(data))}); err != nil {
-		t.Fatal(err)
-	}
-	// A reader open longer than Linger keeps the fill alive.
-	r, _ := f.Reader(t.Context())
-	body.feed(data[:1000], 1000)
-	time.Sleep(100 * time.Millisecond)
-	if f.doneNow() {
-		t.Fatal("fill abandoned while a reader was open")
-	}
-	r.Close()
-	// Then with nobody reading, it is abandoned: body closed, temp removed.
-	waitFor(t, "abandon", func() bool { return body.closed.Load() && f.doneNow() })
-	waitTmpEmpty(t, s)
-	if _, err := f.Reader(t.Context()); !errors.Is(err, ErrAbandoned) {
-		t.Fatalf("Reader of abandoned fill = %v", err)
-	}
-	if s.Contains(d) {
-		t.Fatal("abandoned fill committed")
-	}
-	if _, leader := s.Join(d); !leader {
-		t.Fatal("no new leader after abandon")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		s := openStore(t, Options{Linger: 5 * time.Second, StallTimeout: time.Hour})
+		data, d := blob(100<<10, 9)
+		f, _ := s.Join(d)
+		body := newPipeBody()
+		if err := f.Start(Source{Body: body, Size: int64(len(data))}); err != nil {
+			t.Fatal(err)
+		}
+		// A reader open longer than Linger keeps the fill alive.
+		r, _ := f.Reader(t.Context())
+		body.feed(data[:1000], 1000)
+		time.Sleep(2 * 5 * time.Second) // twice Linger
+		if f.doneNow() {
+			t.Fatal("fill abandoned while a reader was open")
+		}
+		r.Close()
+		// Then with nobody reading, it is abandoned: body closed, temp removed.
+		waitFor(t, "abandon", func() bool { return body.closed.Load() && f.doneNow() })
+		waitTmpEmpty(t, s)
+		if _, err := f.Reader(t.Context()); !errors.Is(err, ErrAbandoned) {
+			t.Fatalf("Reader of abandoned fill = %v", err)
+		}
+		if s.Contains(d) {
+			t.Fatal("abandoned fill committed")
+		}
+		if _, leader := s.Join(d); !leader {
+			t.Fatal("no new leader after abandon")
+		}
 
-	// Started but never read at all: abandoned too.
-	_, d2 := blob(10, 10)
-	f2, _ := s.Join(d2)
-	body2 := newPipeBody()
-	f2.Start(Source{Body: body2, Size: 10})
-	waitFor(t, "abandon unread fill", func() bool { return body2.closed.Load() && f2.doneNow() })
+		// Started but never read at all: abandoned too.
+		_, d2 := blob(10, 10)
+		f2, _ := s.Join(d2)
+		body2 := newPipeBody()
+		f2.Start(Source{Body: body2, Size: 10})
+		waitFor(t, "abandon unread fill", func() bool { return body2.closed.Load() && f2.doneNow() })
+	})
 }
 
 func TestLeaderTimeout(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -469,62 +470,65 @@ func TestPutWithSync(t *testing.T) {
 	}
 }
 
+// TestUnavailableDir runs in a synctest bubble: time moves only when the
+// test waits, so "within RetryAfter" and "after it" are exact.
 func TestUnavailableDir(t *testing.T) {
-	log, logs := observed()
-	s := openStore(t, Options{Logger: log, RetryAfter: 50 * time.Millisecond})
-	// Root ignores permission bits, so break the directory another way: a
-	// regular file where tmp/ should be.
-	if err := os.RemoveAll(s.tmpDir); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(s.tmpDir, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	data, d := blob(1000, 40)
-	f, leader := s.Join(d)
-	if !leader {
-		t.Fatal("not leader")
-	}
-	follower, _ := s.Join(d)
-	body := newPipeBody()
-	err := f.Start(Source{Body: body, Size: 1000})
-	if !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("Start on broken dir = %v", err)
-	}
-	if body.reads.Load() != 0 || body.closed.Load() {
-		t.Fatal("Start consumed or closed the body it could not cache")
-	}
-	if _, err := follower.Reader(t.Context()); !errors.Is(err, ErrFillFailed) {
-		t.Fatalf("follower Reader = %v", err)
-	}
-	if err := s.Put(d, "", data); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("Put on broken dir = %v", err)
-	}
-
-	// Repair; within RetryAfter the store still answers fast without trying.
-	os.Remove(s.tmpDir)
-	os.Mkdir(s.tmpDir, 0o755)
-	for i := 0; ; i++ {
-		f, leader := s.Join(d)
-		if !leader {
-			t.Fatal("failed fill did not free the digest")
-		}
-		err := f.Start(Source{Body: io.NopCloser(bytes.NewReader(data)), Size: 1000})
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, ErrUnavailable) {
+	synctest.Test(t, func(t *testing.T) {
+		log, logs := observed()
+		const retryAfter = time.Minute
+		s := openStore(t, Options{Logger: log, RetryAfter: retryAfter})
+		// Root ignores permission bits, so break the directory another way: a
+		// regular file where tmp/ should be.
+		if err := os.RemoveAll(s.tmpDir); err != nil {
 			t.Fatal(err)
 		}
-		if i > 10000 {
-			t.Fatal("store never became available again")
+		if err := os.WriteFile(s.tmpDir, nil, 0o644); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(time.Millisecond)
-	}
-	waitFor(t, "commit after recovery", func() bool { return s.Contains(d) })
-	if n := logs.FilterMessageSnippet("disk error").Len(); n != 1 {
-		t.Fatalf("disk error logged %d times, want once", n)
-	}
+		data, d := blob(1000, 40)
+		f, leader := s.Join(d)
+		if !leader {
+			t.Fatal("not leader")
+		}
+		follower, _ := s.Join(d)
+		body := newPipeBody()
+		err := f.Start(Source{Body: body, Size: 1000})
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Start on broken dir = %v", err)
+		}
+		if body.reads.Load() != 0 || body.closed.Load() {
+			t.Fatal("Start consumed or closed the body it could not cache")
+		}
+		if _, err := follower.Reader(t.Context()); !errors.Is(err, ErrFillFailed) {
+			t.Fatalf("follower Reader = %v", err)
+		}
+		if err := s.Put(d, "", data); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Put on broken dir = %v", err)
+		}
+
+		// Repair; within RetryAfter the store still answers fast without
+		// trying, after it it works again.
+		os.Remove(s.tmpDir)
+		os.Mkdir(s.tmpDir, 0o755)
+		start := func() error {
+			f, leader := s.Join(d)
+			if !leader {
+				t.Fatal("failed fill did not free the digest")
+			}
+			return f.Start(Source{Body: io.NopCloser(bytes.NewReader(data)), Size: 1000})
+		}
+		if err := start(); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Start within RetryAfter of the failure = %v, want ErrUnavailable", err)
+		}
+		time.Sleep(retryAfter)
+		if err := start(); err != nil {
+			t.Fatalf("Start after RetryAfter, directory repaired: %v", err)
+		}
+		waitFor(t, "commit after recovery", func() bool { return s.Contains(d) })
+		if n := logs.FilterMessageSnippet("disk error").Len(); n != 1 {
+			t.Fatalf("disk error logged %d times, want once", n)
+		}
+	})
 }
 
 func TestTags(t *testing.T) {

@@ -96,7 +96,7 @@ func (c *pull) confirmRead(d digest.Digest) {
 		return
 	}
 	// A client's credentials, or a digest the store does not hold.
-	c.p.Cache.Confirmed.Confirm(confirmationKey(scope, d), time.Now())
+	c.p.Cache.Confirmed.Confirm(confirmationKey(scope, d), c.p.Cache.now())
 }
 
 func confirmationKey(scope string, d digest.Digest) string { return scope + "\x00" + d.String() }
@@ -105,14 +105,15 @@ func confirmationKey(scope string, d digest.Digest) string { return scope + "\x0
 // tag points. That lets a HEAD of the tag be answered from its record; it
 // says nothing of the content under the digest.
 func (c *pull) confirmTag() {
-	c.p.Cache.Confirmed.Confirm(tagConfirmationKey(accessScope(c.askedAs(), c.t, c.path.Name), c.path.Tag), time.Now())
+	c.p.Cache.Confirmed.Confirm(tagConfirmationKey(accessScope(c.askedAs(), c.t, c.path.Name), c.path.Tag), c.p.Cache.now())
 }
 
 // tagConfirmed reports whether the upstream told c's client where c's tag
 // points lately: this handler's own identity within tag_ttl, or the
 // client's credentials within a minute.
 func (c *pull) tagConfirmed() bool {
-	cache, now := c.p.Cache, time.Now()
+	cache := c.p.Cache
+	now := cache.now()
 	if cache.Confirmed.Within(tagConfirmationKey(accessScope(c.p.ownIdentity(c.t.up), c.t, c.path.Name), c.path.Tag), max(cache.confirmationTTL, cache.TagTTL), now) {
 		return true
 	}
@@ -125,7 +126,7 @@ func tagConfirmationKey(scope, tag string) string { return scope + "\x00tag:" + 
 // confirmedWithin reports whether the upstream confirmed identity's access to
 // d of name within the last window.
 func (c *Cache) confirmedWithin(identity string, t target, name string, d digest.Digest, window time.Duration) bool {
-	return c.Confirmed.Within(confirmationKey(accessScope(identity, t, name), d), window, time.Now())
+	return c.Confirmed.Within(confirmationKey(accessScope(identity, t, name), d), window, c.now())
 }
 
 // readConfirmed reports whether c's client may read d of c's repository

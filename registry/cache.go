@@ -33,6 +33,18 @@ type Cache struct {
 	// identities (identity, repository, digest or tag); shared across
 	// reloads.
 	Confirmed *tokenauth.Confirmations
+
+	// Now is the clock of tag freshness and access confirmations; nil
+	// is time.Now. Tests set it to move time forward without waiting.
+	Now func() time.Time
+}
+
+// now is c's clock: Now, or time.Now.
+func (c *Cache) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
 }
 
 // memoryCacheSize bounds the small entries (manifests, configs) held in

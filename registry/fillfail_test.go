@@ -44,10 +44,17 @@ func TestFillFailureLogsOnceAndCounts(t *testing.T) {
 			p, srv := newTestProxyWith(t, up, time.Minute, opts, zap.New(core))
 			var mu sync.Mutex
 			counts := map[string]int{}
+			// The proxy calls OnFillFailure just after it logged the
+			// failure, from the fill's own goroutine.
+			failed := make(chan struct{}, 1)
 			p.OnFillFailure = func(reason string) {
 				mu.Lock()
 				counts[reason]++
 				mu.Unlock()
+				select {
+				case failed <- struct{}{}:
+				default:
+				}
 			}
 
 			// Every client holds the fill's first bytes before the fault
@@ -116,11 +123,11 @@ func TestFillFailureLogsOnceAndCounts(t *testing.T) {
 			}
 
 			// The warning comes from the fill's own goroutine, which may
-			// end just after the clients saw the failure.
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			for logs.FilterMessageSnippet("blob fill failed").Len() == 0 && ctx.Err() == nil {
-				time.Sleep(5 * time.Millisecond)
+			// end just after the clients saw the failure: wait for it.
+			select {
+			case <-failed:
+			case <-time.After(time.Minute):
+				t.Fatal("the failed fill was never reported")
 			}
 			warns := logs.FilterMessageSnippet("blob fill failed").All()
 			if len(warns) != 1 {

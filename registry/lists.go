@@ -11,7 +11,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
@@ -99,7 +98,7 @@ func (c *pull) keepList(h http.Header, body []byte) {
 		return
 	}
 	c.confirmRead(d)
-	_ = c.p.Cache.Store.SetLocalTag(c.listKey(), blobcache.Tag{Digest: d, MediaType: listMediaType, Size: int64(len(kept)), Checked: time.Now()})
+	_ = c.p.Cache.Store.SetLocalTag(c.listKey(), blobcache.Tag{Digest: d, MediaType: listMediaType, Size: int64(len(kept)), Checked: c.p.Cache.now()})
 }
 
 // serveKeptList serves the last good answer after an upstream failure, if

@@ -51,7 +51,7 @@ func (c *pull) serveTag() {
 	rec, known := cache.Store.Tag(key)
 	if !known {
 		// Another client's Accept set may have the answer already.
-		rec, known = cache.siblingTag(base, accept, time.Now())
+		rec, known = cache.siblingTag(base, accept, cache.now())
 	} else {
 		cache.accepts.add(base, accept)
 	}
@@ -68,7 +68,7 @@ func (c *pull) serveTag() {
 			rec, known = cache.Store.Tag(key)
 		}
 	}
-	fresh := known && time.Since(rec.Checked) < cache.TagTTL
+	fresh := known && cache.now().Sub(rec.Checked) < cache.TagTTL
 	if fresh && c.serveTagRecord(rec, hitResult) {
 		return
 	}
@@ -83,7 +83,7 @@ func (c *pull) serveTag() {
 		}
 		// A round that ended between this request's look at the record
 		// and this one may have settled the tag already.
-		if cur, ok := cache.Store.Tag(key); ok && time.Since(cur.Checked) < cache.TagTTL &&
+		if cur, ok := cache.Store.Tag(key); ok && cache.now().Sub(cur.Checked) < cache.TagTTL &&
 			(!known || cur.Checked.After(rec.Checked)) && cache.Store.Contains(cur.Digest) {
 			return tagResult{tag: cur, settled: true}, nil
 		}
@@ -165,7 +165,7 @@ func (c *pull) revalidateTag(key string, rec blobcache.Tag) tagResult {
 		// a HEAD needs none. The HEAD says where the tag points, not
 		// that this identity may read cached content of that digest:
 		// serving it is checked by digest (serveTagRecord).
-		tag := tagFromHead(resp, d)
+		tag := tagFromHead(resp, d, c.p.Cache.now())
 		if d == rec.Digest && rec.Size > 0 {
 			tag.MediaType, tag.Size = rec.MediaType, rec.Size
 		}
@@ -173,14 +173,14 @@ func (c *pull) revalidateTag(key string, rec blobcache.Tag) tagResult {
 		c.p.Cache.setTag(key, tag)
 		return tagResult{tag: tag}
 	}
-	return c.fetchTagByDigest(key, d, time.Now())
+	return c.fetchTagByDigest(key, d, c.p.Cache.now())
 }
 
 // tagFromHead is the tag record an upstream's answer to a HEAD of the tag
 // makes: d, with the manifest's media type and size, checked now.
-func tagFromHead(resp *http.Response, d digest.Digest) blobcache.Tag {
+func tagFromHead(resp *http.Response, d digest.Digest, now time.Time) blobcache.Tag {
 	size, _ := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
-	return blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: time.Now()}
+	return blobcache.Tag{Digest: d, MediaType: resp.Header.Get("Content-Type"), Size: size, Checked: now}
 }
 
 // fetchTag resolves a tag the cache does not know: GET (HEAD for a HEAD).
@@ -205,7 +205,7 @@ func (c *pull) fetchTag(key string) tagResult {
 		if err != nil {
 			return tagResult{err: fmt.Errorf("upstream HEAD of %s:%s has no valid Docker-Content-Digest", c.path.Name, c.path.Tag)}
 		}
-		tag := tagFromHead(resp, d)
+		tag := tagFromHead(resp, d, c.p.Cache.now())
 		c.confirmTag()
 		c.p.Cache.setTag(key, tag)
 		return tagResult{tag: tag}
@@ -222,7 +222,7 @@ func (c *pull) fetchTag(key string) tagResult {
 		return tagResult{reply: bufferReply(reply)}
 	}
 	c.confirmTag()
-	return c.keepTag(key, m, time.Now())
+	return c.keepTag(key, m, c.p.Cache.now())
 }
 
 // fetchTagByDigest gets the manifest a tag points at; checked is when the

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -13,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -441,19 +444,30 @@ func TestFetchBadRealm(t *testing.T) {
 }
 
 // TestFetchRedirectDropsCredentials: a realm that redirects to another host
-// does not get the client's credentials sent there.
+// does not get the client's credentials sent there. The other host is a
+// name of this test's own, dialed at the other token server, so the
+// redirect is followed on any machine.
 func TestFetchRedirectDropsCredentials(t *testing.T) {
 	other := newTokenServer(t)
-	u, _ := url.Parse(other.URL)
-	otherURL := "http://localhost:" + u.Port() + "/token"
+	otherAddr := other.Listener.Addr().String()
 	ts := newTokenServer(t)
 	ts.setReply(func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, otherURL+"?"+r.URL.RawQuery, http.StatusTemporaryRedirect)
+		http.Redirect(w, r, "http://other.example.test/token?"+r.URL.RawQuery, http.StatusTemporaryRedirect)
 	})
-	f := &Fetcher{Client: &http.Client{}}
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if addr == "other.example.test:80" {
+			addr = otherAddr
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}}
+	defer tr.CloseIdleConnections()
+	f := &Fetcher{Client: &http.Client{Transport: tr}}
 	ch := Challenge{Scheme: "Bearer", Params: map[string]string{"realm": ts.URL + "/token"}}
 	if _, err := f.Fetch(context.Background(), ch, nil, &Credentials{Username: "u", Secret: "p"}); err != nil {
-		t.Skipf("redirect to localhost failed (no localhost here?): %v", err)
+		t.Fatalf("redirected token request: %v", err)
+	}
+	if n := other.requests.Load(); n != 1 {
+		t.Fatalf("the redirect target got %d requests, want 1", n)
 	}
 	if h := other.last(t).Header.Get("Authorization"); h != "" {
 		t.Errorf("the redirect target got Authorization %q", h)
@@ -501,56 +515,70 @@ func FuzzParseTokenResponse(f *testing.F) {
 
 // TestFetchJoinedCallerSurvivesFirstCallerCancel: concurrent Fetches share
 // one request; when the client whose request started it goes away (its
-// context is canceled), the others must still get their token. Fetch runs
-// the shared request with the first caller's context, so they fail with
-// "context canceled" instead. The test passes whenever the second caller
-// did not join in time (it then fetches alone), so it never fails on a
-// correct Fetcher; the pause only makes joining likely.
+// context is canceled), the others must still get their token. A Fetch
+// that ran the shared request with the first caller's context would fail
+// them with "context canceled" instead. The token service is in memory,
+// in a synctest bubble, so the test knows when each caller is blocked:
+// B calls Fetch only once A's request is at the token service, A goes
+// away only once B waits, and one request in all shows B joined A's.
 func TestFetchJoinedCallerSurvivesFirstCallerCancel(t *testing.T) {
-	ts := newTokenServer(t)
-	arrived := make(chan struct{}, 1)
-	release := make(chan struct{})
-	ts.setReply(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case arrived <- struct{}{}:
-		default:
+	synctest.Test(t, func(t *testing.T) {
+		var requests atomic.Int32
+		release := make(chan struct{})
+		service := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			requests.Add(1)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return nil, r.Context().Err()
+			}
+			return &http.Response{
+				StatusCode: http.StatusOK,
+				Header:     http.Header{"Content-Type": {"application/json"}},
+				Body:       io.NopCloser(strings.NewReader(`{"token":"t","expires_in":300}`)),
+				Request:    r,
+			}, nil
+		})
+		f := &Fetcher{Client: &http.Client{Transport: service}}
+		ch := Challenge{Scheme: "Bearer", Params: map[string]string{"realm": "https://auth.example/token", "service": "s"}}
+		scopes := []string{"repository:a:pull"}
+
+		ctxA, cancelA := context.WithCancel(context.Background())
+		defer cancelA()
+		errA := make(chan error, 1)
+		go func() {
+			_, err := f.Fetch(ctxA, ch, scopes, nil)
+			errA <- err
+		}()
+		synctest.Wait() // A's request is at the token service
+		if n := requests.Load(); n != 1 {
+			t.Fatalf("%d requests at the token service after A's Fetch, want 1", n)
 		}
-		select {
-		case <-release:
-		case <-r.Context().Done():
-			return
+
+		errB := make(chan error, 1)
+		go func() {
+			tok, err := f.Fetch(context.Background(), ch, scopes, nil)
+			if err == nil && tok.Value != "t" {
+				err = fmt.Errorf("token %q", tok.Value)
+			}
+			errB <- err
+		}()
+		synctest.Wait() // B waits for a token
+		cancelA()
+		<-errA
+		close(release)
+		if err := <-errB; err != nil {
+			t.Errorf("B's Fetch failed because A went away: %v", err)
 		}
-		writeJSON(w, 200, map[string]any{"token": "t", "expires_in": 300})
+		if n := requests.Load(); n != 1 {
+			t.Errorf("%d requests at the token service, want 1: B did not join A's fetch", n)
+		}
 	})
-	f := &Fetcher{Client: ts.Client()}
-	ch := ts.challenge("s")
-	scopes := []string{"repository:a:pull"}
-
-	ctxA, cancelA := context.WithCancel(context.Background())
-	defer cancelA()
-	errA := make(chan error, 1)
-	go func() {
-		_, err := f.Fetch(ctxA, ch, scopes, nil)
-		errA <- err
-	}()
-	<-arrived // A's request is at the token service
-
-	errB := make(chan error, 1)
-	go func() {
-		tok, err := f.Fetch(context.Background(), ch, scopes, nil)
-		if err == nil && tok.Value != "t" {
-			err = fmt.Errorf("token %q", tok.Value)
-		}
-		errB <- err
-	}()
-	time.Sleep(100 * time.Millisecond) // let B join A's fetch
-	cancelA()
-	<-errA
-	close(release)
-	if err := <-errB; err != nil {
-		t.Errorf("B's Fetch failed because A went away: %v", err)
-	}
 }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // TestFetchRedirectCredentialsOnlyToRealmOrigin: the configured
 // credentials go to the realm's exact origin and nowhere else. net/http

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -242,14 +243,15 @@ func TestFaultHold(t *testing.T) {
 	}
 }
 
-// TestFaultsConcurrentFlips flips every switch while bodies stream; run
-// with -race it checks the switches are safe to use concurrently.
+// TestFaultsConcurrentFlips flips every switch while bodies stream, from
+// before the first request until the last body is read; run with -race it
+// checks the switches are safe to use concurrently.
 func TestFaultsConcurrentFlips(t *testing.T) {
 	u := Start(t, Options{})
 	_, loc, _ := blobFixture(t, u, 300_000)
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
+	var flipper sync.WaitGroup
+	flipper.Go(func() {
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
@@ -260,11 +262,12 @@ func TestFaultsConcurrentFlips(t *testing.T) {
 			u.Faults.CutBlobsAfter(int64(i%3) * 100_000)
 			u.Faults.SlowBlobs(int64(i%2) << 30)
 			u.Faults.SetObjectStoreStatus(0)
-			time.Sleep(100 * time.Microsecond)
+			runtime.Gosched()
 		}
 	})
+	var readers sync.WaitGroup
 	for range 4 {
-		wg.Go(func() {
+		readers.Go(func() {
 			for range 5 {
 				resp, err := http.Get(loc)
 				if err == nil {
@@ -274,9 +277,9 @@ func TestFaultsConcurrentFlips(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(50 * time.Millisecond)
+	readers.Wait()
 	close(stop)
-	wg.Wait()
+	flipper.Wait()
 	if err := u.Faults.Reset(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,20 @@
+package dockerproxy
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// skipped is how far AdvanceClock has moved the caches' clock past the
+// real time.
+var skipped atomic.Int64
+
+func init() {
+	clock = func() time.Time { return time.Now().Add(time.Duration(skipped.Load())) }
+}
+
+// AdvanceClock moves the clock of every registry cache (tag_ttl, access
+// confirmations) forward by d: a tag goes stale without the test waiting.
+// The clock only ever moves forward, so tests that run later see it moved
+// too, as if they had run that much later.
+func AdvanceClock(d time.Duration) { skipped.Add(int64(d)) }
