@@ -16,12 +16,9 @@ import (
 	"go/build"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,6 +26,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
+
+	"github.com/caddy-dockerproxy/dockerproxy/internal/testproc"
 )
 
 // Credentials of every server Start runs.
@@ -47,9 +46,7 @@ type Server struct {
 	// what is in the bucket.
 	Client *s3.Client
 
-	cmd      *exec.Cmd
-	exited   chan struct{}
-	stopOnce sync.Once
+	proc *testproc.Process
 }
 
 // Binary returns the path of the minio binary, or "".
@@ -69,25 +66,8 @@ func Binary() string {
 // Start runs a server for t with an empty bucket and stops it at cleanup.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin := Binary()
-	if bin == "" {
-		msg := "no minio binary on PATH or in $GOPATH/bin (go install github.com/minio/minio@latest)"
-		if os.Getenv("DOCKER_PROXY_REQUIRE_MINIO") == "1" {
-			t.Fatalf("%s, and DOCKER_PROXY_REQUIRE_MINIO=1", msg)
-		}
-		t.Skip(msg + "; set DOCKER_PROXY_REQUIRE_MINIO=1 to fail instead")
-	}
-	var lastErr error
-	// Free ports picked beforehand may be taken meanwhile: try again.
-	for range 3 {
-		s, err := start(t, bin)
-		if err == nil {
-			return s
-		}
-		lastErr = err
-	}
-	t.Fatalf("testminio: %v", lastErr)
-	return nil
+	bin := testproc.Require(t, Binary(), "DOCKER_PROXY_REQUIRE_MINIO", "minio, on PATH or in $GOPATH/bin (go install github.com/minio/minio@latest)")
+	return testproc.Retry(t, "testminio", func() (*Server, error) { return start(t, bin) })
 }
 
 func start(t testing.TB, bin string) (*Server, error) {
@@ -108,26 +88,13 @@ func start(t testing.TB, bin string) (*Server, error) {
 		"MINIO_UPDATE=off",
 		"HOME="+dir, // its config and certs directory
 	)
-	log, err := os.Create(filepath.Join(dir, "minio.log"))
+	proc, err := testproc.Start(t, cmd, filepath.Join(dir, "minio.log"))
 	if err != nil {
 		return nil, err
 	}
-	defer log.Close()
-	cmd.Stdout, cmd.Stderr = log, log
-	setParentDeathSignal(cmd)
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %v", bin, err)
-	}
-	s := &Server{Endpoint: "http://" + addr, Bucket: "docker-proxy-test", cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(s.exited)
-	}()
-	t.Cleanup(s.Stop)
-	if err := s.waitReady(addr, 60*time.Second); err != nil {
-		s.Stop()
-		out, _ := os.ReadFile(filepath.Join(dir, "minio.log"))
-		return nil, fmt.Errorf("%v; its output:\n%s", err, out)
+	s := &Server{Endpoint: "http://" + addr, Bucket: "docker-proxy-test", proc: proc}
+	if err := proc.WaitReady(s.Endpoint+"/minio/health/ready", 60*time.Second); err != nil {
+		return nil, err
 	}
 	s.Client = s3.New(s3.Options{
 		Region:       "us-east-1",
@@ -154,43 +121,9 @@ func start(t testing.TB, bin string) (*Server, error) {
 	}
 }
 
-// waitReady polls the readiness endpoint until the server answers 200.
-func (s *Server) waitReady(addr string, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	client := &http.Client{Timeout: 2 * time.Second}
-	for {
-		select {
-		case <-s.exited:
-			return errors.New("minio exited before it was ready")
-		default:
-		}
-		resp, err := client.Get("http://" + addr + "/minio/health/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("minio not ready on %s within %v (last: %v)", addr, within, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// Stop stops the server (the process Start started) and waits for it to
-// exit. Calling it more than once is fine.
-func (s *Server) Stop() {
-	s.stopOnce.Do(func() {
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.exited:
-		case <-time.After(10 * time.Second):
-			_ = s.cmd.Process.Kill()
-			<-s.exited
-		}
-	})
-}
+// Stop stops the server and waits for it to exit. Calling it more than
+// once is fine.
+func (s *Server) Stop() { s.proc.Stop() }
 
 // Objects lists the names of the objects under prefix.
 func (s *Server) Objects(t testing.TB, prefix string) []string {

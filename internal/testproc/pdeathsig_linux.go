@@ -1,4 +1,4 @@
-package testminio
+package testproc
 
 import (
 	"os/exec"

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package testdistribution
+package testproc
 
 import "os/exec"
 
