@@ -161,8 +161,8 @@ func (h *Handler) provisionCache(remote *sharedRemote) (*registry.Cache, *tokena
 		}
 		return &dirCache{
 			store:     s,
-			verdicts:  tokenauth.NewConfirmations(offlineWindow),
-			accepted:  tokenauth.NewConfirmations(offlineWindow),
+			verdicts:  tokenauth.NewConfirmations(tokenauth.OfflineWindow),
+			accepted:  tokenauth.NewConfirmations(tokenauth.OfflineWindow),
 			remoteKey: remoteKey,
 		}, nil
 	})

@@ -94,13 +94,6 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// offlineWindow is how long what the upstream confirmed stays usable
-// while it cannot be asked. The token endpoint and the confirmations of
-// each directory's store take it from here; package registry reads those
-// confirmations with a window of its own (offlineAccessWindow), which it
-// does not take from here and which must stay the same.
-const offlineWindow = 24 * time.Hour
-
 // defaultTagTTL is how long a tag is served from the cache unasked.
 const defaultTagTTL = 5 * time.Minute
 
@@ -195,7 +188,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.proxy = &registry.Proxy{
 		Router:   router,
 		Upstream: upstreamClient,
-		Auth:     &tokenauth.Endpoint{Sealer: sealer, Fetcher: tokens, Accepted: accepted, OfflineWindow: offlineWindow, Logger: h.logger},
+		Auth:     &tokenauth.Endpoint{Sealer: sealer, Fetcher: tokens, Accepted: accepted, Logger: h.logger},
 		Cache:    cache,
 		Logger:   h.logger,
 		Scheme:   clientScheme,

@@ -188,7 +188,7 @@ func (c *pull) checkAccess(d digest.Digest) (bool, *http.Response, error) {
 	// confirmed does.
 	confirmedBefore := func() bool {
 		client := clientOwn(c.grant)
-		return client != "" && cache.confirmedWithin(client, c.t, c.path.Name, d, offlineAccessWindow)
+		return client != "" && cache.confirmedWithin(client, c.t, c.path.Name, d, tokenauth.OfflineWindow)
 	}
 	ctx, stop := detached(c.r.Context(), revalidationTimeout)
 	defer stop()
@@ -276,11 +276,6 @@ func isRefusal(req APIPath, status int) bool {
 }
 
 // confirmationTTL is how long a client identity's access to a repository,
-// checked with the upstream, is trusted without asking again;
-// offlineAccessWindow is how long it still counts when the upstream cannot
-// be asked (stale-if-error for access, as for tags). It matches the token
-// endpoint's offline window.
-const (
-	confirmationTTL     = time.Minute
-	offlineAccessWindow = 24 * time.Hour
-)
+// checked with the upstream, is trusted without asking again; while the
+// upstream cannot be asked, it counts for tokenauth.OfflineWindow.
+const confirmationTTL = time.Minute

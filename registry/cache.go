@@ -55,7 +55,7 @@ const memoryCacheSize = 32 << 20
 // with other caches over the same store; nil makes a private one.
 func NewCache(store *blobcache.Store, tagTTL time.Duration, confirmed *tokenauth.Confirmations) *Cache {
 	if confirmed == nil {
-		confirmed = tokenauth.NewConfirmations(offlineAccessWindow)
+		confirmed = tokenauth.NewConfirmations(tokenauth.OfflineWindow)
 	}
 	return &Cache{Store: store, TagTTL: tagTTL, memory: newMemoryCache(memoryCacheSize), confirmationTTL: confirmationTTL, Confirmed: confirmed}
 }

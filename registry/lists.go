@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
+	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
 // maxListSize bounds a list answer the proxy keeps; a bigger one (the tag
@@ -110,7 +111,7 @@ func (c *pull) serveKeptList(upstreamStatus int) (answered bool) {
 	if !ok {
 		return false
 	}
-	if !c.readConfirmed(rec.Digest, offlineAccessWindow) {
+	if !c.readConfirmed(rec.Digest, tokenauth.OfflineWindow) {
 		return false
 	}
 	h, ok := cache.lookup(rec.Digest)

@@ -7,10 +7,10 @@ import (
 	"strings"
 )
 
-// seedPrefixes is the host table of cloudflare-docker-proxy and
+// hostTable is the host table of cloudflare-docker-proxy and
 // go-docker-proxy: the first label(s) of a host under the configured domain,
 // and the upstream they serve.
-var seedPrefixes = map[string]string{
+var hostTable = map[string]string{
 	"docker":         DockerHub,
 	"docker-staging": DockerHub,
 	"quay":           "quay.io",
@@ -75,7 +75,7 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 		if domain == "" || strings.ContainsAny(domain, "/:* ") {
 			return nil, fmt.Errorf("domain %q: give a DNS name such as example.com", cfg.Domain)
 		}
-		for prefix, name := range seedPrefixes {
+		for prefix, name := range hostTable {
 			u, err := parse("domain", name)
 			if err != nil {
 				return nil, err

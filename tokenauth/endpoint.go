@@ -52,7 +52,7 @@ type Endpoint struct {
 	// a client keeps the access the upstream confirmed for it, served from
 	// the cache, and nothing more. Nil: a private one.
 	Accepted *Confirmations
-	// OfflineWindow defaults to 24h.
+	// Zero means the package's OfflineWindow.
 	OfflineWindow time.Duration
 	// Logger gets what clients are not told (internal addresses). Nil:
 	// no log.
@@ -72,8 +72,14 @@ func (e *Endpoint) offlineWindow() time.Duration {
 	if e.OfflineWindow > 0 {
 		return e.OfflineWindow
 	}
-	return 24 * time.Hour
+	return OfflineWindow
 }
+
+// OfflineWindow is how long what the upstream confirmed (credentials it
+// accepted, a client's access to content) stays usable while the upstream
+// cannot be asked: the proxy's stale-if-error for access, as tag records
+// are for tags.
+const OfflineWindow = 24 * time.Hour
 
 func (e *Endpoint) recordAccepted(subject string, now time.Time) {
 	e.accepted().Confirm(subject, now)
@@ -116,17 +122,6 @@ func (e *Endpoint) Identify(r *http.Request, upstreamID string) (Grant, error) {
 	}
 	g.Upstream = upstreamID
 	return g, nil
-}
-
-// ServeHTTP answers a token request (GET with Basic credentials, or an
-// OAuth2 password-grant POST as containerd sends) for the upstream up.
-func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request, up Upstream) {
-	treq, rerr := ParseRequest(r)
-	if rerr != nil {
-		rerr.Write(w)
-		return
-	}
-	e.Serve(w, r, treq, up)
 }
 
 // Serve answers a token request that ParseRequest accepted, for the

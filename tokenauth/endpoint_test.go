@@ -60,7 +60,11 @@ func (a tokenAnswer) errorCode() string {
 
 func serveToken(e *Endpoint, up Upstream, r *http.Request) tokenAnswer {
 	rec := httptest.NewRecorder()
-	e.ServeHTTP(rec, r, up)
+	if treq, rerr := ParseRequest(r); rerr != nil {
+		rerr.Write(rec)
+	} else {
+		e.Serve(rec, r, treq, up)
+	}
 	a := tokenAnswer{status: rec.Code, header: rec.Header(), raw: rec.Body.String()}
 	_ = json.Unmarshal(rec.Body.Bytes(), &a.body)
 	return a
