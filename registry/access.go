@@ -15,8 +15,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -199,6 +202,11 @@ func (c *pull) checkAccess(d digest.Digest) (bool, *http.Response, error) {
 	switch {
 	case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent:
 		drain(resp.Body)
+		if !isAnswerAbout(resp, d, cache.sizeOf(d)) {
+			// A 2xx about other content (a server that answers
+			// everything) says nothing of this one.
+			return confirmedBefore(), nil, fmt.Errorf("upstream's answer for %s names other content", d)
+		}
 		c.confirmRead(d)
 		return true, nil, nil
 	case refusedStatus(resp.StatusCode):
@@ -242,11 +250,27 @@ func (c *pull) askAccess(ctx context.Context, d digest.Digest) (*http.Response, 
 // definitive reports whether an answer to an access check says yes or no
 // for good: content served, or the registry's refusal.
 func definitive(status int) bool {
-	switch status {
-	case http.StatusOK, http.StatusPartialContent, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
-		return true
+	return status == http.StatusOK || status == http.StatusPartialContent || refusedStatus(status)
+}
+
+// isAnswerAbout reports whether a 2xx answer to an access check is about
+// content d of size bytes (size < 0: not known here): its
+// Docker-Content-Digest, where it sends one, names d; else its length
+// (Content-Length of a 200, the total of a 206's Content-Range) is size.
+// Registries send both on a HEAD, object stores the length; a server that
+// answers every path alike matches neither.
+func isAnswerAbout(resp *http.Response, d digest.Digest, size int64) bool {
+	if claimed := resp.Header.Get("Docker-Content-Digest"); claimed != "" {
+		return claimed == d.String()
 	}
-	return false
+	if size < 0 {
+		return true // nothing here to check it against
+	}
+	if resp.StatusCode == http.StatusPartialContent {
+		_, total, ok := strings.Cut(resp.Header.Get("Content-Range"), "/")
+		return ok && total == strconv.FormatInt(size, 10)
+	}
+	return resp.ContentLength == size
 }
 
 // writeRefusal answers a request the upstream refused for this identity:

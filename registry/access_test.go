@@ -49,7 +49,10 @@ func getAs(t *testing.T, srv *httptest.Server, method, host, path string) (*http
 //     nothing: its 307 is not an answer, the target's 404 is;
 //   - an upstream whose tag HEAD names the private manifest's digest
 //     unlocks nothing either: a tag's answer names a digest, it does not
-//     confirm access to what the cache holds under it.
+//     confirm access to what the cache holds under it;
+//   - an upstream that answers every HEAD (and every first-byte GET) with
+//     success unlocks nothing: its answer is about no content in
+//     particular (neither the digest nor the size is the entry's).
 func TestAccessNeedsTheRegistrysFinalAnswer(t *testing.T) {
 	ghcr := testupstream.Start(t, testupstream.Options{})
 	ghcr.SetPrivate("secret/app", "alice", "alice-pw")
@@ -76,10 +79,28 @@ func TestAccessNeedsTheRegistrysFinalAnswer(t *testing.T) {
 		WriteError(w, &Error{Status: http.StatusNotFound, Code: CodeManifestUnknown, Message: "not here"})
 	}))
 	t.Cleanup(tagNamer.Close)
+	everything := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Range") != "" {
+			w.Header().Set("Content-Range", "bytes 0-0/5")
+			w.WriteHeader(http.StatusPartialContent)
+			_, _ = io.WriteString(w, "x")
+			return
+		}
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Length", "5")
+			return
+		}
+		WriteError(w, &Error{Status: http.StatusNotFound, Code: CodeManifestUnknown, Message: "not here"})
+	}))
+	t.Cleanup(everything.Close)
 
-	for _, c := range []struct{ name, upstream string }{
-		{"an upstream that redirects everything", redirector.URL},
-		{"an upstream whose tag names the digest", tagNamer.URL},
+	for _, c := range []struct {
+		name, upstream string
+		refusal        int // the status of a refusal, or 0 for any error
+	}{
+		{"an upstream that redirects everything", redirector.URL, http.StatusNotFound},
+		{"an upstream whose tag names the digest", tagNamer.URL, http.StatusNotFound},
+		{"an upstream that answers every HEAD", everything.URL, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p, srv := newTestProxy(t, ghcr, time.Hour)
@@ -97,10 +118,11 @@ func TestAccessNeedsTheRegistrysFinalAnswer(t *testing.T) {
 				"/v2/anything/blobs/" + ld.String(),
 			} {
 				resp, body := getAs(t, srv, http.MethodGet, "other.test", path)
-				if resp.StatusCode == http.StatusOK || strings.Contains(string(body), string(raw)) {
+				switch {
+				case resp.StatusCode < 300 || strings.Contains(string(body), string(raw)):
 					t.Errorf("anonymous GET %s through %s = %d with %d bytes: cached private content served", path, c.name, resp.StatusCode, len(body))
-				} else if resp.StatusCode != http.StatusNotFound {
-					t.Errorf("anonymous GET %s through %s = %d, want 404", path, c.name, resp.StatusCode)
+				case c.refusal != 0 && resp.StatusCode != c.refusal:
+					t.Errorf("anonymous GET %s through %s = %d, want %d", path, c.name, resp.StatusCode, c.refusal)
 				}
 			}
 		})

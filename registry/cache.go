@@ -85,6 +85,18 @@ func (h *hit) Close() {
 	}
 }
 
+// sizeOf is the size of the cached entry d, or -1 when neither memory nor
+// the store holds it committed (a fill in progress).
+func (c *Cache) sizeOf(d digest.Digest) int64 {
+	if e, ok := c.memory.get(d); ok {
+		return int64(len(e.body))
+	}
+	if info, err := c.Store.Stat(d); err == nil {
+		return info.Size
+	}
+	return -1
+}
+
 // lookup finds d in memory or in the store.
 func (c *Cache) lookup(d digest.Digest) (*hit, bool) {
 	if e, ok := c.memory.get(d); ok {
