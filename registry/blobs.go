@@ -83,12 +83,10 @@ func (c *pull) fillBlob(trySharedTier bool) {
 		c.relay(resp, resultMiss)
 		return
 	}
-	// The upstream's answer for this digest: the proxy's own identity
-	// may read it, kept with the fill, so only if its bytes prove right.
-	// A client's own credentials are confirmed once they have (below).
-	if c.grant.Anonymous() {
-		c.confirmRead(d)
-	}
+	// The upstream's final answer for this digest: this identity may
+	// read it (the proxy's own kept with the fill, so only if its bytes
+	// prove right).
+	c.confirmRead(d)
 	up := c.t.up
 	src := blobcache.Source{Body: resp.Body, Size: resp.ContentLength, MediaType: blobMediaType(resp),
 		OnFailure: func(err error) { p.fillFailed(up, d, err) }}
@@ -109,11 +107,6 @@ func (c *pull) fillBlob(trySharedTier bool) {
 		return
 	}
 	c.serveFill(rd, resultMiss)
-	if !c.grant.Anonymous() {
-		// serveFill returned: its last byte went out after the digest
-		// was verified (a fill that fails aborts the response).
-		c.confirmRead(d)
-	}
 }
 
 // serveSharedBlob fills a blob from the shared tier, if it holds it, and
