@@ -39,7 +39,10 @@ func ParseScope(raw string) (Scope, error) {
 	if !scopeType.MatchString(s.Type) {
 		return Scope{}, fmt.Errorf("scope %q has an invalid resource type", raw)
 	}
-	if s.Type == "repository" || strings.HasPrefix(s.Type, "repository(") {
+	// Every type that starts as a repository's does is one here (the
+	// proxy normalises repository names by that prefix): its name must be
+	// a repository name.
+	if strings.HasPrefix(s.Type, "repository") {
 		if len(s.Name) > 255 || !scopeName.MatchString(s.Name) {
 			return Scope{}, fmt.Errorf("scope %q has an invalid repository name", raw)
 		}
