@@ -3,7 +3,7 @@ package helppage
 import (
 	"bytes"
 	"crypto/rand"
-	"embed"
+	_ "embed" // the built-in page
 	"encoding/base64"
 	"fmt"
 	"html/template"
@@ -56,23 +56,15 @@ type Page struct {
 }
 
 //go:embed page.html
-var builtin embed.FS
+var builtinPage string
 
 // Default returns the built-in page.
 func Default() *Page {
-	p, err := Parse(mustRead("page.html"))
+	p, err := Parse(builtinPage)
 	if err != nil {
 		panic("helppage: the built-in page does not render: " + err.Error())
 	}
 	return p
-}
-
-func mustRead(name string) string {
-	b, err := builtin.ReadFile(name)
-	if err != nil {
-		panic(err)
-	}
-	return string(b)
 }
 
 // Parse makes a page of an html/template text, which is executed with a
