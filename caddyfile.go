@@ -63,6 +63,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		transport <module> {
 //			...
 //		}
+//		page off | <template file>
 //	}
 //
 // An <upstream> is a well-known registry name (docker.io, ghcr.io, quay.io,
@@ -108,6 +109,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //     http.reverse_proxy.transport module and its block, exactly as in
 //     reverse_proxy: "transport http" with dial_timeout, versions, tls_*,
 //     keepalive and so on.
+//   - page is what a browser gets at GET / of a routed host: by default a
+//     page made for that host (its registries, host names and client
+//     snippets); "page off" gives browsers the redirect to /v2/ that
+//     every other client gets; "page <file>" renders the operator's own
+//     html/template instead (placeholders are expanded at provision).
 //
 // At least one of the default upstream, domain, route or fallback is
 // required. Every subdirective other than route, upstream and credentials
@@ -259,6 +265,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("module %s (%T) is not a RoundTripper", modID, unm)
 			}
 			h.TransportRaw = caddyconfig.JSONModuleObject(unm, "protocol", name, nil)
+
+		case "page":
+			page, err := parsePage(d, h.Page != nil)
+			if err != nil {
+				return err
+			}
+			h.Page = page
 
 		case "{":
 			return d.Errf("unexpected block: subdirectives other than cache and transport take none")

@@ -282,6 +282,20 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want: Handler{Fallback: "docker.io"},
 		},
 		{
+			name: "page off",
+			input: `docker_proxy docker.io {
+				page off
+			}`,
+			want: Handler{Upstream: "docker.io", Page: &PageConfig{Disabled: true}},
+		},
+		{
+			name: "page with a template",
+			input: `docker_proxy docker.io {
+				page {env.PAGE_TEMPLATE}
+			}`,
+			want: Handler{Upstream: "docker.io", Page: &PageConfig{Template: "{env.PAGE_TEMPLATE}"}},
+		},
+		{
 			name: "everything",
 			input: `docker_proxy docker.io {
 				domain example.com
@@ -555,6 +569,13 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"auth_key with two values", "docker_proxy docker.io {\n\tauth_key a b\n}", 2, []string{"wrong argument count", "'b'"}},
 		{"auth_key empty", "docker_proxy docker.io {\n\tauth_key \"\"\n}", 2, []string{"auth_key must not be empty"}},
 		{"auth_key repeated", "docker_proxy docker.io {\n\tauth_key a\n\tauth_key b\n}", 3, []string{"auth_key already specified"}},
+
+		// page
+		{"page without value", "docker_proxy docker.io {\n\tpage\n}", 2, []string{"wrong argument count", "'page'"}},
+		{"page with two values", "docker_proxy docker.io {\n\tpage off on\n}", 2, []string{"wrong argument count", "'on'"}},
+		{"page repeated", "docker_proxy docker.io {\n\tpage off\n\tpage /etc/page.html\n}", 3, []string{"page already specified"}},
+		{"page empty", "docker_proxy docker.io {\n\tpage \"\"\n}", 2, []string{"template file name must not be empty"}},
+		{"page with a block", "docker_proxy docker.io {\n\tpage off {\n\t\tfoo\n\t}\n}", 2, []string{"unexpected block"}},
 
 		// cache
 		{"cache repeated", "docker_proxy docker.io {\n\tcache off\n\tcache /tmp/c\n}", 3, []string{"cache already specified"}},

@@ -61,6 +61,10 @@ type Handler struct {
 	// http.reverse_proxy.transport module (default: http).
 	TransportRaw json.RawMessage `json:"transport,omitempty" caddy:"namespace=http.reverse_proxy.transport inline_key=protocol"`
 
+	// Page configures the page that browsers get at GET / (on by
+	// default): turned off, or the operator's own template.
+	Page *PageConfig `json:"page,omitempty"`
+
 	proxy    *registry.Proxy
 	cacheDir string    // the directory whose store this handler holds in the pool, if any
 	dirCache *dirCache // that directory's store
@@ -172,6 +176,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("auth_key: %w", err)
 	}
 
+	page, err := h.provisionPage(repl, router)
+	if err != nil {
+		return err
+	}
+
 	h.proxy = &registry.Proxy{
 		Router:   router,
 		Upstream: upstreamClient,
@@ -181,6 +190,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Scheme:   clientScheme,
 
 		OnFillFailure: h.metrics.fillFailed,
+		Page:          page,
 	}
 	return nil
 }
@@ -243,6 +253,9 @@ func (h *Handler) Validate() error {
 		if err := checkCredential(c, up.Name, given); err != nil {
 			return err
 		}
+	}
+	if err := h.Page.check(); err != nil {
+		return err
 	}
 	if c := h.Cache; c != nil {
 		if c.MaxSize < 0 {

@@ -27,6 +27,10 @@ type Proxy struct {
 	// OnFillFailure, if set, counts a blob fill that the upstream's body
 	// failed, by FillFailureReasons (for the handler's metrics).
 	OnFillFailure func(reason string)
+	// Page, if set, may answer a GET or HEAD of / on a routed host in
+	// place of the redirect to /v2/ (a page for browsers); it reports
+	// whether it did.
+	Page func(http.ResponseWriter, *http.Request) bool
 
 	// ownIdentities memoizes ownIdentity per upstream name: it is asked
 	// on every cache hit, and the configured credentials do not change.
@@ -84,6 +88,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, res *Result) {
 		return
 	}
 	if r.URL.Path == "/" || r.URL.Path == "" {
+		if p.Page != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) && p.Page(w, r) {
+			return
+		}
 		http.Redirect(w, r, "/v2/", http.StatusMovedPermanently)
 		return
 	}

@@ -61,6 +61,8 @@ for c in curl jq openssl; do
 	command -v $c >/dev/null || need_apt+=("$c")
 done
 command -v unshare >/dev/null || need_apt+=(util-linux)
+command -v chromium >/dev/null || need_apt+=(chromium)      # page.sh
+command -v certutil >/dev/null || need_apt+=(libnss3-tools) # page.sh: chromium's trust
 command -v timeout >/dev/null || need_apt+=(coreutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
 	[ "${E2E_SKIP_INSTALL:-}" = 1 ] && die "missing: ${need_apt[*]}"

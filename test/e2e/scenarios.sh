@@ -247,6 +247,10 @@ EOF
 check "caddy obtains certificates from pebble via ACME for the proxy host names" start_caddy
 kill -0 "$(pid_of caddy)" 2>/dev/null || die "caddy is not running; see $T/caddy/stdout.log"
 
+# The page browsers get; its registry-mirrors line configures dockerd below.
+. "$E2E_DIR/page.sh"
+page_scenario_browser
+
 # ---- containerd and dockerd ----
 # One containerd for ctr (namespace e2e) and dockerd (namespace moby), with
 # isolated content: dockerd 20.10 caches manifests in containerd's content
@@ -300,6 +304,7 @@ start_dockerd() {
   "registry-mirrors": ["https://$DH"]
 }
 EOF
+	page_daemon_json "$T/docker/daemon.json"
 	# No system roots for dockerd: only certs.d can make the proxy trusted.
 	SSL_CERT_FILE="$T/pki/empty.pem" SSL_CERT_DIR="$T/pki/empty" \
 		bg dockerd "$T/docker/dockerd.log" dockerd \
@@ -846,6 +851,8 @@ round() {
 	s5_cache_status
 	s6_seeds
 }
+
+page_scenario_pull # dockerd, configured by the page, pulls through it
 
 ROUND=1
 section "ROUND 1: upstreams up"
