@@ -193,7 +193,6 @@ func TestDeployCaddyfilesNeedTheirEnvironment(t *testing.T) {
 				}
 				err = caddy.Validate(&cfg)
 			}
-			t.Logf("without %s: %v", c.unset, err)
 			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
 				t.Errorf("without %s: %v, want an error about %s", c.unset, err, c.wantErr)
 			}
@@ -222,6 +221,52 @@ func TestDeployYAMLParses(t *testing.T) {
 			if err := docs[0].Decode(&compose); err != nil || len(compose.Services) == 0 {
 				t.Errorf("%s: not a compose file with services: %v", p, err)
 			}
+		}
+	}
+}
+
+// TestDeployComposeConfig has docker-compose (Debian's, the oldest that
+// users run) check each compose file against its schema, with the
+// variables its README says to set: unknown keys, wrong types and a
+// missing required variable fail.
+func TestDeployComposeConfig(t *testing.T) {
+	compose := testproc.Require(t, lookTool("docker-compose"), "DOCKER_PROXY_REQUIRE_COMPOSE", "docker-compose (Debian's docker-compose)")
+	for _, c := range []struct {
+		files []string
+		env   string
+	}{
+		{[]string{"deploy/compose/compose.yaml"}, ""},
+		{[]string{"deploy/compose/compose.yaml", "deploy/compose/compose.credentials.yaml"}, "DOCKERHUB_USER=someone\n"},
+		{[]string{"deploy/compose/shared/compose.yaml"},
+			"DOCKER_PROXY_AUTH_KEY=0123456789abcdef0123456789abcdef\nS3_ACCESS_KEY=docker-proxy\nS3_SECRET_KEY=minio-secret-key\n"},
+	} {
+		envFile := filepath.Join(t.TempDir(), "env")
+		if err := os.WriteFile(envFile, []byte(c.env), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"--env-file", envFile}
+		for _, f := range c.files {
+			args = append(args, "-f", f)
+		}
+		cmd := exec.Command(compose, append(args, "config", "-q")...)
+		// Only the env file speaks: none of the test's environment.
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("docker-compose %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		if c.env == "" {
+			continue
+		}
+		// Without the variables it requires, it refuses to start.
+		empty := filepath.Join(t.TempDir(), "env")
+		if err := os.WriteFile(empty, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args[1] = empty
+		cmd = exec.Command(compose, append(args, "config", "-q")...)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "set ") {
+			t.Errorf("%s without its variables: %v %s, want a refusal naming what to set", c.files[len(c.files)-1], err, out)
 		}
 	}
 }
