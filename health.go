@@ -18,36 +18,36 @@ import (
 // 404), so no client can have relied on it.
 const HealthPath = "/healthz"
 
-// health is the body of a HealthPath answer. Cache is "open", "off" (cache
-// off: nothing to be healthy), "unavailable" (the directory could not be
-// opened at start: every request goes to the upstream), "closed" or
+// healthState is the body of a HealthPath answer. Cache is "open", "off"
+// (cache off: nothing to be healthy), "unavailable" (the directory could
+// not be opened at start: every request goes to the upstream), "closed" or
 // "disk_error" (a recent disk error: requests pass through uncached while
 // it lasts). It names no directory, error or upstream: the endpoint is
 // public, as every path of the site is.
-type health struct {
+type healthState struct {
 	Status string `json:"status"` // "ok" or "unavailable"
 	Cache  string `json:"cache"`
 }
 
 // health tells the handler's health and the HTTP status that says it: 200
 // when it serves with its cache as configured, 503 otherwise.
-func (h *Handler) health() (health, int) {
+func (h *Handler) health() (healthState, int) {
 	switch {
 	case h.proxy == nil:
-		return health{Status: "unavailable", Cache: "unavailable"}, http.StatusServiceUnavailable
+		return healthState{Status: "unavailable", Cache: "unavailable"}, http.StatusServiceUnavailable
 	case h.Cache != nil && h.Cache.Disabled:
-		return health{Status: "ok", Cache: "off"}, http.StatusOK
+		return healthState{Status: "ok", Cache: "off"}, http.StatusOK
 	case h.dirCache == nil:
-		return health{Status: "unavailable", Cache: "unavailable"}, http.StatusServiceUnavailable
+		return healthState{Status: "unavailable", Cache: "unavailable"}, http.StatusServiceUnavailable
 	}
 	if err := h.dirCache.store.Available(); err != nil {
 		state := "disk_error"
 		if errors.Is(err, blobcache.ErrClosed) {
 			state = "closed"
 		}
-		return health{Status: "unavailable", Cache: state}, http.StatusServiceUnavailable
+		return healthState{Status: "unavailable", Cache: state}, http.StatusServiceUnavailable
 	}
-	return health{Status: "ok", Cache: "open"}, http.StatusOK
+	return healthState{Status: "ok", Cache: "open"}, http.StatusOK
 }
 
 // serveHealth answers a request for HealthPath. It reports whether it did:
