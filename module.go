@@ -295,6 +295,9 @@ func clientScheme(r *http.Request) string {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	h.inFlight.begin()
 	defer h.inFlight.end()
+	if h.serveHealth(w, r) {
+		return nil // a probe: not a registry response, not counted
+	}
 	res := h.proxy.Serve(w, r)
 	h.metrics.observe(res.Outcome)
 	return nil

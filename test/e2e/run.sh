@@ -56,6 +56,7 @@ command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v skopeo >/dev/null || need_apt+=(skopeo)
 command -v podman >/dev/null || need_apt+=(podman)
 command -v containerd >/dev/null || need_apt+=(containerd)
+command -v docker-compose >/dev/null || need_apt+=(docker-compose) # deploy.sh
 command -v ctr >/dev/null || need_apt+=(containerd)
 for c in curl jq openssl; do
 	command -v $c >/dev/null || need_apt+=("$c")

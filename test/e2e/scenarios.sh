@@ -858,6 +858,10 @@ ROUND=1
 section "ROUND 1: upstreams up"
 round
 
+# deploy/compose/compose.yaml, while the upstreams are up (deploy.sh).
+. "$E2E_DIR/deploy.sh"
+deploy_compose
+
 ROUND=2
 scenario "r2/offline" "stop the upstreams (both registries and the token server), clear the clients"
 stop registry_hub
