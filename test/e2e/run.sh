@@ -194,9 +194,16 @@ if [ ! -e /var/lib/containers ]; then
 	mkdir /var/lib/containers
 	CREATED_VLC=1
 fi
+# In a private network namespace the proxy's names point at an address that
+# is not loopback (scenarios.sh adds it to lo there): dockerd takes every
+# registry on 127.0.0.0/8 for an insecure one, skips verifying its
+# certificate and ignores its certs.d directory (the client certificate
+# included). On the host network, loopback is all there is.
+if [ "$NETNS" = 1 ]; then PROXY_ADDR=10.203.0.1; else PROXY_ADDR=127.0.0.1; fi
+export PROXY_ADDR
 {
 	cat /etc/hosts
-	echo "127.0.0.1 docker.example.test ghcr.example.test mirror.example.test unknown.example.test"
+	echo "$PROXY_ADDR docker.example.test ghcr.example.test mirror.example.test unknown.example.test"
 } >"$T/hosts"
 # /run is a fresh tmpfs there: podman and friends keep run-time state in
 # /run/containers whatever their flags say.

@@ -30,6 +30,7 @@ BIG_MIB=${E2E_BIG_MIB:-200}
 
 if [ "$NETNS" = 1 ]; then
 	ip link set lo up || die "cannot bring up lo in the network namespace"
+	ip addr add "$PROXY_ADDR/32" dev lo || die "cannot add $PROXY_ADDR to lo in the network namespace"
 fi
 mapfile -t P < <(freeports 9) || die "freeports"
 PEBBLE_PORT=${P[0]} PEBBLE_MGMT=${P[1]} TOKEN_PORT=${P[2]} HUB_PORT=${P[3]} GHCR_PORT=${P[4]}
@@ -317,6 +318,23 @@ EOF
 	"$DOCKER" info -f 'mirrors: {{json .RegistryConfig.Mirrors}}' >&2
 }
 check "dockerd starts with registry-mirrors [https://$DH]" start_dockerd
+
+# dockerd takes a registry on 127.0.0.0/8 for an insecure one and skips
+# verifying its certificate: the proxy's names point elsewhere in the
+# network namespace (PROXY_ADDR in run.sh), and this shows that dockerd
+# verifies them. Without the CA in certs.d the pull fails on the
+# certificate (and never reaches the proxy's handler).
+docker_verifies_the_certificate() {
+	local out rc=1
+	mv "/etc/docker/certs.d/$DH/ca.crt" "$T/docker/ca.crt.aside" || return 1
+	out=$("$DOCKER" pull "$DH/team/app:1" 2>&1) || rc=0
+	mv "$T/docker/ca.crt.aside" "/etc/docker/certs.d/$DH/ca.crt" || return 1
+	log "  without the CA in certs.d: $out"
+	[ "$rc" = 0 ] && [[ "$out" == *"certificate"* ]]
+}
+if [ "$NETNS" = 1 ]; then
+	check "dockerd verifies the proxy's certificate (refused without the CA)" docker_verifies_the_certificate
+fi
 
 # ---- client configuration -------------------------------------------------------------
 
