@@ -205,3 +205,38 @@ func TestConcurrentChecksAreBounded(t *testing.T) {
 		t.Errorf("comparisons = %d, want 2", got)
 	}
 }
+
+// A slowed-down address is refused before it takes a place in the queue:
+// its flood cannot crowd out other clients' logins.
+func TestSlowedAddressTakesNoPlaceInTheQueue(t *testing.T) {
+	cmp := &counter{}
+	clk := &clock{now: time.Unix(1e9, 0)}
+	c := newTestChecker(cmp, clk, Options{Concurrent: 1, Waiting: 1, FreeFailures: 1})
+	ctx := context.Background()
+	for range 2 {
+		_, _ = c.Check(ctx, "203.0.113.9", "alice", "guess")
+	}
+	// Another client's checks now hold the slot and the waiting place.
+	cmp.gate, cmp.started = make(chan struct{}), make(chan struct{}, 10)
+	results := make(chan error, 2)
+	for i := range 2 {
+		go func() {
+			_, err := c.Check(ctx, "192.0.2."+string(rune('1'+i)), "alice", "alice-pass")
+			results <- err
+		}()
+	}
+	<-cmp.started
+	for len(c.waiting) < 2 {
+		runtime.Gosched()
+	}
+	var slow *SlowDownError
+	if _, err := c.Check(ctx, "203.0.113.9", "alice", "guess"); !errors.As(err, &slow) {
+		t.Errorf("the slowed address, with the queue full: %v, want a SlowDownError", err)
+	}
+	close(cmp.gate)
+	for range 2 {
+		if err := <-results; err != nil {
+			t.Error(err)
+		}
+	}
+}
