@@ -1,10 +1,23 @@
 package dockerproxy
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddy-dockerproxy/dockerproxy/registry"
@@ -132,5 +145,94 @@ func TestValidateGates(t *testing.T) {
 				t.Fatalf("Validate() = %v, want an error with %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// The complete Caddyfile of the README's "Who may use the proxy" adapts
+// and passes Caddy's validation, every module provisioned (its client CA
+// file made here), and its sites have the gates it describes.
+func TestReadmeGatesCaddyfileValidates(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## Who may use the proxy\n")
+	if !ok {
+		t.Fatal("README has no section \"Who may use the proxy\"")
+	}
+	_, block, ok := strings.Cut(section, "```caddyfile\n")
+	block, _, ok2 := strings.Cut(block, "```")
+	if !ok || !ok2 {
+		t.Fatal("no caddyfile block in the section")
+	}
+	dir := t.TempDir()
+	t.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	t.Setenv("DOCKERHUB_USER", "hubuser")
+	t.Setenv("DOCKERHUB_TOKEN", "hub-token")
+	t.Setenv("CI_PASSWORD_HASH", aliceHash)
+	caPath := filepath.Join(dir, "client-ca.pem")
+	writeTestCA(t, caPath)
+	if !strings.Contains(block, "/etc/caddy/client-ca.pem") {
+		t.Fatal("the block names no client CA file")
+	}
+	block = strings.ReplaceAll(block, "/etc/caddy/client-ca.pem", caPath)
+	block = strings.Replace(block, "{\n\temail ops@example.com\n}", "{\n\temail ops@example.com\n\tskip_install_trust\n\tadmin off\n}", 1)
+
+	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(block), nil)
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	for _, w := range warnings {
+		t.Errorf("warning: %s", w.Message)
+	}
+	var full caddy.Config
+	if err := json.Unmarshal(cfg, &full); err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Validate(&full); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	var v any
+	_ = json.Unmarshal(cfg, &v)
+	handlers := findHandlers(v, "docker_proxy")
+	if len(handlers) != 3 {
+		t.Fatalf("%d docker_proxy handlers, want 3", len(handlers))
+	}
+	withUsers, withRules := 0, 0
+	for _, h := range handlers {
+		if h["users"] != nil {
+			withUsers++
+		}
+		if h["rules"] != nil {
+			withRules++
+		}
+	}
+	if withUsers != 1 || withRules != 3 {
+		t.Errorf("%d handlers with users (want 1), %d with rules (want 3)", withUsers, withRules)
+	}
+	if !strings.Contains(string(cfg), `"client_authentication"`) || !strings.Contains(string(cfg), `"client_ip"`) {
+		t.Error("the config has no client certificate or client_ip gate")
+	}
+}
+
+// writeTestCA writes a self-signed CA certificate (PEM) to path.
+func writeTestCA(t *testing.T, path string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test client CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -290,3 +290,42 @@ func TestRepositoryRules(t *testing.T) {
 		t.Errorf("crane-like pull of other/app: %v, want 403 DENIED", err)
 	}
 }
+
+// The network gate as the README writes it: Caddy's client_ip matcher and
+// abort in front of the handler. A client from a listed address pulls; one
+// from elsewhere gets no HTTP answer at all.
+func TestNetworkGateWithClientIP(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{Service: "registry.docker.io"})
+	img := up.PushRandomImage(t, "team/app", "v1", 1, 1024)
+	e := startProxy(t, up, `http://:{PORT} {
+	@outside not client_ip 127.0.0.2/32
+	abort @outside
+	docker_proxy docker.io {
+		upstream docker.io {UPSTREAM}
+		cache off
+	}
+}`)
+	ref := e.ref("docker.example.test", "team/app:v1")
+	up.Counters.Reset()
+	_, err := remote.Image(ref, e.remoteOptions(nil)...)
+	if err == nil {
+		t.Fatal("a client from 127.0.0.1 pulled through a site open to 127.0.0.2 only")
+	}
+	var te *transport.Error
+	if errors.As(err, &te) {
+		t.Fatalf("a client from 127.0.0.1 got an HTTP answer (%v), want the connection closed", err)
+	}
+	if n := up.Counters.RegistryRequests(); n != 0 {
+		t.Errorf("the refused client cost the upstream %d requests", n)
+	}
+
+	inside := e.transport.Clone()
+	inside.DialContext = (&netDialer{local: "127.0.0.2"}).dialTo("127.0.0.1:" + e.port)
+	got, err := remote.Image(ref, remote.WithTransport(inside))
+	if err != nil {
+		t.Fatalf("a client from 127.0.0.2: %v", err)
+	}
+	if err := testupstream.SameImage(got, img); err != nil {
+		t.Fatal(err)
+	}
+}

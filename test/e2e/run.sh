@@ -193,7 +193,11 @@ if [ ! -e /var/lib/containers ]; then
 fi
 {
 	cat /etc/hosts
-	echo "127.0.0.1 docker.example.test ghcr.example.test mirror.example.test unknown.example.test"
+	echo "127.0.0.1 docker.example.test ghcr.example.test mirror.example.test unknown.example.test private.example.test"
+	# dockerd takes every host on 127.0.0.0/8 as insecure and then reads
+	# no client certificate from certs.d: in the namespace, the mTLS host
+	# has an address of its own (access.sh adds it to lo).
+	if [ "$NETNS" = 1 ]; then echo "192.0.2.10 mtls.example.test"; else echo "127.0.0.1 mtls.example.test"; fi
 } >"$T/hosts"
 # /run is a fresh tmpfs there: podman and friends keep run-time state in
 # /run/containers whatever their flags say.
