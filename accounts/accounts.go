@@ -35,11 +35,14 @@ type Options struct {
 	// VerifiedFor is how long a verified password is recognised without
 	// a hash check. Default 5 minutes.
 	VerifiedFor time.Duration
-	// Concurrent is how many hash checks run at once. Default: half the
-	// usable CPUs, at least one.
+	// Concurrent is how many hash checks of addresses without failures
+	// run at once (addresses with failures on record get one more, in a
+	// lane of their own). Default: half the usable CPUs, at least one.
 	Concurrent int
-	// Waiting is how many checks may wait for a turn; more are refused as
-	// busy. Default 8 per concurrent check.
+	// Waiting is how many checks may wait for a turn or run; more are
+	// refused as busy. Default 8 per concurrent check. Checks from one
+	// address run one at a time, and its others wait apart (at most
+	// addressWaiting of them; more are told to slow down).
 	Waiting int
 	// FreeFailures is how many wrong passwords an address may send before
 	// it is slowed down. Default 5.
@@ -64,8 +67,9 @@ type Checker struct {
 	mu       sync.Mutex
 	verified map[[32]byte]time.Time // digest of name and password -> until
 
-	slots   chan struct{}
-	waiting chan struct{}
+	slots        chan struct{} // turns of addresses without failures
+	suspectSlots chan struct{} // turns of addresses with failures on record
+	waiting      chan struct{}
 
 	addrs *addresses
 }
@@ -119,8 +123,11 @@ func New(users []User, decoy User, opts Options) *Checker {
 		opts:     opts,
 		verified: make(map[[32]byte]time.Time),
 		slots:    make(chan struct{}, opts.Concurrent),
-		waiting:  make(chan struct{}, opts.Waiting+opts.Concurrent),
-		addrs:    newAddresses(),
+		// One at a time: an address that failed before is most likely
+		// guessing, and gets no more than one core.
+		suspectSlots: make(chan struct{}, 1),
+		waiting:      make(chan struct{}, opts.Waiting+opts.Concurrent),
+		addrs:        newAddresses(),
 	}
 	for _, u := range users {
 		c.users[u.Name] = u
@@ -144,37 +151,54 @@ func (c *Checker) Valid(name, tag string) bool {
 func (c *Checker) Check(ctx context.Context, addr, name, password string) (string, error) {
 	u, known := c.users[name]
 	digest := c.digest(name, password)
-	now := c.opts.Now()
-	if known && c.recentlyVerified(digest, now) {
+	if known && c.recentlyVerified(digest, c.opts.Now()) {
 		return u.Tag(), nil
 	}
 	group := addressGroup(addr)
-	if wait := c.addrs.wait(group, now, c.opts); wait > 0 {
+	if wait := c.addrs.wait(group, c.opts.Now()); wait > 0 {
 		return "", &SlowDownError{RetryAfter: wait}
 	}
 
-	// Wait for a turn, among a bounded number of waiters.
+	// One check at a time per address: the others from that address wait
+	// for it without a place in the queue, so that one address's flood
+	// cannot fill the queue.
+	release, err := c.addrs.enter(ctx, group)
+	if err != nil {
+		return "", err
+	}
+	defer release()
+	// The check this one waited for may have verified the same password,
+	// or failed and slowed the address down.
+	if known && c.recentlyVerified(digest, c.opts.Now()) {
+		return u.Tag(), nil
+	}
+	if wait := c.addrs.wait(group, c.opts.Now()); wait > 0 {
+		return "", &SlowDownError{RetryAfter: wait}
+	}
+
+	// Wait for a turn, among a bounded number of waiters. An address with
+	// failures on record takes its turns in a lane of its own, so that it
+	// never delays the logins of addresses without any.
 	select {
 	case c.waiting <- struct{}{}:
 	default:
 		return "", ErrBusy
 	}
 	defer func() { <-c.waiting }()
+	lane := c.slots
+	if c.addrs.failing(group, c.opts.Now()) {
+		lane = c.suspectSlots
+	}
 	select {
-	case c.slots <- struct{}{}:
+	case lane <- struct{}{}:
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
-	defer func() { <-c.slots }()
-
-	// The address may have failed while this check waited, and another
-	// check may have verified the same password.
-	now = c.opts.Now()
-	if known && c.recentlyVerified(digest, now) {
+	defer func() { <-lane }()
+	// Another address's check may have verified the same password
+	// while this one waited.
+	if known && c.recentlyVerified(digest, c.opts.Now()) {
 		return u.Tag(), nil
-	}
-	if wait := c.addrs.wait(group, now, c.opts); wait > 0 {
-		return "", &SlowDownError{RetryAfter: wait}
 	}
 
 	subject := u
@@ -182,7 +206,7 @@ func (c *Checker) Check(ctx context.Context, addr, name, password string) (strin
 		subject = c.decoy
 	}
 	ok, err := subject.Compare(subject.Hash, []byte(password))
-	now = c.opts.Now()
+	now := c.opts.Now()
 	if err != nil || !ok || !known {
 		c.addrs.failed(group, now, c.opts)
 		return "", ErrRefused

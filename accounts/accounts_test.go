@@ -240,3 +240,113 @@ func TestSlowedAddressTakesNoPlaceInTheQueue(t *testing.T) {
 		}
 	}
 }
+
+// gatedCounter holds the comparisons of one password until released.
+type gatedCounter struct {
+	counter
+	held    string
+	release chan struct{}
+}
+
+func (g *gatedCounter) compare(hash, password []byte) (bool, error) {
+	if string(password) == g.held {
+		g.started <- struct{}{}
+		<-g.release
+	}
+	return g.counter.compare(hash, password)
+}
+
+func newGatedChecker(g *gatedCounter, opts Options) *Checker {
+	clk := &clock{now: time.Unix(1e9, 0)}
+	opts.Now = clk.Now
+	users := []User{{Name: "alice", Hash: []byte("hash:alice-pass"), Compare: g.compare}}
+	return New(users, User{Hash: []byte("hash:decoy"), Compare: g.compare}, opts)
+}
+
+// receive waits for a value, failing after a generous minute (a way to
+// detect a check that never comes, never a timing assertion).
+func receive[T any](t *testing.T, what string, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(time.Minute):
+		t.Fatalf("no %s", what)
+		panic("unreachable")
+	}
+}
+
+// One address's checks run one at a time, and only a few wait: a flood
+// from one address holds at most one place in the queue.
+func TestOneCheckAtATimePerAddress(t *testing.T) {
+	g := &gatedCounter{held: "guess", release: make(chan struct{})}
+	g.started = make(chan struct{}, 100)
+	c := newGatedChecker(g, Options{Concurrent: 4, Waiting: 100, FreeFailures: 100})
+	ctx := context.Background()
+	results := make(chan error, 100)
+	for range 1 + addressWaiting {
+		go func() {
+			_, err := c.Check(ctx, "203.0.113.9", "alice", "guess")
+			results <- err
+		}()
+	}
+	receive(t, "first comparison", g.started)
+	// The others wait for the address's turn, outside the queue.
+	for {
+		c.addrs.mu.Lock()
+		n := c.addrs.turns["203.0.113.9"].waiting
+		c.addrs.mu.Unlock()
+		if n == 1+addressWaiting {
+			break
+		}
+		runtime.Gosched()
+	}
+	if n := len(c.waiting); n != 1 {
+		t.Errorf("one address holds %d places in the queue, want 1", n)
+	}
+	var slow *SlowDownError
+	if _, err := c.Check(ctx, "203.0.113.9", "alice", "guess"); !errors.As(err, &slow) {
+		t.Errorf("one more check from the address: %v, want a SlowDownError", err)
+	}
+	if n := len(g.started); n != 0 {
+		t.Errorf("%d more comparisons of the address started while one ran", n)
+	}
+	close(g.release)
+	for range 1 + addressWaiting {
+		if err := receive(t, "result", results); !errors.Is(err, ErrRefused) {
+			t.Errorf("check: %v", err)
+		}
+	}
+}
+
+// An address with failures on record has its own lane: while it holds
+// that lane, an address without failures still gets its turn at once,
+// even with one turn for such addresses in all.
+func TestFailingAddressHasItsOwnLane(t *testing.T) {
+	g := &gatedCounter{held: "guess", release: make(chan struct{})}
+	g.started = make(chan struct{}, 100)
+	c := newGatedChecker(g, Options{Concurrent: 1, Waiting: 10, FreeFailures: 100})
+	ctx := context.Background()
+	go func() { _, _ = c.Check(ctx, "203.0.113.9", "alice", "nope") }() // a first failure, not held
+	for !c.addrs.failing("203.0.113.9", c.opts.Now()) {
+		runtime.Gosched()
+	}
+	guessing := make(chan error, 1)
+	go func() {
+		_, err := c.Check(ctx, "203.0.113.9", "alice", "guess")
+		guessing <- err
+	}()
+	receive(t, "the failing address's comparison", g.started)
+	fresh := make(chan error, 1)
+	go func() {
+		_, err := c.Check(ctx, "192.0.2.1", "alice", "alice-pass")
+		fresh <- err
+	}()
+	if err := receive(t, "the clean address's login while the failing one held its lane", fresh); err != nil {
+		t.Fatal(err)
+	}
+	close(g.release)
+	if err := receive(t, "the failing address's result", guessing); !errors.Is(err, ErrRefused) {
+		t.Fatal(err)
+	}
+}

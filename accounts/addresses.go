@@ -1,6 +1,7 @@
 package accounts
 
 import (
+	"context"
 	"net/netip"
 	"sync"
 	"time"
@@ -11,7 +12,19 @@ import (
 type addresses struct {
 	mu sync.Mutex
 	m  map[string]*failures
+	// turns holds the address groups with a check in progress: one at a
+	// time per group, and the number waiting for it.
+	turns map[string]*turn
 }
+
+type turn struct {
+	ch      chan struct{} // holds a value while a check runs
+	waiting int
+}
+
+// addressWaiting bounds the checks of one address that wait for its check
+// in progress.
+const addressWaiting = 4
 
 type failures struct {
 	count int
@@ -29,7 +42,49 @@ const (
 	maxAddresses = 1 << 16
 )
 
-func newAddresses() *addresses { return &addresses{m: make(map[string]*failures)} }
+func newAddresses() *addresses {
+	return &addresses{m: make(map[string]*failures), turns: make(map[string]*turn)}
+}
+
+// enter waits until group has no check in progress and makes this one
+// its check; release ends it. Too many waiting from one group are told to
+// slow down.
+func (a *addresses) enter(ctx context.Context, group string) (release func(), _ error) {
+	a.mu.Lock()
+	t := a.turns[group]
+	if t == nil {
+		t = &turn{ch: make(chan struct{}, 1)}
+		a.turns[group] = t
+	}
+	if t.waiting >= addressWaiting+1 {
+		a.mu.Unlock()
+		return nil, &SlowDownError{RetryAfter: time.Second}
+	}
+	t.waiting++
+	a.mu.Unlock()
+	leave := func() {
+		a.mu.Lock()
+		if t.waiting--; t.waiting == 0 {
+			delete(a.turns, group)
+		}
+		a.mu.Unlock()
+	}
+	select {
+	case t.ch <- struct{}{}:
+	case <-ctx.Done():
+		leave()
+		return nil, ctx.Err()
+	}
+	return func() { <-t.ch; leave() }, nil
+}
+
+// failing reports whether group has failures on record.
+func (a *addresses) failing(group string, now time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f := a.m[group]
+	return f != nil && now.Sub(f.last) <= forgetAfter
+}
 
 // addressGroup is the unit addresses are counted by: the address itself,
 // or its /64 for IPv6, which one client holds whole.
@@ -47,7 +102,7 @@ func addressGroup(addr string) string {
 }
 
 // wait is how long group must still wait before its next check.
-func (a *addresses) wait(group string, now time.Time, _ Options) time.Duration {
+func (a *addresses) wait(group string, now time.Time) time.Duration {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	f := a.m[group]
