@@ -241,16 +241,18 @@ func TestSlowedAddressTakesNoPlaceInTheQueue(t *testing.T) {
 	}
 }
 
-// gatedCounter holds the comparisons of one password until released.
+// gatedCounter holds the comparisons of one password until released;
+// heldStarted gets a value as each of them starts.
 type gatedCounter struct {
 	counter
-	held    string
-	release chan struct{}
+	held        string
+	heldStarted chan struct{}
+	release     chan struct{}
 }
 
 func (g *gatedCounter) compare(hash, password []byte) (bool, error) {
 	if string(password) == g.held {
-		g.started <- struct{}{}
+		g.heldStarted <- struct{}{}
 		<-g.release
 	}
 	return g.counter.compare(hash, password)
@@ -271,7 +273,7 @@ func receive[T any](t *testing.T, what string, ch <-chan T) T {
 	case v := <-ch:
 		return v
 	case <-time.After(time.Minute):
-		t.Fatalf("no %s", what)
+		t.Fatalf("waited a minute for %s", what)
 		panic("unreachable")
 	}
 }
@@ -279,8 +281,7 @@ func receive[T any](t *testing.T, what string, ch <-chan T) T {
 // One address's checks run one at a time, and only a few wait: a flood
 // from one address holds at most one place in the queue.
 func TestOneCheckAtATimePerAddress(t *testing.T) {
-	g := &gatedCounter{held: "guess", release: make(chan struct{})}
-	g.started = make(chan struct{}, 100)
+	g := &gatedCounter{held: "guess", heldStarted: make(chan struct{}, 100), release: make(chan struct{})}
 	c := newGatedChecker(g, Options{Concurrent: 4, Waiting: 100, FreeFailures: 100})
 	ctx := context.Background()
 	results := make(chan error, 100)
@@ -290,7 +291,7 @@ func TestOneCheckAtATimePerAddress(t *testing.T) {
 			results <- err
 		}()
 	}
-	receive(t, "first comparison", g.started)
+	receive(t, "first comparison", g.heldStarted)
 	// The others wait for the address's turn, outside the queue.
 	for {
 		c.addrs.mu.Lock()
@@ -308,7 +309,7 @@ func TestOneCheckAtATimePerAddress(t *testing.T) {
 	if _, err := c.Check(ctx, "203.0.113.9", "alice", "guess"); !errors.As(err, &slow) {
 		t.Errorf("one more check from the address: %v, want a SlowDownError", err)
 	}
-	if n := len(g.started); n != 0 {
+	if n := len(g.heldStarted); n != 0 {
 		t.Errorf("%d more comparisons of the address started while one ran", n)
 	}
 	close(g.release)
@@ -323,8 +324,7 @@ func TestOneCheckAtATimePerAddress(t *testing.T) {
 // that lane, an address without failures still gets its turn at once,
 // even with one turn for such addresses in all.
 func TestFailingAddressHasItsOwnLane(t *testing.T) {
-	g := &gatedCounter{held: "guess", release: make(chan struct{})}
-	g.started = make(chan struct{}, 100)
+	g := &gatedCounter{held: "guess", heldStarted: make(chan struct{}, 100), release: make(chan struct{})}
 	c := newGatedChecker(g, Options{Concurrent: 1, Waiting: 10, FreeFailures: 100})
 	ctx := context.Background()
 	go func() { _, _ = c.Check(ctx, "203.0.113.9", "alice", "nope") }() // a first failure, not held
@@ -336,7 +336,7 @@ func TestFailingAddressHasItsOwnLane(t *testing.T) {
 		_, err := c.Check(ctx, "203.0.113.9", "alice", "guess")
 		guessing <- err
 	}()
-	receive(t, "the failing address's comparison", g.started)
+	receive(t, "the failing address's comparison", g.heldStarted)
 	fresh := make(chan error, 1)
 	go func() {
 		_, err := c.Check(ctx, "192.0.2.1", "alice", "alice-pass")
