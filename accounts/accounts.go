@@ -45,7 +45,7 @@ type Options struct {
 	// addressWaiting of them; more are told to slow down).
 	Waiting int
 	// FreeFailures is how many wrong passwords an address may send before
-	// it is slowed down. Default 5.
+	// it is slowed down. Default 3.
 	FreeFailures int
 	// FirstDelay is the wait after the first failure beyond the free
 	// ones; it doubles with each further failure, up to MaxDelay.
@@ -72,6 +72,50 @@ type Checker struct {
 	waiting      chan struct{}
 
 	addrs *addresses
+	// clean counts the checks of addresses without failures that wait
+	// or run.
+	clean pending
+}
+
+// pending counts work in progress, and tells when there is none.
+type pending struct {
+	mu   sync.Mutex
+	n    int
+	none chan struct{} // closed while n == 0
+}
+
+func (p *pending) begin() {
+	p.mu.Lock()
+	if p.n == 0 {
+		p.none = make(chan struct{})
+	}
+	p.n++
+	p.mu.Unlock()
+}
+
+func (p *pending) end() {
+	p.mu.Lock()
+	if p.n--; p.n == 0 {
+		close(p.none)
+	}
+	p.mu.Unlock()
+}
+
+// idle waits until nothing is in progress.
+func (p *pending) idle(ctx context.Context) error {
+	p.mu.Lock()
+	if p.n == 0 {
+		p.mu.Unlock()
+		return nil
+	}
+	none := p.none
+	p.mu.Unlock()
+	select {
+	case <-none:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Errors of Check. Wrong passwords and unknown names are both ErrRefused:
@@ -106,7 +150,7 @@ func New(users []User, decoy User, opts Options) *Checker {
 		opts.Waiting = 8 * opts.Concurrent
 	}
 	if opts.FreeFailures <= 0 {
-		opts.FreeFailures = 5
+		opts.FreeFailures = 3
 	}
 	if opts.FirstDelay <= 0 {
 		opts.FirstDelay = time.Second
@@ -186,8 +230,12 @@ func (c *Checker) Check(ctx context.Context, addr, name, password string) (strin
 	}
 	defer func() { <-c.waiting }()
 	lane := c.slots
-	if c.addrs.failing(group, c.opts.Now()) {
+	suspect := c.addrs.failing(group, c.opts.Now())
+	if suspect {
 		lane = c.suspectSlots
+	} else {
+		c.clean.begin()
+		defer c.clean.end()
 	}
 	select {
 	case lane <- struct{}{}:
@@ -195,6 +243,14 @@ func (c *Checker) Check(ctx context.Context, addr, name, password string) (strin
 		return "", ctx.Err()
 	}
 	defer func() { <-lane }()
+	if suspect {
+		// It starts only while no address without failures waits or
+		// checks: a check cannot be stopped once it runs, so the
+		// guessing must not begin while others want the CPU.
+		if err := c.clean.idle(ctx); err != nil {
+			return "", err
+		}
+	}
 	// Another address's check may have verified the same password
 	// while this one waited.
 	if known && c.recentlyVerified(digest, c.opts.Now()) {

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -349,4 +350,39 @@ func TestFailingAddressHasItsOwnLane(t *testing.T) {
 	if err := receive(t, "the failing address's result", guessing); !errors.Is(err, ErrRefused) {
 		t.Fatal(err)
 	}
+}
+
+// A failing address's check starts only while no address without
+// failures waits or checks.
+func TestFailingAddressYieldsToOthers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := &gatedCounter{held: "alice-pass", heldStarted: make(chan struct{}, 10), release: make(chan struct{})}
+		c := newGatedChecker(g, Options{Concurrent: 1, Waiting: 10, FreeFailures: 100})
+		ctx := context.Background()
+		if _, err := c.Check(ctx, "203.0.113.9", "alice", "nope"); !errors.Is(err, ErrRefused) {
+			t.Fatal(err)
+		}
+		clean := make(chan error, 1)
+		go func() {
+			_, err := c.Check(ctx, "192.0.2.1", "alice", "alice-pass")
+			clean <- err
+		}()
+		<-g.heldStarted
+		guessing := make(chan error, 1)
+		go func() {
+			_, err := c.Check(ctx, "203.0.113.9", "alice", "guess")
+			guessing <- err
+		}()
+		synctest.Wait()
+		if n := g.calls.Load(); n != 1 {
+			t.Fatalf("%d comparisons, want 1 (the first failure): the guessing address compared while another's check ran", n)
+		}
+		close(g.release)
+		if err := <-clean; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-guessing; !errors.Is(err, ErrRefused) {
+			t.Fatal(err)
+		}
+	})
 }
