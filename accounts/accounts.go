@@ -58,6 +58,7 @@ type Options struct {
 // Checker verifies account passwords. It is safe for concurrent use.
 type Checker struct {
 	users map[string]User
+	tags  map[string]string // by name: checked on every request of a private site
 	// decoy is compared with for unknown names, so that an unknown name
 	// and a wrong password take the same time and say the same thing.
 	decoy User
@@ -173,8 +174,10 @@ func New(users []User, decoy User, opts Options) *Checker {
 		waiting:      make(chan struct{}, opts.Waiting+opts.Concurrent),
 		addrs:        newAddresses(),
 	}
+	c.tags = make(map[string]string, len(users))
 	for _, u := range users {
 		c.users[u.Name] = u
+		c.tags[u.Name] = u.Tag()
 	}
 	if _, err := rand.Read(c.key[:]); err != nil {
 		panic("accounts: no randomness: " + err.Error())
@@ -185,8 +188,8 @@ func New(users []User, decoy User, opts Options) *Checker {
 // Valid reports whether name is an account whose version is tag, as a
 // token issued by Check's caller names it.
 func (c *Checker) Valid(name, tag string) bool {
-	u, ok := c.users[name]
-	return ok && tag != "" && u.Tag() == tag
+	want, ok := c.tags[name]
+	return ok && tag != "" && want == tag
 }
 
 // Check verifies name and password for a client at addr (an IP address;
