@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -93,10 +94,10 @@ func TestAccountsGateEveryRequest(t *testing.T) {
 	if err := e.pullImage(ref, nil, img); !isStatus(err, http.StatusUnauthorized) {
 		t.Fatalf("anonymous pull: %v, want 401", err)
 	}
-	for _, wrong := range []*authn.Basic{{Username: "alice", Password: "bob-pass"}, {Username: "mallory", Password: "alice-pass"}} {
-		if err := e.pullImage(ref, wrong, img); !isStatus(err, http.StatusUnauthorized) {
-			t.Fatalf("pull as %s: %v, want 401", wrong.Username, err)
-		}
+	// Three failures from this address in all (the pull's and the two
+	// below), which it gets free: alice's login later is not slowed down.
+	if err := e.pullImage(ref, &authn.Basic{Username: "alice", Password: "bob-pass"}, img); !isStatus(err, http.StatusUnauthorized) {
+		t.Fatalf("pull as alice with bob's password: %v, want 401", err)
 	}
 	wrongPass, body1 := e.do("GET", "docker.example.test", "/v2/auth?scope=repository:team/app:pull", basicHeader("alice", "nope"))
 	unknownUser, body2 := e.do("GET", "docker.example.test", "/v2/auth?scope=repository:team/app:pull", basicHeader("mallory", "nope"))
@@ -327,5 +328,64 @@ func TestNetworkGateWithClientIP(t *testing.T) {
 	}
 	if err := testupstream.SameImage(got, img); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Repeated wrong passwords from one address are slowed down: 429
+// TOOMANYREQUESTS with Retry-After, without a hash check. A password
+// verified before still logs in from there, and other addresses are not
+// slowed.
+func TestAccountsSlowDownRepeatedFailures(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{Service: "registry.docker.io"})
+	e := startProxy(t, up, `http://:{PORT} {
+	docker_proxy docker.io {
+		upstream docker.io {UPSTREAM}
+		users {
+			alice `+aliceHash+`
+		}
+		cache off
+	}
+}`)
+	const auth = "/v2/auth?scope=repository:team/app:pull"
+	if resp, body := e.do("GET", "docker.example.test", auth, basicHeader("alice", "alice-pass")); resp.StatusCode != 200 {
+		t.Fatalf("alice: %d %s", resp.StatusCode, body)
+	}
+	// The wait after a failure doubles, so a 429 comes within a few
+	// tries however slow the machine.
+	var slowed *http.Response
+	var body string
+	for i := 0; i < 12 && slowed == nil; i++ {
+		resp, b := e.do("GET", "docker.example.test", auth, basicHeader("alice", fmt.Sprintf("guess-%d", i)))
+		switch resp.StatusCode {
+		case http.StatusUnauthorized:
+			if i >= 12-1 {
+				t.Fatalf("12 wrong passwords in a row, all answered 401")
+			}
+		case http.StatusTooManyRequests:
+			slowed, body = resp, b
+		default:
+			t.Fatalf("wrong password %d: %d %s", i, resp.StatusCode, b)
+		}
+	}
+	if slowed == nil {
+		t.Fatal("never slowed down")
+	}
+	if registryErrorCode(body) != "TOOMANYREQUESTS" || slowed.Header.Get("Retry-After") == "" {
+		t.Errorf("slowed down: %s, Retry-After %q; want TOOMANYREQUESTS and Retry-After", body, slowed.Header.Get("Retry-After"))
+	}
+	if resp, body := e.do("GET", "docker.example.test", auth, basicHeader("alice", "alice-pass")); resp.StatusCode != 200 {
+		t.Errorf("alice's verified password from the slowed address: %d %s", resp.StatusCode, body)
+	}
+	other := e.transport.Clone()
+	other.DialContext = (&netDialer{local: "127.0.0.3"}).dialTo("127.0.0.1:" + e.port)
+	req, _ := http.NewRequest("GET", e.url("docker.example.test", auth), nil)
+	req.SetBasicAuth("alice", "guess-other")
+	resp, err := (&http.Client{Transport: other}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a wrong password from another address: %d, want 401 (not slowed down)", resp.StatusCode)
 	}
 }
