@@ -47,6 +47,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		fallback <upstream>
 //		credentials [<upstream>] <username> <secret>
 //		auth_key <key>
+//		users {
+//			<name> <hash>
+//		}
+//		allow <upstream> <pattern>...
+//		deny <upstream> <pattern>...
 //		cache off
 //		cache [<dir>] {
 //			max_size <size>
@@ -91,6 +96,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //     expands to nothing (an unset variable) is an error then.
 //   - auth_key seals the tokens that /v2/auth hands out; every instance
 //     behind one load balancer needs the same key. Placeholders stay as written.
+//   - users makes the site private: every client logs in (docker login
+//     <host>) with one of these accounts; <hash> is what caddy
+//     hash-password prints (bcrypt or argon2id). Once, with one line per
+//     account. Upstream, clients are served with the proxy's own identity
+//     (credentials, or anonymous).
+//   - allow and deny say which repositories of <upstream> (one this
+//     handler serves) are served: globs on the repository name as the
+//     upstream knows it (library/alpine), * within a path component, **
+//     across them. A deny that matches wins; with allow lines for an
+//     upstream, a name must match one. Repeatable.
 //   - cache off proxies every request. Otherwise the cache is on; <dir> is
 //     its directory, max_size bounds it (50GiB, 500MB, 1073741824; 0 means
 //     unbounded) and tag_ttl (5m, 1h, 1d; must be positive) is how long a
@@ -116,8 +131,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //     html/template instead (placeholders are expanded at provision).
 //
 // At least one of the default upstream, domain, route or fallback is
-// required. Every subdirective other than route, upstream and credentials
-// may appear only once.
+// required. Every subdirective other than route, upstream, credentials,
+// allow and deny may appear only once.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.Next() { // consume directive name
 		return d.Err("expected the docker_proxy directive")
@@ -273,8 +288,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Page = page
 
+		case "users":
+			if err := h.parseUsers(d); err != nil {
+				return err
+			}
+
+		case "allow", "deny":
+			if err := h.parseRule(d); err != nil {
+				return err
+			}
+
 		case "{":
-			return d.Errf("unexpected block: subdirectives other than cache and transport take none")
+			return d.Errf("unexpected block: subdirectives other than users, cache and transport take none")
 		default:
 			return d.Errf("unknown subdirective '%s'", sub)
 		}
@@ -286,7 +311,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("docker_proxy needs an upstream: give a default upstream (docker_proxy <upstream>), " +
 			"or a domain, route or fallback subdirective")
 	}
-	return nil
+	return h.checkRuleUpstreams(d)
 }
 
 // singleArg reads the one argument of the subdirective in the current

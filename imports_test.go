@@ -11,7 +11,7 @@ import (
 // corePackages know nothing of Caddy (see ARCHITECTURE.md): they take
 // *http.Request, http.ResponseWriter, *zap.Logger and plain config structs,
 // so each is testable and usable alone. Only the root package adapts them.
-var corePackages = []string{"./registry/...", "./tokenauth/...", "./blobcache/...", "./netguard/...", "./helppage/..."}
+var corePackages = []string{"./registry/...", "./tokenauth/...", "./blobcache/...", "./netguard/...", "./helppage/...", "./accounts/..."}
 
 // TestCorePackagesImportNoCaddy checks that the core packages, and their
 // tests, import nothing of Caddy and not the root package, transitively.

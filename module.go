@@ -54,6 +54,13 @@ type Handler struct {
 	// stored once in Caddy's data directory (docker_proxy/auth.key).
 	AuthKey string `json:"auth_key,omitempty"`
 
+	// Users are the proxy's own accounts: with any, the site is private
+	// and every client logs in with one (users.go).
+	Users []User `json:"users,omitempty"`
+
+	// Rules say which repositories of each upstream the site serves.
+	Rules []registry.RuleConfig `json:"rules,omitempty"`
+
 	// Cache configures the blob and manifest cache (on by default).
 	Cache *CacheConfig `json:"cache,omitempty"`
 
@@ -149,6 +156,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		upstreamClient.Credentials[up.Name] = creds
 	}
 
+	accountChecker, err := h.accountChecker(repl)
+	if err != nil {
+		return err
+	}
+	rules, err := h.repositoryRules(router)
+	if err != nil {
+		return err
+	}
+
 	var cache *registry.Cache
 	var accepted *tokenauth.Confirmations
 	if h.Cache == nil || !h.Cache.Disabled {
@@ -191,6 +207,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 		OnFillFailure: h.metrics.fillFailed,
 		Page:          page,
+
+		Accounts:   accountChecker,
+		Rules:      rules,
+		ClientAddr: clientIP,
+		OnAccount:  setUserID,
 	}
 	return nil
 }
@@ -255,6 +276,9 @@ func (h *Handler) Validate() error {
 		}
 	}
 	if err := h.Page.check(); err != nil {
+		return err
+	}
+	if err := h.validateGates(); err != nil {
 		return err
 	}
 	if c := h.Cache; c != nil {

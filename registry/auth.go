@@ -108,11 +108,6 @@ func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request, t target) {
 	// The upstream as the token endpoint sees it: its realm's challenge and
 	// the rules for its scopes and credentials.
 	endpointUp := tokenauth.Upstream{ID: t.up.String()}
-	ch, err := p.Upstream.Challenge(r.Context(), t.up)
-	if err != nil {
-		endpointUp.Unreachable = err
-	}
-	endpointUp.Challenge = ch
 	if t.up.IsDockerHub() {
 		endpointUp.NormalizeScope = func(s tokenauth.Scope) tokenauth.Scope {
 			if strings.HasPrefix(s.Type, "repository") && !strings.Contains(s.Name, "/") {
@@ -121,6 +116,27 @@ func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request, t target) {
 			return s
 		}
 	}
+	if p.Accounts != nil {
+		// A private site: the credentials are a proxy account's. The
+		// token carries none upstream, so the upstream's challenge
+		// does not matter.
+		var ok bool
+		if treq, ok = p.loginAccount(w, r, treq); !ok {
+			return
+		}
+		if !p.refuseScopes(w, t, treq, endpointUp.NormalizeScope) {
+			p.Auth.Serve(w, r, treq, endpointUp)
+		}
+		return
+	}
+	if p.refuseScopes(w, t, treq, endpointUp.NormalizeScope) {
+		return
+	}
+	ch, err := p.Upstream.Challenge(r.Context(), t.up)
+	if err != nil {
+		endpointUp.Unreachable = err
+	}
+	endpointUp.Challenge = ch
 	endpointUp.CheckBasic = func(ctx context.Context, authorization string) error {
 		return p.Upstream.CheckBasic(ctx, t.up, authorization)
 	}

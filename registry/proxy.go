@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-dockerproxy/dockerproxy/accounts"
 	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
@@ -31,6 +32,17 @@ type Proxy struct {
 	// place of the redirect to /v2/ (a page for browsers); it reports
 	// whether it did.
 	Page func(http.ResponseWriter, *http.Request) bool
+
+	// Accounts, if set, makes the site private: every request needs a
+	// token of one of these proxy accounts (gates.go). Rules, if set,
+	// say which repositories of each upstream are served (rules.go).
+	Accounts *accounts.Checker
+	Rules    *Rules
+	// ClientAddr is the client's IP address (for slowing down failed
+	// logins); OnAccount learns which account a request is (for the
+	// access log). Either may be nil.
+	ClientAddr func(*http.Request) string
+	OnAccount  func(r *http.Request, account string)
 
 	// ownIdentities memoizes ownIdentity per upstream name: it is asked
 	// on every cache hit, and the configured credentials do not change.
@@ -123,8 +135,16 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, res *Result) {
 		p.writeChallenge(w, r, t, path, "invalid_token")
 		return
 	}
+	if p.Accounts != nil && !p.accountOf(r, grant) {
+		p.writeAccountChallenge(w, r, t, path)
+		return
+	}
 	if path.Kind == KindBase {
 		p.serveBase(w, r, t)
+		return
+	}
+	if rerr := p.Rules.Refuse(t.up, path.Name); rerr != nil {
+		WriteError(w, rerr)
 		return
 	}
 

@@ -137,7 +137,7 @@ func (e *Endpoint) Serve(w http.ResponseWriter, r *http.Request, treq TokenReque
 	}
 
 	now := time.Now()
-	grant := Grant{Upstream: up.ID, Scopes: scopes}
+	grant := Grant{Upstream: up.ID, Scopes: scopes, Account: treq.account, AccountTag: treq.accountTag}
 	if treq.creds != nil {
 		grant.Subject = e.Sealer.Subject(up.ID, *treq.creds)
 	}
@@ -241,6 +241,26 @@ func (e *Endpoint) offlineGrant(w http.ResponseWriter, grant *Grant, now time.Ti
 type TokenRequest struct {
 	scopes []Scope
 	creds  *Credentials
+	// account and accountTag name the proxy account the request's
+	// credentials were verified for (AsAccount).
+	account, accountTag string
+}
+
+// Scopes are the request's scopes, as the client sent them.
+func (t TokenRequest) Scopes() []Scope { return t.scopes }
+
+// Credentials are the Basic or password-grant credentials the client
+// sent, nil for none.
+func (t TokenRequest) Credentials() *Credentials { return t.creds }
+
+// AsAccount is the request of a client whose credentials were verified
+// as the proxy account name (of version tag): the token names the account
+// and carries no upstream credentials (the credentials were the proxy's,
+// and never go upstream).
+func (t TokenRequest) AsAccount(name, tag string) TokenRequest {
+	t.creds = nil
+	t.account, t.accountTag = name, tag
+	return t
 }
 
 // RequestError says why a token request is malformed.
@@ -362,6 +382,10 @@ func registryCode(status int) string {
 	switch status {
 	case http.StatusUnauthorized:
 		return "UNAUTHORIZED"
+	case http.StatusForbidden:
+		return "DENIED"
+	case http.StatusTooManyRequests:
+		return "TOOMANYREQUESTS"
 	case http.StatusBadRequest, http.StatusMethodNotAllowed:
 		return "UNSUPPORTED"
 	default:

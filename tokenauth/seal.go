@@ -34,6 +34,12 @@ type Grant struct {
 	// remembered across the short-lived upstream tokens. Empty for
 	// anonymous clients.
 	Subject string `json:"sub,omitempty"`
+	// Account is the proxy account the client logged in with, on a
+	// site with accounts; AccountTag names the account's version (its
+	// hash), so that the token dies with the account or its password.
+	// Upstream, such a client is served with the proxy's own identity.
+	Account    string `json:"acc,omitempty"`
+	AccountTag string `json:"act,omitempty"`
 }
 
 // Anonymous reports whether the grant carries no upstream credentials, so

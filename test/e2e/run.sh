@@ -203,7 +203,7 @@ if [ "$NETNS" = 1 ]; then PROXY_ADDR=10.203.0.1; else PROXY_ADDR=127.0.0.1; fi
 export PROXY_ADDR
 {
 	cat /etc/hosts
-	echo "$PROXY_ADDR docker.example.test ghcr.example.test mirror.example.test unknown.example.test"
+	echo "$PROXY_ADDR docker.example.test ghcr.example.test mirror.example.test unknown.example.test private.example.test mtls.example.test"
 } >"$T/hosts"
 # /run is a fresh tmpfs there: podman and friends keep run-time state in
 # /run/containers whatever their flags say.

@@ -190,6 +190,11 @@ note "large layer of team/big:1: $BIG_LAYER ($BIG_SIZE bytes)"
 
 # ---- caddy -----------------------------------------------------------------------
 
+# Who may use the proxy: the gated sites' setup and scenarios.
+# shellcheck source=access.sh
+. "$E2E_DIR/access.sh"
+check "a proxy account's hash and a client CA for the gated sites" access_setup
+
 start_caddy() {
 	mkdir -p "$T/caddy/data" "$T/caddy/config" "$T/cache"
 	cat >"$T/caddy/Caddyfile" <<EOF
@@ -225,6 +230,8 @@ docker.example.test$PSUF, ghcr.example.test$PSUF, mirror.example.test$PSUF, unkn
 		}
 	}
 }
+
+$(access_sites)
 EOF
 	XDG_DATA_HOME="$T/caddy/data" XDG_CONFIG_HOME="$T/caddy/config" \
 		bg caddy "$T/caddy/stdout.log" caddy run --config "$T/caddy/Caddyfile" --adapter caddyfile || return 1
@@ -237,6 +244,7 @@ EOF
 			return 1
 		fi
 	done
+	access_wait_certs || return 1
 	# Issued by pebble's CA through ACME (not Caddy's internal CA).
 	local issuer
 	issuer=$(echo | openssl s_client -connect "127.0.0.1:$HTTPS_PORT" -servername docker.example.test 2>/dev/null |
@@ -868,6 +876,7 @@ round() {
 	s4_private_elsewhere
 	s5_cache_status
 	s6_seeds
+	s7_access
 }
 
 page_scenario_pull # dockerd, configured by the page, pulls through it

@@ -83,6 +83,14 @@ func (h *H) report() error {
 			b.WriteString("\n")
 		}
 	}
+	// The figures of bench/login-flood, which it measures on its own.
+	if h.cfg.Root != "" {
+		if a, err := os.ReadFile(filepath.Join(h.cfg.Root, "bench", "LOGINS.md")); err == nil {
+			b.WriteString("<!-- login-flood -->\n")
+			b.Write(a)
+			b.WriteString("<!-- /login-flood -->\n\n")
+		}
+	}
 	b.WriteString(methodText)
 	md := b.String()
 	fmt.Println()
