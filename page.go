@@ -87,8 +87,8 @@ func (h *Handler) pageSite(r *http.Request, router *registry.Router) (site helpp
 	site.Scheme = clientScheme(r)
 	site.Host = host + port
 	site.ClientCertificate = r.TLS != nil && len(r.TLS.VerifiedChains) > 0
-	// site.LoginRequired stays false: every client may pull anonymously
-	// until the proxy has accounts of its own.
+	// A private site: every client logs in with a proxy account first.
+	site.LoginRequired = len(h.Users) > 0
 
 	own, _ := router.ForHost(r.Host)
 	byName := map[string]*helppage.Registry{}

@@ -229,3 +229,42 @@ func TestPageOwnTemplate(t *testing.T) {
 		t.Errorf("own template: %d %q", resp.StatusCode, body)
 	}
 }
+
+// On a private site (proxy accounts) the page tells how to log in, and a
+// site without accounts does not.
+func TestPageOfAPrivateSiteSaysHowToLogIn(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	private := startProxy(t, up, `http://docker.example.test:{PORT} {
+	docker_proxy docker.io {
+		upstream docker.io {UPSTREAM}
+		users {
+			alice `+aliceHash+`
+		}
+		cache off
+	}
+}`)
+	resp, body := private.do("GET", "docker.example.test", "/", http.Header{"Accept": {browserAccept}})
+	login := "docker login docker.example.test:" + private.port
+	if resp.StatusCode != 200 || !strings.Contains(body, login) {
+		t.Errorf("private site: %d, the page lacks %q: %s", resp.StatusCode, login, grepLines(body, "login"))
+	}
+	if strings.Contains(body, aliceHash) || strings.Contains(body, "alice") {
+		t.Error("the page shows an account")
+	}
+	// The proxy account's password never goes upstream: no pass-through
+	// login for private upstream images here.
+	if strings.Contains(body, "passes your credentials") {
+		t.Error("a private site offers the pass-through login")
+	}
+
+	open := startProxy(t, up, `http://docker.example.test:{PORT} {
+	docker_proxy docker.io {
+		upstream docker.io {UPSTREAM}
+		cache off
+	}
+}`)
+	_, body = open.do("GET", "docker.example.test", "/", http.Header{"Accept": {browserAccept}})
+	if strings.Contains(body, "signed-in clients only") || !strings.Contains(body, "passes your credentials") {
+		t.Errorf("a site without accounts: %s", grepLines(body, "login"))
+	}
+}
