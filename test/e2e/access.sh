@@ -91,6 +91,8 @@ access_wait_certs() {
 # access_wrappers: scripts, so that refused (which runs programs) can run
 # them; the passwords come from files, never on a logged command line.
 access_wrappers() {
+	# dockerd trusts the proxy's certificate through certs.d only.
+	mkdir -p "/etc/docker/certs.d/$PH" && cp "$CA" "/etc/docker/certs.d/$PH/ca.crt" || return 1
 	wrapper docker_login_private_ "exec '$DOCKER' login -u '$PROXY_USER' --password-stdin '$PH' <\"\$1\""
 	wrapper crane_login_private_ "SSL_CERT_FILE='$CA' SSL_CERT_DIR='$T/pki/empty' DOCKER_CONFIG='$T/crane-client' exec crane auth login '$PH' -u '$PROXY_USER' --password-stdin <\"\$1\""
 	wrapper skopeo_inspect_creds_ "exec skopeo inspect --cert-dir '$T/pki/certdir' --creds \"\$(cat \"\$1\")\" \"docker://\$2\""
