@@ -486,3 +486,45 @@ func TestScopeSetsNeverMerge(t *testing.T) {
 		t.Fatalf("the other entry's scopes changed: %q", got)
 	}
 }
+
+// TestLRUOrderRightOnceLoaded: once the loader is done, eviction follows
+// the recorded uses of the entries (atime), with what was used since the
+// store opened, loaded or not, as the most recent.
+func TestLRUOrderRightOnceLoaded(t *testing.T) {
+	dir := t.TempDir()
+	all := fillDir(t, dir, 30)
+	base := time.Now().Add(-time.Hour)
+	for i, st := range all { // entry i was last used i minutes after base
+		enc := st.d.Encoded()
+		data := filepath.Join(dir, "blobs", "sha256", enc[:2], enc)
+		if err := os.Chtimes(data, base.Add(time.Duration(i)*time.Minute), base.Add(-time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held, release := holdLoader(t, false)
+	s, err := Open(Options{Dir: dir, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	defer release()
+	held()
+	mustGet(t, s, all[0].d) // the least recent on disk, used now: the most recent of all
+	release()
+	<-s.IndexLoaded()
+	const keep = 5 // all[0] and the 4 most recent on disk
+	kept := func(i int) bool { return i == 0 || i >= len(all)-keep+1 }
+	var total int64
+	for i, st := range all {
+		if kept(i) {
+			total += int64(len(st.data))
+		}
+	}
+	s.SetMaxSize(total)
+	for i, st := range all {
+		if s.Contains(st.d) != kept(i) {
+			t.Fatalf("entry used at +%dm: kept %v, want %v", i, s.Contains(st.d), kept(i))
+		}
+	}
+	checkIndex(t, s, false)
+}
