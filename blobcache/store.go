@@ -191,9 +191,10 @@ func Open(opts Options) (*Store, error) {
 
 // Close stops background work: fills in progress are abandoned (their temp
 // files removed, their readers get ErrClosed), uploads to the remote get a
-// few seconds to finish and the queued ones are dropped. Blobs already
-// returned by Get stay readable until closed. Close waits for the fill and
-// upload goroutines to end.
+// few seconds to finish and the queued ones are dropped, the index loader
+// stops after the directory it is reading. Blobs already returned by Get
+// stay readable until closed. Close waits for the fill, loader and upload
+// goroutines to end.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
