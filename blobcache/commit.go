@@ -97,25 +97,18 @@ func (s *Store) commit(info Info, tmpPath string, f *Fill, from origin) error {
 		s.log.Debug("entry larger than max_size not kept", zap.String("digest", d.String()), zap.Int64("size", info.Size))
 		return nil
 	}
-	e := s.entries[d]
+	fillScopes := []string(nil)
+	if f != nil {
+		fillScopes = sortedScopes(f.scopes)
+	}
+	e := s.lookupLocked(d)
 	if e != nil {
 		// Committed meanwhile by another path (Put racing a fill); the bytes
 		// are identical, so keep the existing file and merge scopes.
 		os.Remove(tmpPath)
-		added := false
-		for _, sc := range from.scopes {
-			if _, ok := e.scopes[sc]; !ok {
-				e.scopes[sc] = struct{}{}
-				added = true
-			}
-		}
-		if f != nil {
-			for sc := range f.scopes {
-				if _, ok := e.scopes[sc]; !ok {
-					e.scopes[sc] = struct{}{}
-					added = true
-				}
-			}
+		added := s.addScopesLocked(e, from.scopes)
+		if s.addScopesLocked(e, fillScopes) {
+			added = true
 		}
 		if added {
 			if err := s.writeSidecarLocked(e); err != nil {
@@ -123,21 +116,17 @@ func (s *Store) commit(info Info, tmpPath string, f *Fill, from origin) error {
 			}
 		}
 	} else {
-		e = &entry{info: info, scopes: make(map[string]struct{})}
-		for _, sc := range from.scopes {
-			e.scopes[sc] = struct{}{}
-		}
-		if f != nil {
-			for sc := range f.scopes {
-				e.scopes[sc] = struct{}{}
-			}
-		}
-		dataPath, _ := s.paths(d)
+		scopes := scopeSetKey(append(append([]string(nil), from.scopes...), fillScopes...))
+		dataPath, metaPath := s.paths(d)
 		err := os.MkdirAll(filepath.Dir(dataPath), 0o755)
+		var meta []byte
+		if err == nil {
+			meta, err = encodeSidecar(info, scopeSetMembers(scopes))
+		}
 		if err == nil {
 			// Sidecar first: a crash between the renames leaves a sidecar
 			// without data, which Open removes; never data without metadata.
-			err = s.writeSidecarLocked(e)
+			err = s.writeFileAtomic(metaPath, meta)
 		}
 		if err == nil {
 			err = os.Rename(tmpPath, dataPath)
@@ -148,12 +137,12 @@ func (s *Store) commit(info Info, tmpPath string, f *Fill, from origin) error {
 			return fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		now := time.Now()
-		e.modTime, e.used, e.touched = now, now, now
+		modTime := now
 		if fi, err := os.Stat(dataPath); err == nil {
-			e.modTime = fi.ModTime()
+			modTime = fi.ModTime()
 		}
-		e.elem = s.lru.PushFront(e)
-		s.entries[d] = e
+		e = s.index.add(d, info.Size, info.MediaType, s.index.scopes.add(scopes), modTime, now)
+		s.index.pushFront(e)
 		s.total += info.Size
 		if s.disk.worked() {
 			s.log.Info("blob cache disk usable again")
@@ -162,7 +151,8 @@ func (s *Store) commit(info Info, tmpPath string, f *Fill, from origin) error {
 			s.queueUpload(uploadJob{digest: d})
 		}
 	}
-	s.lru.MoveToFront(e.elem)
+	e.used = time.Now().UnixNano()
+	s.index.touch(e)
 	if f != nil {
 		f.endCommittedLocked(e, info.Size)
 	}
@@ -199,8 +189,9 @@ func (s *Store) endVerifiedNotKept(info Info, tmpPath string, f *Fill) {
 // writeSidecarLocked atomically replaces the sidecar of e. Called with s.mu
 // held so that concurrent scope updates of one entry cannot lose each other.
 func (s *Store) writeSidecarLocked(e *entry) error {
-	_, metaPath := s.paths(e.info.Digest)
-	b, err := encodeSidecar(e.info, e.scopes)
+	info := s.index.info(e)
+	_, metaPath := s.paths(info.Digest)
+	b, err := encodeSidecar(info, scopeSetMembers(s.index.scopes.value(e.scopes)))
 	if err != nil {
 		return err
 	}

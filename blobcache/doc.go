@@ -9,6 +9,11 @@
 // take its bytes from the remote instead of the upstream (Fill.StartRemote),
 // verified as any fill is. See remote.go and upload.go.
 //
+// The index of what the directory holds is built in the background after
+// Open returns, while the store serves: a lookup it misses meanwhile looks
+// on disk (load.go). It is shaped to stay small at millions of entries
+// (index.go): no allocation or pointer per entry, interned scope sets.
+//
 // Layout under Options.Dir:
 //
 //	blobs/<alg>/<hex[:2]>/<hex>       entry bytes (renamed into place only once verified)

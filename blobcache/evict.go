@@ -38,6 +38,7 @@ func (s *Store) unpin(e *entry) {
 	defer s.mu.Unlock()
 	e.pins--
 	if e.pins == 0 {
+		s.index.release(e) // if it was forgotten while pinned
 		s.evictLocked()
 	}
 }
@@ -45,23 +46,35 @@ func (s *Store) unpin(e *entry) {
 // evictLocked removes the least recently used unpinned entries and tag
 // records until they fit MaxSize. Pinned entries are skipped, so the store
 // may stay above MaxSize until their readers close (unpin calls back here).
+// While the index loads, it works on what is indexed: the older of the
+// list's tail and the loader's oldest entry goes first. Each removal costs
+// the same whatever the number of entries.
 func (s *Store) evictLocked() {
 	if s.opts.MaxSize <= 0 || s.closed {
 		return
 	}
-	el := s.lru.Back()
+	ix := s.index
+	id := ix.tail
 	for s.total+s.tagTotal > s.opts.MaxSize {
-		for el != nil && el.Value.(*entry).pins > 0 {
-			el = el.Prev()
+		for id != 0 && ix.at(id).pins > 0 {
+			id = ix.at(id).prev
+		}
+		var victim *entry
+		if id != 0 {
+			victim = ix.at(id)
+		}
+		if old := ix.oldestLoaded(); old != nil && (victim == nil || old.used < victim.used) {
+			victim = old
 		}
 		tel := s.tagLRU.Back()
 		switch {
-		case tel != nil && (el == nil || !el.Value.(*entry).used.Before(tel.Value.(*tagEntry).used)):
+		case tel != nil && (victim == nil || victim.used >= tel.Value.(*tagEntry).used.UnixNano()):
 			s.removeTagLocked(tel.Value.(*tagEntry))
-		case el != nil:
-			prev := el.Prev()
-			s.removeLocked(el.Value.(*entry))
-			el = prev
+		case victim != nil:
+			if victim.id == id {
+				id = victim.prev
+			}
+			s.removeLocked(victim)
 		default:
 			return // all pinned
 		}
@@ -72,25 +85,29 @@ func (s *Store) evictLocked() {
 // first: a sidecar without data is cleaned at Open, and Get never sees the
 // pair half gone because the index entry is already gone.
 func (s *Store) removeLocked(e *entry) {
+	d := s.index.digestOf(e)
 	s.forgetLocked(e)
-	dataPath, metaPath := s.paths(e.info.Digest)
+	dataPath, metaPath := s.paths(d)
 	if err := os.Remove(dataPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		s.log.Warn("cannot remove evicted cache entry", zap.Error(err))
 	}
 	os.Remove(metaPath)
 }
 
+// forgetLocked takes an entry out of the index. While the loader runs, it
+// remembers the digest, so that what the loader read of it before is not
+// indexed again.
 func (s *Store) forgetLocked(e *entry) {
-	delete(s.entries, e.info.Digest)
-	s.lru.Remove(e.elem)
-	s.total -= e.info.Size
+	s.load.forgottenLocked(s.index.digestOf(e))
+	s.total -= e.size
+	s.index.forget(e)
 }
 
 // remove deletes an unpinned entry (tests and benchmarks).
 func (s *Store) remove(d digest.Digest) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.entries[d]
+	e := s.lookupLocked(d)
 	if e == nil || e.pins > 0 {
 		return false
 	}
@@ -121,13 +138,15 @@ func (s *Store) makeRoom(size int64) error {
 	if free >= need {
 		return nil
 	}
-	// Evict only if that makes enough room: least recently used first.
+	// Evict only if that makes enough room: least recently used first
+	// (of the list: while the index loads, what the loader indexed is not
+	// counted on here).
 	var victims []*entry
 	gain := free
-	for el := s.lru.Back(); gain < need && el != nil; el = el.Prev() {
-		if e := el.Value.(*entry); e.pins == 0 {
+	for id := s.index.tail; gain < need && id != 0; id = s.index.at(id).prev {
+		if e := s.index.at(id); e.pins == 0 {
 			victims = append(victims, e)
-			gain += e.info.Size
+			gain += e.size
 		}
 	}
 	if gain >= need {

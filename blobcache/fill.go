@@ -107,7 +107,7 @@ func (s *Store) Join(d digest.Digest) (f *Fill, leader bool) {
 	if f := s.fills[d]; f != nil {
 		return f, false
 	}
-	if s.entries[d] != nil {
+	if s.lookupLocked(d) != nil {
 		f := s.endedFill(d, nil)
 		f.committed = true
 		return f, false
@@ -290,7 +290,7 @@ func (f *Fill) endCommittedLocked(e *entry, size int64) {
 	f.size = size
 	f.tmpPath = ""
 	if e != nil {
-		e.pins += f.readers
+		e.pins += int32(f.readers)
 	}
 	f.stopTimersLocked()
 	f.cond.Broadcast()

@@ -838,18 +838,7 @@ func TestStress(t *testing.T) {
 		return len(s.fills) == 0
 	})
 	waitTmpEmpty(t, s)
-	s.mu.Lock()
-	var total int64
-	for _, e := range s.entries {
-		total += e.info.Size
-		if e.pins != 0 {
-			t.Errorf("entry %s still pinned %d", e.info.Digest, e.pins)
-		}
-	}
-	if total != s.total || s.lru.Len() != len(s.entries) {
-		t.Errorf("index inconsistent: total %d vs %d, lru %d vs %d", total, s.total, s.lru.Len(), len(s.entries))
-	}
-	s.mu.Unlock()
+	checkIndex(t, s, false)
 	for _, o := range objs {
 		if s.Contains(o.d) && !bytes.Equal(mustGet(t, s, o.d), o.data) {
 			t.Fatal("committed entry has wrong bytes")

@@ -12,7 +12,7 @@ import (
 // and survive a re-encode.
 func FuzzParseSidecar(f *testing.F) {
 	d := digest.FromString("x")
-	good, _ := encodeSidecar(Info{Digest: d, Size: 1, MediaType: "a/b"}, map[string]struct{}{"s": {}})
+	good, _ := encodeSidecar(Info{Digest: d, Size: 1, MediaType: "a/b"}, []string{"s"})
 	f.Add(good)
 	f.Add([]byte(`{"digest":"` + d.String() + `","size":-1}`))
 	f.Add([]byte(`{"digest":"` + d.String() + `","size":1,"extra":true}`))
@@ -27,10 +27,7 @@ func FuzzParseSidecar(f *testing.F) {
 		if sc.Digest != d || sc.Size < 0 {
 			t.Fatalf("accepted %+v", sc)
 		}
-		scopes := make(map[string]struct{})
-		for _, s := range sc.Scopes {
-			scopes[s] = struct{}{}
-		}
+		scopes := scopeSetMembers(scopeSetKey(sc.Scopes))
 		again, err := encodeSidecar(Info{Digest: sc.Digest, Size: sc.Size, MediaType: sc.MediaType}, scopes)
 		if err != nil {
 			t.Fatal(err)

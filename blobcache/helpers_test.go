@@ -32,7 +32,53 @@ func openStore(t testing.TB, opts Options) *Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
+	<-s.IndexLoaded()
 	return s
+}
+
+// checkIndex checks that the index agrees with itself: every entry found
+// by its digest, in the recency list (or the load heap) once, sizes
+// summed right; with pinsAllowed false, no entry is still pinned.
+func checkIndex(t testing.TB, s *Store, pinsAllowed bool) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ix := s.index
+	seen := make(map[slotID]bool)
+	var total int64
+	count := func(e *entry) {
+		if seen[e.id] {
+			t.Errorf("entry %s twice in the order", ix.digestOf(e))
+		}
+		seen[e.id] = true
+		total += e.size
+		if ix.find(ix.digestOf(e)) != e {
+			t.Errorf("entry %s not found by its digest", ix.digestOf(e))
+		}
+		if e.pins != 0 && !pinsAllowed {
+			t.Errorf("entry %s still pinned %d", ix.digestOf(e), e.pins)
+		}
+	}
+	var prev slotID
+	for id := ix.head; id != 0; id = ix.at(id).next {
+		e := ix.at(id)
+		if e.where != slotListed || e.prev != prev {
+			t.Fatalf("recency list broken at slot %d", id)
+		}
+		count(e)
+		prev = id
+	}
+	if prev != ix.tail {
+		t.Errorf("list tail %d, last element %d", ix.tail, prev)
+	}
+	for _, it := range ix.loaded {
+		if ix.heapValid(it) {
+			count(ix.at(it.id))
+		}
+	}
+	if len(seen) != ix.count || total != s.total {
+		t.Errorf("index inconsistent: %d entries ordered, %d counted; %d bytes vs %d", len(seen), ix.count, total, s.total)
+	}
 }
 
 // observed returns a logger that records warn and above.

@@ -25,12 +25,10 @@ type sidecar struct {
 	Scopes    []string      `json:"scopes,omitempty"`
 }
 
-func encodeSidecar(info Info, scopes map[string]struct{}) ([]byte, error) {
-	sc := sidecar{Digest: info.Digest, Size: info.Size, MediaType: info.MediaType}
-	if len(scopes) > 0 {
-		sc.Scopes = sortedScopes(scopes) // stable files: same content, same bytes
-	}
-	return json.Marshal(sc)
+// encodeSidecar encodes the sidecar of an entry; scopes are sorted (stable
+// files: same content, same bytes).
+func encodeSidecar(info Info, scopes []string) ([]byte, error) {
+	return json.Marshal(sidecar{Digest: info.Digest, Size: info.Size, MediaType: info.MediaType, Scopes: scopes})
 }
 
 // parseSidecar decodes a sidecar and checks that it describes want.

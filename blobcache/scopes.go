@@ -19,15 +19,8 @@ func (s *Store) Allow(d digest.Digest, scopes ...string) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.entries[d]; e != nil {
-		added := false
-		for _, scope := range scopes {
-			if _, ok := e.scopes[scope]; !ok {
-				e.scopes[scope] = struct{}{}
-				added = true
-			}
-		}
-		if !added {
+	if e := s.lookupLocked(d); e != nil {
+		if !s.addScopesLocked(e, scopes) {
 			return nil
 		}
 		if err := s.writeSidecarLocked(e); err != nil {
@@ -52,10 +45,29 @@ func (s *Store) Allow(d digest.Digest, scopes ...string) error {
 func (s *Store) scopesOf(d digest.Digest) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.entries[d]; e != nil {
-		return sortedScopes(e.scopes)
+	if e := s.lookupLocked(d); e != nil {
+		return scopeSetMembers(s.index.scopes.value(e.scopes))
 	}
 	return nil
+}
+
+// addScopesLocked adds scopes to e's set and reports whether any was new.
+// Entries share interned sets, so the entry moves to the set with them.
+func (s *Store) addScopesLocked(e *entry, scopes []string) bool {
+	key := s.index.scopes.value(e.scopes)
+	var added []string
+	for _, sc := range scopes {
+		if !scopeSetHas(key, sc) {
+			added = append(added, sc)
+		}
+	}
+	if len(added) == 0 {
+		return false
+	}
+	set := s.index.scopes.add(scopeSetKey(append(scopeSetMembers(key), added...)))
+	s.index.scopes.drop(e.scopes)
+	e.scopes = set
+	return true
 }
 
 // Allowed reports whether Allow(d, scope) was recorded for the committed
@@ -66,9 +78,8 @@ func (s *Store) Allowed(d digest.Digest, scope string) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.entries[d]; e != nil {
-		_, ok := e.scopes[scope]
-		return ok
+	if e := s.lookupLocked(d); e != nil {
+		return scopeSetHas(s.index.scopes.value(e.scopes), scope)
 	}
 	if f := s.fills[d]; f != nil {
 		_, ok := f.scopes[scope]

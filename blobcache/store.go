@@ -87,18 +87,6 @@ type Info struct {
 	MediaType string
 }
 
-// entry is one committed digest in the index. All fields but info and
-// modTime are guarded by Store.mu; info and modTime never change.
-type entry struct {
-	info    Info
-	modTime time.Time // commit time, served as Last-Modified
-	scopes  map[string]struct{}
-	used    time.Time // recency, in memory
-	touched time.Time // last time used was written to the file's atime
-	pins    int       // open Blobs and Readers; a pinned entry is never removed
-	elem    *list.Element
-}
-
 // Store is a content-addressed cache directory. It is safe for concurrent use.
 type Store struct {
 	opts     Options
@@ -107,23 +95,28 @@ type Store struct {
 	tmpDir   string
 	tagsDir  string
 
-	mu      sync.Mutex
-	closed  bool
-	entries map[digest.Digest]*entry
-	lru     *list.List // of *entry, front = most recently used
-	total   int64      // bytes of committed data
-	fills   map[digest.Digest]*Fill
+	mu     sync.Mutex
+	closed bool
+	index  *index
+	total  int64 // bytes of committed data
+	fills  map[digest.Digest]*Fill
+	// load is the background loader's state: while it runs, a lookup
+	// that the index misses looks on disk (see load.go).
+	load loadState
 	// disk: while it rests after an error, Start and Put fail fast; it
 	// works again when a commit succeeds.
 	disk health
 
 	// Tag records: indexed like entries, in a recency list of their own;
 	// eviction takes whichever of the two lists' oldest was used longer ago.
-	tagIndex map[string]*tagEntry // by file name
-	tagLRU   *list.List           // of *tagEntry, front = most recently used
-	tagTotal int64                // bytes counted for tag records
+	tagIndex map[[32]byte]*tagEntry // by the hash that names the file
+	tagLRU   *list.List             // of *tagEntry, front = most recently used
+	tagTotal int64                  // bytes counted for tag records
+	tagHot   *list.List             // of *tagEntry whose content is held, front = most recently used
+	hotTags  int                    // how many records hold their content (maxHotTags; tests lower it)
 
-	wg sync.WaitGroup // fill goroutines
+	wg     sync.WaitGroup // fill goroutines
+	loadWG sync.WaitGroup // the background loader
 
 	remote  remoteState // the shared tier, its health and what it holds wrong
 	uploads *uploads    // entries and tag records on their way to the remote
@@ -137,10 +130,12 @@ type Store struct {
 }
 
 // Open opens (or creates) the cache in opts.Dir. It removes the temp files
-// of interrupted fills and builds the index from directory listings, file
-// stats and sidecars; it never reads entry bytes, so it stays fast with big
-// caches. Inconsistent entries (missing or mismatching sidecar) are removed;
-// files it does not recognise are left alone.
+// of interrupted fills and returns; the index is built in the background
+// from directory listings, file stats and sidecars (never entry bytes),
+// while the store already serves: until it is complete, an entry the index
+// does not hold yet is looked up on disk (see load.go). Inconsistent
+// entries (missing or mismatching sidecar) are removed; files it does not
+// recognise are left alone.
 func Open(opts Options) (*Store, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("blobcache: Options.Dir is empty")
@@ -170,11 +165,12 @@ func Open(opts Options) (*Store, error) {
 		blobsDir:  filepath.Join(opts.Dir, "blobs"),
 		tmpDir:    filepath.Join(opts.Dir, "tmp"),
 		tagsDir:   filepath.Join(opts.Dir, "tags"),
-		entries:   make(map[digest.Digest]*entry),
-		lru:       list.New(),
+		index:     newIndex(),
 		fills:     make(map[digest.Digest]*Fill),
-		tagIndex:  make(map[string]*tagEntry),
+		tagIndex:  make(map[[32]byte]*tagEntry),
 		tagLRU:    list.New(),
+		tagHot:    list.New(),
+		hotTags:   maxHotTags,
 		writeData: (*os.File).Write,
 	}
 	s.freeSpace = func() (int64, error) { return availableBytes(s.opts.Dir) }
@@ -187,27 +183,18 @@ func Open(opts Options) (*Store, error) {
 	if err := s.cleanTmp(); err != nil {
 		return nil, err
 	}
-	if err := s.load(); err != nil {
-		return nil, err
-	}
-	if err := s.loadTags(); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	s.evictLocked()
-	n, tags, total := len(s.entries), len(s.tagIndex), s.total+s.tagTotal
-	s.mu.Unlock()
+	s.startLoad()
 	s.startUploads()
-	s.log.Info("blob cache opened", zap.String("dir", opts.Dir), zap.Int("entries", n), zap.Int("tag_records", tags),
-		zap.Int64("bytes", total), zap.Int64("max_size", opts.MaxSize))
+	s.log.Info("blob cache opened; its index loads in the background", zap.String("dir", opts.Dir), zap.Int64("max_size", opts.MaxSize))
 	return s, nil
 }
 
 // Close stops background work: fills in progress are abandoned (their temp
 // files removed, their readers get ErrClosed), uploads to the remote get a
-// few seconds to finish and the queued ones are dropped. Blobs already
-// returned by Get stay readable until closed. Close waits for the fill and
-// upload goroutines to end.
+// few seconds to finish and the queued ones are dropped, the index loader
+// stops after the directory it is reading. Blobs already returned by Get
+// stay readable until closed. Close waits for the fill, loader and upload
+// goroutines to end.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -215,6 +202,7 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.load.stopLocked()
 	fills := make([]*Fill, 0, len(s.fills))
 	for _, f := range s.fills {
 		fills = append(fills, f)
@@ -226,6 +214,7 @@ func (s *Store) Close() error {
 		f.fail(fmt.Errorf("%w: %w", ErrFillFailed, ErrClosed), func() bool { return !f.finishing })
 	}
 	s.wg.Wait()
+	s.loadWG.Wait()
 	s.stopUploads()
 	return nil
 }
@@ -288,7 +277,7 @@ func (s *Store) open(d digest.Digest, used bool) (*Blob, error) {
 		s.mu.Unlock()
 		return nil, ErrClosed
 	}
-	e := s.entries[d]
+	e := s.lookupLocked(d)
 	if e == nil {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, d)
@@ -297,13 +286,14 @@ func (s *Store) open(d digest.Digest, used bool) (*Blob, error) {
 	now := time.Now()
 	touch := false
 	if used {
-		e.used = now
-		s.lru.MoveToFront(e.elem)
-		touch = now.Sub(e.touched) >= touchInterval
+		e.used = now.UnixNano()
+		s.index.touch(e)
+		touch = now.Unix()-int64(e.touched) >= int64(touchInterval/time.Second)
 		if touch {
-			e.touched = now
+			e.touched = unixSeconds(now)
 		}
 	}
+	info, modTime := s.index.info(e), time.Unix(0, e.modTime)
 	s.mu.Unlock()
 
 	dataPath, metaPath := s.paths(d)
@@ -312,22 +302,23 @@ func (s *Store) open(d digest.Digest, used bool) (*Blob, error) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		e.pins--
-		if errors.Is(err, fs.ErrNotExist) && s.entries[d] == e {
+		if errors.Is(err, fs.ErrNotExist) && s.index.find(d) == e {
 			// Removed behind our back: forget it, it is a miss.
 			s.forgetLocked(e)
 			os.Remove(metaPath)
 			return nil, fmt.Errorf("%w: %s", ErrNotFound, d)
 		}
 		if e.pins == 0 {
+			s.index.release(e)
 			s.evictLocked() // our pin may have held the store over MaxSize
 		}
 		return nil, fmt.Errorf("blobcache: %w", err)
 	}
 	if touch {
 		// atime carries recency across restarts; mtime stays the commit time.
-		_ = os.Chtimes(dataPath, now, e.modTime)
+		_ = os.Chtimes(dataPath, now, modTime)
 	}
-	return &Blob{Info: e.info, ModTime: e.modTime, File: f, s: s, e: e}, nil
+	return &Blob{Info: info, ModTime: modTime, File: f, s: s, e: e}, nil
 }
 
 // AwaitCommit waits, if d's fill has all its bytes verified and is only
@@ -366,7 +357,7 @@ func (s *Store) Contains(d digest.Digest) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.entries[d] != nil
+	return s.lookupLocked(d) != nil
 }
 
 // Stat returns the Info of a committed entry without opening or touching it.
@@ -376,8 +367,8 @@ func (s *Store) Stat(d digest.Digest) (Info, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.entries[d]; e != nil {
-		return e.info, nil
+	if e := s.lookupLocked(d); e != nil {
+		return s.index.info(e), nil
 	}
 	return Info{}, fmt.Errorf("%w: %s", ErrNotFound, d)
 }

@@ -416,8 +416,8 @@ func TestGetWritesRecency(t *testing.T) {
 	old := time.Now().Add(-2 * time.Hour)
 	os.Chtimes(p, old, old)
 	s.mu.Lock()
-	e := s.entries[d]
-	e.touched, e.modTime = old, old
+	e := s.index.find(d)
+	e.touched, e.modTime = unixSeconds(old), old.UnixNano()
 	s.mu.Unlock()
 	mustGet(t, s, d)
 	fi, _ := os.Stat(p)

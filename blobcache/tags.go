@@ -10,8 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -29,17 +27,24 @@ type Tag struct {
 
 // tagEntry is a tag record in the index. Every record on disk has one, so
 // that records count against MaxSize and are evicted with the entries
-// (least recently used first); its content is read from disk on first use.
+// (least recently used first); its content is read from disk on use and
+// held only while it is among the maxHotTags most recently used.
 // Guarded by Store.mu.
 type tagEntry struct {
-	name   string // sha256 hex of the key: the file's name
-	size   int64  // what the record counts against MaxSize
+	name   [32]byte // sha256 of the key: the file's name
+	size   int64    // what the record counts against MaxSize
 	used   time.Time
 	elem   *list.Element // in Store.tagLRU
+	hot    *list.Element // in Store.tagHot while loaded
 	loaded bool          // key and tag hold the file's content
 	key    string
 	tag    Tag
 }
+
+// maxHotTags is how many tag records keep their content in memory: the
+// ones clients ask for again and again; the others cost a small file read
+// on their next use, next to the HEAD upstream that an old record needs.
+const maxHotTags = 4096
 
 // tagBlock is what a record is counted as at least: a small file takes a
 // block of the file system, whatever its length.
@@ -51,57 +56,16 @@ func tagSize(fileSize int64) int64 {
 
 // tagName hashes the opaque key: keys hold '/', ':' and arbitrary length,
 // none of which belong in a file name.
-func tagName(key string) string {
-	sum := sha256.Sum256([]byte(key))
-	return hex.EncodeToString(sum[:])
+func tagName(key string) [32]byte {
+	return sha256.Sum256([]byte(key))
 }
 
-func (s *Store) tagFile(name string) string {
-	return filepath.Join(s.tagsDir, name[:2], name+".json")
+func (s *Store) tagFile(name [32]byte) string {
+	h := hex.EncodeToString(name[:])
+	return filepath.Join(s.tagsDir, h[:2], h+".json")
 }
 
 func (s *Store) tagPath(key string) string { return s.tagFile(tagName(key)) }
-
-// loadTags indexes the records under tags/ from file stats alone, oldest
-// use first, as load does for entries.
-func (s *Store) loadTags() error {
-	prefixes, err := prefixDirs(s.tagsDir)
-	if err != nil {
-		return err
-	}
-	var loaded []*tagEntry
-	for _, prefix := range prefixes {
-		des, err := os.ReadDir(filepath.Join(s.tagsDir, prefix))
-		if err != nil {
-			s.log.Warn("cannot list tag records", zap.String("dir", prefix), zap.Error(err))
-			continue
-		}
-		for _, de := range des {
-			name, ok := strings.CutSuffix(de.Name(), ".json")
-			if !ok || len(name) != sha256.Size*2 || !isLowerHex(name) || name[:2] != prefix || !de.Type().IsRegular() {
-				continue
-			}
-			fi, err := de.Info()
-			if err != nil {
-				continue
-			}
-			used := fi.ModTime()
-			if at := accessTime(fi); at.After(used) {
-				used = at
-			}
-			loaded = append(loaded, &tagEntry{name: name, size: tagSize(fi.Size()), used: used})
-		}
-	}
-	sort.Slice(loaded, func(i, j int) bool { return loaded[i].used.Before(loaded[j].used) })
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, te := range loaded {
-		te.elem = s.tagLRU.PushFront(te)
-		s.tagIndex[te.name] = te
-		s.tagTotal += te.size
-	}
-	return nil
-}
 
 // Tag returns the record for key and counts it as used. A record is read
 // from disk on first use and then held in memory. A missing or unreadable
@@ -111,6 +75,9 @@ func (s *Store) Tag(key string) (Tag, bool) {
 	name := tagName(key)
 	s.mu.Lock()
 	te := s.tagIndex[name]
+	if te == nil && s.load.running {
+		te = s.probeTagLocked(name)
+	}
 	if te == nil || te.loaded {
 		defer s.mu.Unlock()
 		return s.usedTagLocked(te, key)
@@ -133,7 +100,45 @@ func (s *Store) Tag(key string) (Tag, bool) {
 		return Tag{}, false
 	}
 	te.loaded, te.key, te.tag = true, key, t
+	s.holdTagLocked(te)
 	return s.usedTagLocked(te, key)
+}
+
+// probeTagLocked indexes the record named name if it is on disk, while
+// the loader has not indexed it yet.
+func (s *Store) probeTagLocked(name [32]byte) *tagEntry {
+	fi, err := os.Stat(s.tagFile(name))
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	te := &tagEntry{name: name, size: tagSize(fi.Size()), used: usedTime(fi)}
+	te.elem = s.tagLRU.PushFront(te)
+	s.tagIndex[name] = te
+	s.tagTotal += te.size
+	return te
+}
+
+// holdTagLocked keeps te's content in memory, as one of the most recently
+// used records; the least recently used one beyond maxHotTags lets its
+// content go.
+func (s *Store) holdTagLocked(te *tagEntry) {
+	if te.hot != nil {
+		s.tagHot.MoveToFront(te.hot)
+		return
+	}
+	te.hot = s.tagHot.PushFront(te)
+	for s.tagHot.Len() > s.hotTags {
+		s.unloadTagLocked(s.tagHot.Back().Value.(*tagEntry))
+	}
+}
+
+// unloadTagLocked lets go of a record's content; the index keeps it.
+func (s *Store) unloadTagLocked(te *tagEntry) {
+	if te.hot != nil {
+		s.tagHot.Remove(te.hot)
+		te.hot = nil
+	}
+	te.loaded, te.key, te.tag = false, "", Tag{}
 }
 
 // usedTagLocked answers Tag from a loaded index entry (or its absence).
@@ -143,10 +148,11 @@ func (s *Store) usedTagLocked(te *tagEntry, key string) (Tag, bool) {
 	}
 	te.used = time.Now()
 	s.tagLRU.MoveToFront(te.elem)
+	s.holdTagLocked(te)
 	return te.tag, true
 }
 
-func (s *Store) readTag(name, key string) (Tag, error) {
+func (s *Store) readTag(name [32]byte, key string) (Tag, error) {
 	f, err := os.Open(s.tagFile(name))
 	if err != nil {
 		return Tag{}, err
@@ -189,6 +195,9 @@ func (s *Store) setTag(key string, t Tag, upload bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	te := s.tagIndex[name]
+	if te == nil && s.load.running {
+		te = s.probeTagLocked(name) // so that its old size is counted, then replaced
+	}
 	// Rewriting the record it already holds (a record taken from the
 	// remote, stored again as is) sends the remote nothing.
 	if upload && (te == nil || !te.loaded || te.key != key || !te.tag.same(t)) {
@@ -197,8 +206,8 @@ func (s *Store) setTag(key string, t Tag, upload bool) error {
 	if werr == nil {
 		werr = place(tmp, s.tagFile(name))
 	}
-	// On a write error the record is still served from memory; only a
-	// restart forgets it.
+	// On a write error the record is still served from memory while it
+	// stays hot; a restart, or falling out of the hot set, forgets it.
 	if te == nil {
 		te = &tagEntry{name: name}
 		te.elem = s.tagLRU.PushFront(te)
@@ -210,6 +219,7 @@ func (s *Store) setTag(key string, t Tag, upload bool) error {
 	s.tagTotal += size - te.size
 	te.size, te.used = size, time.Now()
 	te.loaded, te.key, te.tag = true, key, t
+	s.holdTagLocked(te)
 	s.evictLocked()
 	if werr != nil {
 		return fmt.Errorf("blobcache: writing tag record: %w", werr)
@@ -226,6 +236,8 @@ func (s *Store) removeTagLocked(te *tagEntry) {
 }
 
 func (s *Store) forgetTagLocked(te *tagEntry) {
+	s.load.forgottenTagLocked(te.name)
+	s.unloadTagLocked(te)
 	delete(s.tagIndex, te.name)
 	s.tagLRU.Remove(te.elem)
 	s.tagTotal -= te.size

@@ -94,3 +94,15 @@ func TestTargetVerdicts(t *testing.T) {
 		}
 	}
 }
+
+// TestKeptScaleSection: regenerating the document keeps the section that
+// bench/scale/run wrote, and only that.
+func TestKeptScaleSection(t *testing.T) {
+	doc := "# Benchmarks\nold numbers\n\n<!-- scale:begin -->\n## Scale\n| a |\n<!-- scale:end -->\n"
+	if got, want := keptScaleSection(doc), "\n<!-- scale:begin -->\n## Scale\n| a |\n<!-- scale:end -->\n"; got != want {
+		t.Fatalf("kept %q, want %q", got, want)
+	}
+	if got := keptScaleSection("# Benchmarks\nno scale section\n"); got != "" {
+		t.Fatalf("kept %q from a document without the section", got)
+	}
+}

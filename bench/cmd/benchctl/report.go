@@ -101,6 +101,11 @@ func (h *H) report() error {
 	raw, _ := json.MarshalIndent(map[string]any{"targets": h.targets, "tables": h.tables, "samples": h.raw, "notes": h.notes, "versions": h.versions}, "", "  ")
 	os.WriteFile(filepath.Join(h.cfg.Out, "results.json"), raw, 0o644)
 	if h.cfg.Doc != "" {
+		// The scale section is measured by bench/scale/run, not here: it
+		// stays as that run wrote it.
+		if old, err := os.ReadFile(h.cfg.Doc); err == nil {
+			md += keptScaleSection(string(old))
+		}
 		if err := os.WriteFile(h.cfg.Doc, []byte(md), 0o644); err != nil {
 			return err
 		}
@@ -120,3 +125,15 @@ const methodText = `## Method
 - "server CPU" is the user+system CPU time the server's processes used during the run (from /proc/PID/stat), which a busy machine disturbs less than wall time: compare it when the GB/s are noisy.
 - A target that is missed is a finding, not a harness failure: ` + "`PROFILE=1 bench/run`" + ` saves CPU and allocation profiles of docker_proxy (and of file_server for comparison) as ` + "`go tool pprof -top`" + ` text in bench/out/.
 `
+
+// keptScaleSection returns the part of the document that bench/scale/run
+// wrote (between its markers, with a blank line before), or "".
+func keptScaleSection(doc string) string {
+	const begin, end = "<!-- scale:begin -->", "<!-- scale:end -->"
+	i := strings.Index(doc, begin)
+	j := strings.Index(doc, end)
+	if i < 0 || j < i {
+		return ""
+	}
+	return "\n" + doc[i:j+len(end)] + "\n"
+}
