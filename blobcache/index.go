@@ -19,7 +19,7 @@ import (
 )
 
 const (
-	chunkBits = 12
+	chunkBits = 10
 	chunkSize = 1 << chunkBits
 )
 
