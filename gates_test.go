@@ -389,3 +389,36 @@ func TestAccountsSlowDownRepeatedFailures(t *testing.T) {
 		t.Errorf("a wrong password from another address: %d, want 401 (not slowed down)", resp.StatusCode)
 	}
 }
+
+// A private site lists its routes to no one: a host it does not route
+// gets a registry error, not the route table with its upstreams'
+// addresses, which a public site shows there.
+func TestPrivateSiteListsNoRoutes(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	for _, private := range []bool{false, true} {
+		users := ""
+		if private {
+			users = "users {\n\t\t\talice " + aliceHash + "\n\t\t}"
+		}
+		e := startProxy(t, up, `http://:{PORT} {
+	docker_proxy {
+		domain example.test
+		upstream docker.io {UPSTREAM}
+		`+users+`
+		cache off
+	}
+}`)
+		before := up.Counters.RegistryRequests()
+		resp, body := e.do("GET", "unknown.example.test", "/v2/", nil)
+		listed := strings.Contains(body, "routes") || strings.Contains(body, up.URL)
+		if resp.StatusCode != http.StatusNotFound || listed == private {
+			t.Errorf("private %v: unrouted host: %d %s", private, resp.StatusCode, body)
+		}
+		if private && registryErrorCode(body) != "NAME_UNKNOWN" {
+			t.Errorf("private site, unrouted host: %s", body)
+		}
+		if n := up.Counters.RegistryRequests() - before; n != 0 {
+			t.Errorf("private %v: %d upstream requests", private, n)
+		}
+	}
+}

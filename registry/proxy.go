@@ -96,6 +96,12 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, res *Result) {
 		return
 	}
 	if !routed {
+		if p.Accounts != nil {
+			// A private site tells no one who has not logged in which
+			// registries it serves, nor where they are.
+			WriteError(w, &Error{Status: http.StatusNotFound, Code: CodeNameUnknown, Message: "no registry is served at this host name"})
+			return
+		}
 		p.writeRoutes(w)
 		return
 	}
