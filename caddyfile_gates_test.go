@@ -11,7 +11,6 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -105,20 +104,7 @@ func TestUnmarshalCaddyfileGateErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var h Handler
-			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
-			if err == nil {
-				t.Fatalf("no error; parsed %+v", h)
-			}
-			msg := err.Error()
-			if want := "Testfile:" + strconv.Itoa(tt.line); !strings.HasSuffix(msg, ", at "+want) {
-				t.Errorf("error %q does not end with the position %s", msg, want)
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("error %q does not mention %q", msg, w)
-				}
-			}
+			caddyfileError(t, tt.input, tt.line, tt.want...)
 		})
 	}
 }

@@ -627,25 +627,34 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var h Handler
-			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
-			if err == nil {
-				t.Fatalf("no error; parsed %+v", h)
-			}
-			msg := err.Error()
+			msg := caddyfileError(t, tt.input, tt.line, tt.want...)
 			if strings.Contains(msg, "hunter2") {
 				t.Errorf("error %q shows a password", msg)
 			}
-			if want := "Testfile:" + strconv.Itoa(tt.line); !strings.HasSuffix(msg, ", at "+want) {
-				t.Errorf("error %q does not end with the position %s", msg, want)
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("error %q does not mention %q", msg, w)
-				}
-			}
 		})
 	}
+}
+
+// caddyfileError parses input, which must fail with an error that names
+// the Caddyfile line and mentions every one of want; it returns the error
+// message.
+func caddyfileError(t *testing.T, input string, line int, want ...string) string {
+	t.Helper()
+	var h Handler
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+	if err == nil {
+		t.Fatalf("no error; parsed %+v", h)
+	}
+	msg := err.Error()
+	if at := "Testfile:" + strconv.Itoa(line); !strings.HasSuffix(msg, ", at "+at) {
+		t.Errorf("error %q does not end with the position %s", msg, at)
+	}
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("error %q does not mention %q", msg, w)
+		}
+	}
+	return msg
 }
 
 // FuzzUnmarshalCaddyfile feeds arbitrary Caddyfile text to the parser: it

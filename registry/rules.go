@@ -169,11 +169,15 @@ func (rs *Rules) Refuse(up Upstream, name string) *Error {
 	if len(ur.allow) == 0 {
 		return nil
 	}
-	texts := make([]string, 0, len(ur.allow))
 	for _, r := range ur.allow {
 		if r.matches(name) {
 			return nil
 		}
+	}
+	// Refused: the message lists the allow rules (built only now, off the
+	// path of every allowed request).
+	texts := make([]string, 0, len(ur.allow))
+	for _, r := range ur.allow {
 		texts = append(texts, "'"+r.text+"'")
 	}
 	return errDenied(up, name, "it matches no allow rule of "+up.Name+" ("+strings.Join(texts, ", ")+")")
