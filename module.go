@@ -213,6 +213,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		ClientAddr: clientIP,
 		OnAccount:  setUserID,
 	}
+	live.add(h)
 	return nil
 }
 
@@ -336,6 +337,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // settings it meant for a store that the running config shares are
 // dropped, never applied.
 func (h *Handler) Cleanup() error {
+	live.remove(h)
 	if h.dirCache != nil && h.events != nil {
 		h.dirCache.dropPending(h.events)
 	}
