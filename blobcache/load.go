@@ -43,6 +43,7 @@ type loadState struct {
 	running bool
 	done    chan struct{} // closed when the index is complete (or the store closed)
 	stop    atomic.Bool   // Close asks the loader to end early
+	quit    chan struct{} // closed with stop set: a loader held by Options.LoadGate goes
 
 	// forgotten and forgottenTags hold what left the index while the loader
 	// runs: what the loader read of them may be gone from disk since.
@@ -55,7 +56,10 @@ type loadState struct {
 // after it indexed what it read.
 var loadDirHook func(read bool)
 
-func (l *loadState) stopLocked() { l.stop.Store(true) }
+func (l *loadState) stopLocked() {
+	l.stop.Store(true)
+	close(l.quit)
+}
 
 func (l *loadState) forgottenLocked(d digest.Digest) {
 	if l.running {
@@ -93,6 +97,7 @@ func (s *Store) cleanTmp() error {
 func (s *Store) startLoad() {
 	s.load.running = true
 	s.load.done = make(chan struct{})
+	s.load.quit = make(chan struct{})
 	s.load.forgotten = make(map[digest.Digest]struct{})
 	s.load.forgottenTags = make(map[[32]byte]struct{})
 	s.loadWG.Add(1)
@@ -101,6 +106,12 @@ func (s *Store) startLoad() {
 
 func (s *Store) runLoad() {
 	defer s.loadWG.Done()
+	if gate := s.opts.LoadGate; gate != nil {
+		select {
+		case <-gate:
+		case <-s.load.quit:
+		}
+	}
 	start := time.Now()
 	s.loadBlobs()
 	s.loadTags()

@@ -78,6 +78,10 @@ type Options struct {
 	// Remote is the shared tier behind the store (nil: none). It can be
 	// changed later with SetRemote.
 	Remote Remote
+	// LoadGate, if set, holds the background loader until it is closed
+	// (or the store is): the store serves with its index still loading.
+	// For tests of what the load changes.
+	LoadGate <-chan struct{}
 }
 
 // Info describes an entry.
@@ -306,6 +310,11 @@ func (s *Store) open(d digest.Digest, used bool) (*Blob, error) {
 			// Removed behind our back: forget it, it is a miss.
 			s.forgetLocked(e)
 			os.Remove(metaPath)
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, d)
+		}
+		if errors.Is(err, fs.ErrNotExist) && e.where == slotDead {
+			// Removed (Remove) between the lookup and the open: a miss.
+			s.index.release(e)
 			return nil, fmt.Errorf("%w: %s", ErrNotFound, d)
 		}
 		if e.pins == 0 {
