@@ -64,3 +64,14 @@ func (m *memoryCache) add(e *memoryEntry) {
 		m.size -= int64(len(oe.body))
 	}
 }
+
+// remove drops d (a purge took it out of the store).
+func (m *memoryCache) remove(d digest.Digest) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if el, ok := m.entries[d]; ok {
+		m.order.Remove(el)
+		delete(m.entries, d)
+		m.size -= int64(len(el.Value.(*memoryEntry).body))
+	}
+}
