@@ -155,7 +155,7 @@ func (h *Handler) provisionCache(remote *sharedRemote) (*registry.Cache, *tokena
 		r, remoteKey = remote.remote, remote.key
 	}
 	val, loaded, err := stores.LoadOrNew(dir, func() (caddy.Destructor, error) {
-		s, err := blobcache.Open(blobcache.Options{Dir: dir, MaxSize: maxSize, Logger: h.logger.Named("cache"), Remote: r})
+		s, err := blobcache.Open(blobcache.Options{Dir: dir, MaxSize: maxSize, Logger: h.logger.Named("cache"), Remote: r, LoadGate: indexLoadGate})
 		if err != nil {
 			return nil, err
 		}
@@ -192,6 +192,10 @@ func (h *Handler) provisionCache(remote *sharedRemote) (*registry.Cache, *tokena
 // nil, which is time.Now, but in tests, where export_test.go sets one that
 // can be moved forward instead of waiting for time to pass.
 var clock func() time.Time
+
+// indexLoadGate, when set (tests, export_test.go), holds the index load of
+// the stores opened until it is closed.
+var indexLoadGate <-chan struct{}
 
 // configEvents returns the events app of the config being provisioned
 // (the http app loads it before its handlers), or nil.
