@@ -1,7 +1,10 @@
 package dockerproxy_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"hash"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -16,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/caddy-dockerproxy/dockerproxy"
@@ -530,5 +534,82 @@ func TestAdminPurgeKeepsWhatAnotherRepositoryNeeds(t *testing.T) {
 	}
 	if n := up.Counters.ManifestGETs() + up.Counters.BlobGETs(); n != 0 {
 		t.Fatalf("team/copy after the other repository's purge: %d upstream GETs, want 0", n)
+	}
+}
+
+// TestAdminPurgeLeavesReadersWhole: a purge while a client reads a blob
+// of the image, from the cache or from a fill in progress, does not cut
+// that client: it gets every byte, right. The cached blob is gone after;
+// the one being filled is committed when its fill ends.
+func TestAdminPurgeLeavesReadersWhole(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	const size = 32 << 20
+	_, cached := up.PushGeneratedImage(t, "library/alpine", "1", 1, size)
+	_, filling := up.PushGeneratedImage(t, "library/busybox", "1", 2, size)
+	a := startAdminProxy(t, up, nil)
+	for _, repo := range []string{"library/alpine", "library/busybox"} {
+		if _, err := remote.Get(a.ref("docker.example.test", repo+":1"), a.remoteOptions(nil)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	token := func(repo string) string { return anonymousToken(t, a.proxyEnv, "docker.example.test", repo) }
+	path := func(repo string, d v1.Hash) string { return "/v2/" + repo + "/blobs/" + d.String() }
+	if sum, _, _, err := a.readBlob(path("library/alpine", cached.Digest), token("library/alpine"), nil); err != nil || sum != cached.Digest.String() {
+		t.Fatalf("first read: %s %v", sum, err)
+	}
+	a.settled()
+
+	// open starts reading a blob and returns its body after the first MiB.
+	open := func(repo string, d v1.Hash) (io.ReadCloser, hash.Hash) {
+		req, _ := http.NewRequest("GET", a.url("docker.example.test", path(repo, d)), nil)
+		req.Header.Set("Authorization", "Bearer "+token(repo))
+		resp, err := (&http.Client{Transport: a.transport.Clone()}).Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %v %v", repo, resp, err)
+		}
+		h := sha256.New()
+		if _, err := io.CopyN(h, resp.Body, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		return resp.Body, h
+	}
+	finish := func(what string, body io.ReadCloser, h hash.Hash, want v1.Hash) {
+		defer body.Close()
+		n, err := io.Copy(h, body)
+		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); err != nil || got != want.String() {
+			t.Errorf("%s: read on after the purge: %v, %d more bytes, %s", what, err, n, got)
+		}
+	}
+
+	body, h := open("library/alpine", cached.Digest)
+	var purged purgeAnswer
+	if resp := a.call("DELETE", "/docker_proxy/images/docker.io/library/alpine", nil, &purged); resp.StatusCode != 200 ||
+		!contains(purged.Caches[0].Removed.Blobs, cached.Digest.String()) {
+		t.Fatalf("purge while a client reads: %d %+v", resp.StatusCode, purged)
+	}
+	finish("a cached blob", body, h, cached.Digest)
+
+	hold := up.Faults.HoldBlobs(4 << 20)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		body, h := open("library/busybox", filling.Digest)
+		finish("a blob being filled", body, h, filling.Digest)
+	}()
+	<-hold.Reached()
+	purged = purgeAnswer{}
+	if resp := a.call("DELETE", "/docker_proxy/images/docker.io/library/busybox", nil, &purged); resp.StatusCode != 200 ||
+		len(purged.Caches[0].Removed.Manifests) != 1 || contains(purged.Caches[0].Removed.Blobs, filling.Digest.String()) {
+		t.Fatalf("purge while a blob fills: %d %+v", resp.StatusCode, purged)
+	}
+	hold.Release()
+	<-done
+	a.settled()
+	var cache cacheAnswer
+	a.call("GET", "/docker_proxy/cache", nil, &cache)
+	// Left: busybox's layer, whose fill ended after the purge (neither
+	// image's config was ever read).
+	if cache.Caches[0].Entries != 1 || cache.Caches[0].Bytes != size {
+		t.Fatalf("after both purges the cache holds %+v, want the layer whose fill ended after the purge", cache.Caches[0])
 	}
 }
