@@ -238,13 +238,13 @@ func parseScope(scope string) (repoKey, bool) {
 	return repoKey{rest[:j], rest[j+1:]}, true
 }
 
-// snapshot is the store's tag records and manifests at one moment, with
-// the manifests read.
+// snapshot is the store's tag records and manifests at one moment; a
+// manifest is read when first asked for.
 type snapshot struct {
 	complete  bool
 	records   []record
 	manifests map[digest.Digest]blobcache.Entry
-	docs      map[digest.Digest]*manifestDoc // the manifests that could be read
+	docs      map[digest.Digest]*manifestDoc // read so far; nil: unreadable
 	store     *blobcache.Store
 }
 
@@ -270,21 +270,32 @@ func (c *Catalog) snapshot() *snapshot {
 	}
 	for _, e := range entries {
 		s.manifests[e.Digest] = e
-		body, err := c.Store.Peek(e.Digest, maxManifestSize)
-		if err != nil {
-			continue // removed meanwhile
-		}
-		var doc manifestDoc
-		if json.Unmarshal(body, &doc) == nil {
-			s.docs[e.Digest] = &doc
-		}
 	}
 	return s
 }
 
+// doc reads the cached manifest d, or returns nil if it is not a cached
+// manifest (or cannot be read: removed meanwhile, not JSON).
+func (s *snapshot) doc(d digest.Digest) *manifestDoc {
+	if doc, read := s.docs[d]; read {
+		return doc
+	}
+	var doc *manifestDoc
+	if _, ok := s.manifests[d]; ok {
+		if body, err := s.store.Peek(d, maxManifestSize); err == nil {
+			var m manifestDoc
+			if json.Unmarshal(body, &m) == nil {
+				doc = &m
+			}
+		}
+	}
+	s.docs[d] = doc
+	return doc
+}
+
 // children are the platform manifests of index d, if d is a cached index.
 func (s *snapshot) children(d digest.Digest) []digest.Digest {
-	doc := s.docs[d]
+	doc := s.doc(d)
 	if doc == nil {
 		return nil
 	}
@@ -441,7 +452,7 @@ func (b *repoBuild) view(s *snapshot, r repoKey, name string) RepositoryView {
 func (s *snapshot) manifestView(d digest.Digest, mediaType, platform string) ManifestView {
 	mv := ManifestView{Digest: d, MediaType: mediaType, Platform: platform}
 	e, cached := s.manifests[d]
-	doc := s.docs[d]
+	doc := s.doc(d)
 	if !cached || doc == nil {
 		return mv
 	}
@@ -604,8 +615,9 @@ func (c *Catalog) Purge(ref ImageRef) (PurgeReport, error) {
 	}
 	// Blobs: those of the manifests removed that no manifest left needs.
 	stillUsed := map[digest.Digest]bool{}
-	for d, doc := range s.docs {
-		if removing[d] {
+	for d := range s.manifests {
+		doc := s.doc(d)
+		if removing[d] || doc == nil {
 			continue
 		}
 		for _, desc := range doc.contents() {
@@ -615,7 +627,7 @@ func (c *Catalog) Purge(ref ImageRef) (PurgeReport, error) {
 	var removeBlobs []digest.Digest
 	kept := map[digest.Digest]bool{}
 	for _, d := range removeManifests {
-		doc := s.docs[d]
+		doc := s.doc(d)
 		if doc == nil {
 			continue
 		}
