@@ -889,6 +889,10 @@ round
 . "$E2E_DIR/deploy.sh"
 deploy_compose
 
+# The admin API, while the upstreams are up (admin.sh).
+. "$E2E_DIR/admin.sh"
+admin_scenario
+
 ROUND=2
 scenario "r2/offline" "stop the upstreams (both registries and the token server), clear the clients"
 stop registry_hub
