@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/caddy-dockerproxy/dockerproxy"
+	"github.com/caddy-dockerproxy/dockerproxy/internal/testminio"
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
 )
 
@@ -611,5 +612,58 @@ func TestAdminPurgeLeavesReadersWhole(t *testing.T) {
 	// image's config was ever read).
 	if cache.Caches[0].Entries != 1 || cache.Caches[0].Bytes != size {
 		t.Fatalf("after both purges the cache holds %+v, want the layer whose fill ended after the purge", cache.Caches[0])
+	}
+}
+
+// TestAdminPurgeSaysTheSharedTierKeepsItsCopies: with a shared tier, a
+// purge empties the local cache of the image, says that the bucket keeps
+// its copies, and the cache reports its shared tier; the next pull, with
+// the upstream down, is served from the bucket, as the answer warned.
+func TestAdminPurgeSaysTheSharedTierKeepsItsCopies(t *testing.T) {
+	minio := testminio.Start(t)
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "library/app", "v1", 2, 8<<10)
+	a := startAdminProxy(t, up, map[string]any{"s3": map[string]any{
+		"endpoint": minio.Endpoint, "bucket": minio.Bucket, "region": "us-east-1",
+		"access_key": testminio.AccessKey, "secret_key": testminio.SecretKey,
+	}})
+	if err := a.pullImage(a.ref("docker.example.test", "library/app:v1"), nil, img); err != nil {
+		t.Fatal(err)
+	}
+	a.settled()
+	waitUntil(t, "uploads to the shared tier", func() bool {
+		var c struct {
+			Caches []struct {
+				SharedTier struct {
+					Configured     bool `json:"configured"`
+					Healthy        bool `json:"healthy"`
+					PendingUploads int  `json:"pending_uploads"`
+				} `json:"shared_tier"`
+			} `json:"caches"`
+		}
+		a.call("GET", "/docker_proxy/cache", nil, &c)
+		st := c.Caches[0].SharedTier
+		return st.Configured && st.Healthy && st.PendingUploads == 0
+	})
+	var purged struct {
+		Caches []struct {
+			Removed struct {
+				Manifests []string `json:"manifests"`
+				Blobs     []string `json:"blobs"`
+			} `json:"removed"`
+			SharedTier string `json:"shared_tier"`
+		} `json:"caches"`
+	}
+	if resp := a.call("DELETE", "/docker_proxy/images/docker.io/library/app", nil, &purged); resp.StatusCode != 200 ||
+		len(purged.Caches[0].Removed.Manifests) != 1 || len(purged.Caches[0].Removed.Blobs) != 3 ||
+		!strings.HasPrefix(purged.Caches[0].SharedTier, "not purged") {
+		t.Fatalf("purge with a shared tier: %d %+v", resp.StatusCode, purged)
+	}
+	if err := up.Faults.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	defer up.Faults.Reset()
+	if err := a.pullImage(a.ref("docker.example.test", "library/app:v1"), nil, img); err != nil {
+		t.Fatalf("after the purge, with the upstream down, the shared tier did not serve the image: %v", err)
 	}
 }
