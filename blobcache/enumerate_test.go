@@ -1,6 +1,7 @@
 package blobcache
 
 import (
+	"errors"
 	"io"
 	"os"
 	"sort"
@@ -222,5 +223,33 @@ func TestRemoveTagsAndDropScopes(t *testing.T) {
 	}
 	if _, ok := s2.Tag("k2"); !ok {
 		t.Fatal("the other record went too")
+	}
+}
+
+// TestRemovedBetweenLookupAndOpen: an entry removed after Get found it in
+// the index and before Get opened its file is a miss (ErrNotFound), and
+// leaves no pin behind.
+func TestRemovedBetweenLookupAndOpen(t *testing.T) {
+	s := openStore(t, Options{})
+	data, d := blob(100, 5)
+	if err := s.Put(d, "", data); err != nil {
+		t.Fatal(err)
+	}
+	openGapHook = func(digest.Digest) {
+		openGapHook = nil
+		if len(s.Remove(d)) != 1 {
+			t.Error("the entry was not removed")
+		}
+	}
+	defer func() { openGapHook = nil }()
+	if _, err := s.Get(d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get of an entry removed before its open: %v, want ErrNotFound", err)
+	}
+	checkIndex(t, s, false)
+	if err := s.Put(d, "", data); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGet(t, s, d); string(got) != string(data) {
+		t.Fatal("committed again, it reads wrong")
 	}
 }

@@ -262,6 +262,10 @@ func (b *Blob) Close() error {
 	return err
 }
 
+// openGapHook, when set (tests), runs in open between the entry's lookup
+// and the opening of its file, where a Remove may come.
+var openGapHook func(d digest.Digest)
+
 // Get opens a committed entry. It returns an error wrapping ErrNotFound on a
 // miss and ErrInvalidDigest for a malformed digest. It updates recency.
 //
@@ -300,6 +304,9 @@ func (s *Store) open(d digest.Digest, used bool) (*Blob, error) {
 	info, modTime := s.index.info(e), time.Unix(0, e.modTime)
 	s.mu.Unlock()
 
+	if openGapHook != nil {
+		openGapHook(d)
+	}
 	dataPath, metaPath := s.paths(d)
 	f, err := os.Open(dataPath)
 	if err != nil {
