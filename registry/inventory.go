@@ -348,8 +348,8 @@ func (c *Catalog) urlsOf(name string) map[string]bool {
 	return urls
 }
 
-// Images lists the cached repositories that filter selects: an upstream
-// by name ("" for all) and a repository name ("" for all).
+// Images lists the cached repositories of the upstream called upstream
+// ("" for all) named repository ("" for all).
 func (c *Catalog) Images(upstream, repository string) Inventory {
 	s := c.snapshot()
 	var urls map[string]bool
@@ -438,7 +438,13 @@ func (b *repoBuild) view(s *snapshot, r repoKey, name string) RepositoryView {
 		if under[d] {
 			continue
 		}
-		mv := s.manifestView(d, s.manifests[d].MediaType, "")
+		mt := s.manifests[d].MediaType
+		for _, t := range b.tags {
+			if mt == "" && t.Digest == d {
+				mt = t.MediaType // not cached: as the tag record says
+			}
+		}
+		mv := s.manifestView(d, mt, "")
 		if mv.LastUsed != nil && mv.LastUsed.After(v.LastUsed) {
 			v.LastUsed = *mv.LastUsed
 		}

@@ -1,13 +1,18 @@
 package registry
 
 import (
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
 )
 
 // TestInventoryReadsKeysAsTheyAreBuilt: the inventory reads back the tag
@@ -94,4 +99,40 @@ func FuzzParseImageRef(f *testing.F) {
 			t.Fatalf("ParseImageRef(%q) = %+v: not valid", s, ref)
 		}
 	})
+}
+
+// TestImagesListATagWhoseManifestWentAway: a tag record whose manifest the
+// cache no longer holds (evicted) is listed with the manifest not cached,
+// typed as the record says, and a purge of the tag removes the record.
+func TestImagesListATagWhoseManifestWentAway(t *testing.T) {
+	store, err := blobcache.Open(blobcache.Options{Dir: t.TempDir(), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	<-store.IndexLoaded()
+	u, _ := url.Parse("https://ghcr.io")
+	up := Upstream{Name: "ghcr.io", URL: u}
+	d := digest.FromString("an evicted manifest")
+	const mt = "application/vnd.oci.image.manifest.v1+json"
+	if err := store.SetTag(up.String()+"\x00org/app\x00v1\x00"+mt, blobcache.Tag{Digest: d, MediaType: mt, Size: 10, Checked: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	c := &Catalog{Store: store, Upstreams: []Upstream{up}}
+	inv := c.Images("ghcr.io", "org/app")
+	if !inv.Complete || len(inv.Repositories) != 1 {
+		t.Fatalf("inventory %+v", inv)
+	}
+	r := inv.Repositories[0]
+	want := []ManifestView{{Digest: d, MediaType: mt}}
+	if r.Upstream != "ghcr.io" || len(r.Tags) != 1 || r.Tags[0].Digest != d || !reflect.DeepEqual(r.Manifests, want) {
+		t.Fatalf("repository %+v, want manifests %+v", r, want)
+	}
+	rep, err := c.Purge(ImageRef{Upstream: "ghcr.io", Repository: "org/app", Tag: "v1"})
+	if err != nil || rep.Removed.TagRecords != 1 || len(rep.Removed.Manifests) != 0 {
+		t.Fatalf("purge: %+v %v", rep, err)
+	}
+	if _, err := c.Purge(ImageRef{Upstream: "ghcr.io", Repository: "org/app", Tag: "v1"}); !errors.Is(err, ErrNotCached) {
+		t.Fatalf("second purge: %v, want ErrNotCached", err)
+	}
 }
