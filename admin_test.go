@@ -667,3 +667,39 @@ func TestAdminPurgeSaysTheSharedTierKeepsItsCopies(t *testing.T) {
 		t.Fatalf("after the purge, with the upstream down, the shared tier did not serve the image: %v", err)
 	}
 }
+
+// TestAdminAfterAReload: the admin API answers for the config running
+// now: after a reload that changes the bound and adds a second site on the
+// same directory, the directory is listed once, with the new bound and
+// both sites' upstreams, and its images are still there.
+func TestAdminAfterAReload(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	other := testupstream.Start(t, testupstream.Options{})
+	a := startAdminProxy(t, up, nil)
+	img := a.pull("team/app", 4<<10)
+	a.settled()
+	second := a.handler(map[string]any{"max_size": 1 << 30})
+	second["upstream"] = "ghcr.io"
+	second["upstreams"] = map[string]string{"ghcr.io": other.URL}
+	if code, body := a.load(a.config([]any{a.site(map[string]any{"max_size": 1 << 30}), a.route("ghcr.example.test", second)})); code != 200 {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+	var cache cacheAnswer
+	a.call("GET", "/docker_proxy/cache", nil, &cache)
+	var names []string
+	for _, c := range cache.Caches {
+		for _, u := range c.Upstreams {
+			names = append(names, u.Name+" "+u.URL)
+		}
+	}
+	want := []string{"docker.io " + up.URL, "ghcr.io " + other.URL}
+	if len(cache.Caches) != 1 || cache.Caches[0].MaxSize != 1<<30 || !reflect.DeepEqual(names, want) {
+		t.Fatalf("after the reload: %+v, upstreams %q, want one directory bound to 1 GiB serving %q", cache, names, want)
+	}
+	var images imagesAnswer
+	a.call("GET", "/docker_proxy/images?upstream=docker.io", nil, &images)
+	d, _ := img.Digest()
+	if got := images.Caches[0].Repositories; len(got) != 1 || got[0].Repository != "team/app" || got[0].Manifests[0].Digest != d.String() {
+		t.Fatalf("images after the reload: %+v", got)
+	}
+}
