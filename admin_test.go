@@ -703,3 +703,47 @@ func TestAdminAfterAReload(t *testing.T) {
 		t.Fatalf("images after the reload: %+v", got)
 	}
 }
+
+// TestAdminPurgeByDigest: purging a platform manifest that an index still
+// cached needs keeps it; purging the index by digest removes its tag
+// record, itself, its platforms and their blobs.
+func TestAdminPurgeByDigest(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	idx := up.PushRandomIndex(t, "team/app", "1")
+	a := startAdminProxy(t, up, nil)
+	pullIndex(t, a.proxyEnv, a.ref("docker.example.test", "team/app:1"), idx)
+	a.settled()
+	im, _ := idx.IndexManifest()
+	idxDigest, _ := idx.Digest()
+	child := im.Manifests[0].Digest.String()
+
+	var purged purgeAnswer
+	if resp := a.call("DELETE", "/docker_proxy/images/docker.io/team/app@"+child, nil, &purged); resp.StatusCode != 200 ||
+		len(purged.Caches[0].Removed.Manifests)+len(purged.Caches[0].Removed.Blobs)+purged.Caches[0].Removed.TagRecords != 0 ||
+		!reflect.DeepEqual(purged.Caches[0].Kept.Manifests, []string{child}) {
+		t.Fatalf("purge of a platform its index needs: %d %+v", resp.StatusCode, purged)
+	}
+	purged = purgeAnswer{}
+	if resp := a.call("DELETE", "/docker_proxy/images/docker.io/team/app@"+idxDigest.String(), nil, &purged); resp.StatusCode != 200 {
+		t.Fatalf("purge of the index: %d %+v", resp.StatusCode, purged)
+	}
+	var want []string
+	var blobs []string
+	for _, m := range im.Manifests {
+		want = append(want, m.Digest.String())
+		img, _ := idx.Image(m.Digest)
+		blobs = append(blobs, sortedBlobs(partsOf(t, img))...)
+	}
+	want = append(want, idxDigest.String())
+	sort.Strings(want)
+	sort.Strings(blobs)
+	r := purged.Caches[0].Removed
+	if !reflect.DeepEqual(r.Tags, []string{"1"}) || !reflect.DeepEqual(r.Manifests, want) || !reflect.DeepEqual(r.Blobs, blobs) {
+		t.Fatalf("purge of the index by digest: %+v, want manifests %v and blobs %v", purged, want, blobs)
+	}
+	var cache cacheAnswer
+	a.call("GET", "/docker_proxy/cache", nil, &cache)
+	if c := cache.Caches[0]; c.Entries != 0 || c.TagRecords != 0 || c.Bytes != 0 {
+		t.Fatalf("after the purge the cache holds %+v, want nothing", c)
+	}
+}
