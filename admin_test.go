@@ -747,3 +747,31 @@ func TestAdminPurgeByDigest(t *testing.T) {
 		t.Fatalf("after the purge the cache holds %+v, want nothing", c)
 	}
 }
+
+// TestAdminShowsASharedTierThatFails: a shared tier that cannot be reached
+// shows as unhealthy, with the error.
+func TestAdminShowsASharedTierThatFails(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "library/app", "v1", 1, 4<<10)
+	a := startAdminProxy(t, up, map[string]any{"s3": map[string]any{
+		"endpoint": "http://127.0.0.1:" + freePort(t), "bucket": "nowhere", "region": "us-east-1",
+		"access_key": "id", "secret_key": "secret",
+	}})
+	if err := a.pullImage(a.ref("docker.example.test", "library/app:v1"), nil, img); err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Caches []struct {
+			SharedTier struct {
+				Configured bool   `json:"configured"`
+				Healthy    bool   `json:"healthy"`
+				Error      string `json:"error"`
+			} `json:"shared_tier"`
+		} `json:"caches"`
+	}
+	a.call("GET", "/docker_proxy/cache", nil, &c)
+	st := c.Caches[0].SharedTier
+	if !st.Configured || st.Healthy || !strings.Contains(st.Error, "connection refused") {
+		t.Fatalf("shared tier that cannot be reached shown as %+v", st)
+	}
+}
