@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -179,8 +180,9 @@ type prefetchSchedule struct {
 	cancel context.CancelFunc
 	// wake starts the next run now (tests: the next interval, without
 	// waiting for it).
-	wake chan struct{}
-	once sync.Once
+	wake    chan struct{}
+	once    sync.Once
+	started atomic.Bool
 }
 
 // provisionPrefetch sets up the prefetch metrics and, for a prefetch
@@ -231,7 +233,10 @@ func (p prefetchStarter) Handle(context.Context, caddy.Event) error {
 }
 
 func (s *prefetchSchedule) start() {
-	s.once.Do(func() { go s.loop() })
+	s.once.Do(func() {
+		s.started.Store(true)
+		go s.loop()
+	})
 }
 
 // stopPrefetch ends the handler's schedule: a run in progress stops at its

@@ -206,7 +206,7 @@ func (f *prefetcher) manifest(path APIPath) (manifestDoc, digest.Digest, error) 
 	if f.quota.exhausted.Load() {
 		// Docker Hub counts every manifest GET: one more would be
 		// refused, and would count against the next window.
-		return manifestDoc{}, "", &stop{err: fmt.Errorf("the upstream reported its pull quota used up before %s:%s", path.Name, path.Reference()), limited: LimitedByQuota}
+		return manifestDoc{}, "", &stop{err: fmt.Errorf("the upstream reported its pull quota used up before manifest %s", refIn(path)), limited: LimitedByQuota}
 	}
 	a, err := f.serve(path, http.MethodGet, maxManifestSize)
 	if err != nil {
@@ -218,11 +218,11 @@ func (f *prefetcher) manifest(path APIPath) (manifestDoc, digest.Digest, error) 
 	}
 	d, err := digest.Parse(a.header.Get("Docker-Content-Digest"))
 	if err != nil || d.Validate() != nil || d != d.Algorithm().FromBytes(a.body) {
-		return manifestDoc{}, "", fmt.Errorf("manifest %s: the answer is not the manifest it names", path.Reference())
+		return manifestDoc{}, "", fmt.Errorf("manifest %s: the answer is not the manifest it names", refIn(path))
 	}
 	var doc manifestDoc
 	if err := json.Unmarshal(a.body, &doc); err != nil {
-		return manifestDoc{}, "", fmt.Errorf("manifest %s: %v", path.Reference(), err)
+		return manifestDoc{}, "", fmt.Errorf("manifest %s: %v", refIn(path), err)
 	}
 	if doc.MediaType == "" {
 		doc.MediaType = a.header.Get("Content-Type")
@@ -399,23 +399,23 @@ func (f *prefetcher) serve(path APIPath, method string, keep int) (*answer, erro
 	a := &answer{}
 	c := &pull{p: f.p, w: w, r: r, t: target{up: f.up, prefix: "/v2/", outcome: &a.outcome}, path: path}
 	if err := serveRecovering(c); err != nil {
-		return nil, fmt.Errorf("%s %s: %w", kindWord(path.Kind), path.Reference(), err)
+		return nil, fmt.Errorf("%s %s: %w", kindWord(path.Kind), refIn(path), err)
 	}
 	a.status, a.header, a.body, a.written = w.status, w.header, w.body.Bytes(), w.written
 	if a.status == 0 {
 		a.status = http.StatusOK
 	}
 	if a.outcome.UpstreamStatus == http.StatusTooManyRequests || a.status == http.StatusTooManyRequests {
-		return nil, &stop{err: fmt.Errorf("%s %s: the upstream answered 429 Too Many Requests", kindWord(path.Kind), path.Reference()), limited: LimitedBy429}
+		return nil, &stop{err: fmt.Errorf("%s %s: the upstream answered 429 Too Many Requests", kindWord(path.Kind), refIn(path)), limited: LimitedBy429}
 	}
 	switch {
 	case a.outcome.Outcome == OutcomeStale:
 		return nil, fmt.Errorf("%s %s: the upstream failed (%s); the cache holds the tag's last known digest, %s",
-			kindWord(path.Kind), path.Reference(), upstreamFailure(a.outcome), a.header.Get("Docker-Content-Digest"))
+			kindWord(path.Kind), refIn(path), upstreamFailure(a.outcome), a.header.Get("Docker-Content-Digest"))
 	case a.status != http.StatusOK:
-		return nil, fmt.Errorf("%s %s: %s", kindWord(path.Kind), path.Reference(), errorOf(a))
+		return nil, fmt.Errorf("%s %s: %s", kindWord(path.Kind), refIn(path), errorOf(a))
 	case a.outcome.Outcome == OutcomeCacheUnavailable || a.outcome.Outcome == OutcomeSchema1NotStored:
-		return nil, fmt.Errorf("%s %s: passed through, not cached (%s)", kindWord(path.Kind), path.Reference(), a.outcome.CacheStatus())
+		return nil, fmt.Errorf("%s %s: passed through, not cached (%s)", kindWord(path.Kind), refIn(path), a.outcome.CacheStatus())
 	}
 	return a, nil
 }
@@ -441,6 +441,14 @@ func serveRecovering(c *pull) (err error) {
 		c.serveBlob()
 	}
 	return nil
+}
+
+// refIn names what path asks for: repository:tag or repository@digest.
+func refIn(path APIPath) string {
+	if path.Tag != "" {
+		return path.Name + ":" + path.Tag
+	}
+	return path.Name + "@" + path.Digest.String()
 }
 
 func kindWord(k Kind) string {
