@@ -498,3 +498,38 @@ func TestPrefetchDoesNotWidenAccess(t *testing.T) {
 		t.Error("the site without credentials served the prefetched private image offline")
 	}
 }
+
+// TestPrefetchRefetchesWhatTheDiskLost: a blob the store lists but whose
+// file is gone is fetched again, not reported cached.
+func TestPrefetchRefetchesWhatTheDiskLost(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	img := up.PushRandomImage(t, "team/app", "1", 1, 64<<10)
+	e, admin := startProxyAdmin(t, up, cachedBlock("tag_ttl 1h"))
+	if res := postPrefetch(t, admin, `{"images": ["docker.io/team/app:1"]}`).image(t, 0); res["status"] != "fetched" {
+		t.Fatalf("prefetch: %v", res)
+	}
+	layer := layerDigests(t, img)[0]
+	var file string
+	waitUntil(t, "the layer's fill to commit", func() bool {
+		for _, f := range filesUnder(t, e.dataDirParent()) {
+			if strings.HasSuffix(f, layer.Hex) {
+				file = filepath.Join(e.dataDirParent(), f)
+				return true
+			}
+		}
+		return false
+	})
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	res := postPrefetch(t, admin, `{"images": ["docker.io/team/app:1"]}`).image(t, 0)
+	if res["status"] != "fetched" || num(res["blobs_fetched"]) != 1 {
+		t.Errorf("prefetch after the layer's file went: %v, want it fetched again", res)
+	}
+	if err := up.Faults.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.pullImage(e.ref("docker.example.test", "team/app:1"), nil, img); err != nil {
+		t.Errorf("offline pull: %v", err)
+	}
+}

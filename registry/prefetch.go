@@ -342,6 +342,10 @@ func (f *prefetcher) fetchBlobs(blobs []descriptor) error {
 			method = http.MethodHead
 		}
 		a, err := f.serve(path, method, 0)
+		if err == nil && method == http.MethodHead && a.outcome.Outcome != OutcomeHit {
+			// Evicted since: a HEAD is forwarded, not filled.
+			a, err = f.serve(path, http.MethodGet, 0)
+		}
 		if err != nil {
 			return err
 		}
