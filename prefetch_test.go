@@ -533,3 +533,29 @@ func TestPrefetchRefetchesWhatTheDiskLost(t *testing.T) {
 		t.Errorf("offline pull: %v", err)
 	}
 }
+
+// TestPrefetchQuotaZeroAfterTheLastManifest: an image whose last manifest
+// GET reports the quota at 0 still gets its blobs (Docker Hub does not
+// count them); the next image is not asked.
+func TestPrefetchQuotaZeroAfterTheLastManifest(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{RateLimit: 1})
+	img := up.PushRandomImage(t, "team/app", "1", 2, 4<<10)
+	up.PushRandomImage(t, "team/other", "1", 1, 1024)
+	e, admin := startProxyAdmin(t, up, cachedBlock(""))
+	a := postPrefetch(t, admin, `{"images": ["docker.io/team/app:1", "docker.io/team/other:1"]}`)
+	if res := a.image(t, 0); res["status"] != "fetched" || res["rate_limited"] != "quota" || num(res["blobs_fetched"]) != 3 {
+		t.Errorf("first image: %v, want fetched (3 blobs) with the quota reported at 0", res)
+	}
+	if res := a.image(t, 1); res["status"] != "rate_limited" {
+		t.Errorf("second image: %v, want rate_limited", res)
+	}
+	if n := up.Counters.ManifestGETsFor("team/other"); n != 0 {
+		t.Errorf("team/other: %d manifest GETs, want 0", n)
+	}
+	if err := up.Faults.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.pullImage(e.ref("docker.example.test", "team/app:1"), nil, img); err != nil {
+		t.Errorf("offline pull of the first image: %v", err)
+	}
+}
