@@ -25,7 +25,8 @@ func init() {
 }
 
 // AdminAPI is the admin.api.docker_proxy module: GET /docker_proxy/cache,
-// GET /docker_proxy/images, DELETE /docker_proxy/images/<image>.
+// GET /docker_proxy/images, DELETE /docker_proxy/images/<image> and POST
+// /docker_proxy/prefetch.
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -42,7 +43,7 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/docker_proxy/cache", Handler: caddy.AdminHandlerFunc(serveCacheStats)},
 		{Pattern: "/docker_proxy/images", Handler: caddy.AdminHandlerFunc(serveImages)},
 		{Pattern: "/docker_proxy/images/", Handler: caddy.AdminHandlerFunc(servePurge)},
-		// POST /docker_proxy/prefetch: prefetchAdminRoute() goes here.
+		prefetchAdminRoute(), // POST /docker_proxy/prefetch (admin_prefetch.go)
 	}
 }
 

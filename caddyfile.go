@@ -69,6 +69,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			...
 //		}
 //		page off | <template file>
+//		prefetch {
+//			interval <duration>
+//			images <reference>...
+//			platforms <os/arch[/variant]>...
+//		}
 //	}
 //
 // An <upstream> is a well-known registry name (docker.io, ghcr.io, quay.io,
@@ -129,10 +134,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //     snippets); "page off" gives browsers the redirect to /v2/ that
 //     every other client gets; "page <file>" renders the operator's own
 //     html/template instead (placeholders are expanded at provision).
+//   - prefetch pulls images into the cache when the config starts and then
+//     every interval (at least 1m): references as docker pull takes them
+//     (docker.io/library/alpine:3.20, ghcr.io/org/tool@sha256:...), each of
+//     a registry this handler serves and each once; images may be repeated
+//     to list more. platforms (default: all) picks the manifests of an
+//     index. It needs the cache.
 //
 // At least one of the default upstream, domain, route or fallback is
 // required. Every subdirective other than route, upstream, credentials,
-// allow and deny may appear only once.
+// allow and deny may appear only once (within prefetch: images).
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.Next() { // consume directive name
 		return d.Err("expected the docker_proxy directive")
@@ -298,8 +309,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 
+		case "prefetch":
+			if err := h.parsePrefetch(d); err != nil {
+				return err
+			}
+
 		case "{":
-			return d.Errf("unexpected block: subdirectives other than users, cache and transport take none")
+			return d.Errf("unexpected block: subdirectives other than users, cache, transport and prefetch take none")
 		default:
 			return d.Errf("unknown subdirective '%s'", sub)
 		}
@@ -311,7 +327,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("docker_proxy needs an upstream: give a default upstream (docker_proxy <upstream>), " +
 			"or a domain, route or fallback subdirective")
 	}
-	return h.checkRuleUpstreams(d)
+	if err := h.checkRuleUpstreams(d); err != nil {
+		return err
+	}
+	return h.checkPrefetchRegistries(d)
 }
 
 // singleArg reads the one argument of the subdirective in the current

@@ -72,6 +72,9 @@ type Handler struct {
 	// default): turned off, or the operator's own template.
 	Page *PageConfig `json:"page,omitempty"`
 
+	// Prefetch pulls images into the cache on a schedule (prefetch.go).
+	Prefetch *PrefetchConfig `json:"prefetch,omitempty"`
+
 	proxy    *registry.Proxy
 	cacheDir string    // the directory whose store this handler holds in the pool, if any
 	dirCache *dirCache // that directory's store
@@ -82,6 +85,9 @@ type Handler struct {
 	logger   *zap.Logger
 	metrics  *metrics
 	inFlight *inFlight
+
+	prefetch        *prefetchSchedule // nil without a prefetch block
+	prefetchMetrics *prefetchMetrics
 }
 
 // CaddyModule returns the Caddy module information.
@@ -213,6 +219,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		ClientAddr: clientIP,
 		OnAccount:  setUserID,
 	}
+	if err := h.provisionPrefetch(ctx); err != nil {
+		return err
+	}
 	live.add(h)
 	return nil
 }
@@ -282,6 +291,9 @@ func (h *Handler) Validate() error {
 	if err := h.validateGates(); err != nil {
 		return err
 	}
+	if err := h.checkPrefetch(); err != nil {
+		return err
+	}
 	if c := h.Cache; c != nil {
 		if c.MaxSize < 0 {
 			return fmt.Errorf("cache: max_size %d is negative", c.MaxSize)
@@ -338,6 +350,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // dropped, never applied.
 func (h *Handler) Cleanup() error {
 	live.remove(h)
+	h.stopPrefetch()
 	if h.dirCache != nil && h.events != nil {
 		h.dirCache.dropPending(h.events)
 	}

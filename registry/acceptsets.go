@@ -14,7 +14,6 @@ package registry
 import (
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/caddy-dockerproxy/dockerproxy/blobcache"
 )
@@ -115,17 +114,25 @@ func splitSet(key string) map[string]bool {
 	return set
 }
 
-// siblingTag finds a fresh record of the tag made for another Accept set
-// that answers this one, and records it for this set too.
-func (c *Cache) siblingTag(base, accept string, now time.Time) (blobcache.Tag, bool) {
+// siblingTag finds a record of the tag made for another Accept set that
+// answers this one, the most recently checked, and records it for this
+// set too. A stale one is taken as well: like this set's own record, it
+// is then revalidated with a HEAD (which Docker Hub does not count)
+// rather than fetched again with a GET, and served stale if the upstream
+// fails, so a tag that one client (or a prefetch) cached stays available
+// to every client while the upstream is down.
+func (c *Cache) siblingTag(base, accept string) (blobcache.Tag, bool) {
+	var found blobcache.Tag
 	for _, other := range c.accepts.others(base, accept) {
 		rec, ok := c.Store.Tag(base + "\x00" + other)
-		if !ok || now.Sub(rec.Checked) >= c.TagTTL || !answersFor(rec, other, accept) {
-			continue
+		if ok && answersFor(rec, other, accept) && rec.Checked.After(found.Checked) {
+			found = rec
 		}
-		_ = c.Store.SetTag(base+"\x00"+accept, rec)
-		c.accepts.add(base, accept)
-		return rec, true
 	}
-	return blobcache.Tag{}, false
+	if found.Digest == "" {
+		return blobcache.Tag{}, false
+	}
+	_ = c.Store.SetTag(base+"\x00"+accept, found)
+	c.accepts.add(base, accept)
+	return found, true
 }

@@ -51,7 +51,7 @@ func (c *pull) serveTag() {
 	rec, known := cache.Store.Tag(key)
 	if !known {
 		// Another client's Accept set may have the answer already.
-		rec, known = cache.siblingTag(base, accept, cache.now())
+		rec, known = cache.siblingTag(base, accept)
 	} else {
 		cache.accepts.add(base, accept)
 	}

@@ -194,6 +194,8 @@ note "large layer of team/big:1: $BIG_LAYER ($BIG_SIZE bytes)"
 # shellcheck source=access.sh
 . "$E2E_DIR/access.sh"
 check "a proxy account's hash and a client CA for the gated sites" access_setup
+# Prefetch: a block in the main site, s8_prefetch each round.
+. "$E2E_DIR/prefetch.sh"
 
 start_caddy() {
 	mkdir -p "$T/caddy/data" "$T/caddy/config" "$T/cache"
@@ -228,6 +230,7 @@ docker.example.test$PSUF, ghcr.example.test$PSUF, mirror.example.test$PSUF, unkn
 		cache $T/cache {
 			tag_ttl 1m
 		}
+		$(prefetch_block)
 	}
 }
 
@@ -877,6 +880,7 @@ round() {
 	s5_cache_status
 	s6_seeds
 	s7_access
+	s8_prefetch
 }
 
 page_scenario_pull # dockerd, configured by the page, pulls through it

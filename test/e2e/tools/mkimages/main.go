@@ -81,6 +81,10 @@ func main() {
 		{*hub, hubAuth, "team/big", []string{"1"}, func() (any, error) {
 			return image("team-big", types.DockerManifestSchema2, "amd64", *bigMiB*MiB, 32*KiB)
 		}},
+		// Pulled by no client: a prefetch block fetches it.
+		{*hub, hubAuth, "team/prefetched", []string{"1"}, func() (any, error) {
+			return index("team-prefetched", types.OCIImageIndex, types.OCIManifestSchema1, 300*KiB, 30*KiB)
+		}},
 		{*hub, hubAuth, "private/secret", []string{"1"}, func() (any, error) {
 			return image("private-secret", types.DockerManifestSchema2, "amd64", 200*KiB, 20*KiB)
 		}},
