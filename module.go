@@ -134,6 +134,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Tokens:      tokens,
 		Credentials: map[string]*tokenauth.Credentials{},
 		UserAgent:   userAgent,
+		Logger:      h.logger,
+		Now:         clock,
 	}
 	for _, c := range h.Credentials {
 		up, err := h.credentialsUpstream(c.Upstream)

@@ -137,9 +137,11 @@ const (
 // detached returns a context that carries ctx's values but not its
 // cancellation, canceled after timeout unless stop is called first. Once
 // stop is called the context lives on, so a response body read after it
-// is not cut.
+// is not cut. Its cause, once the timeout cancels it, is
+// context.DeadlineExceeded: the upstream did not answer in time, which
+// tells an unreachable upstream from a client that left.
 func detached(ctx context.Context, timeout time.Duration) (context.Context, func()) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	timer := time.AfterFunc(timeout, cancel)
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	timer := time.AfterFunc(timeout, func() { cancel(context.DeadlineExceeded) })
 	return ctx, func() { timer.Stop() }
 }
