@@ -184,6 +184,9 @@ func (h *Handler) provisionCache(remote *sharedRemote) (*registry.Cache, *tokena
 		}
 	}
 	cache := registry.NewCache(dc.store, ttl, dc.verdicts)
+	if h.Cache != nil {
+		cache.NegativeTTL = time.Duration(h.Cache.NegativeTTL)
+	}
 	cache.Now = clock
 	return cache, dc.accepted, nil
 }

@@ -291,6 +291,9 @@ func (h *Handler) Validate() error {
 		if c.TagTTL < 0 {
 			return fmt.Errorf("cache: tag_ttl %s is negative", time.Duration(c.TagTTL))
 		}
+		if c.NegativeTTL < 0 {
+			return fmt.Errorf("cache: negative_ttl %s is negative", time.Duration(c.NegativeTTL))
+		}
 		if c.S3 != nil {
 			if c.Disabled {
 				return errors.New("cache: s3 is a tier of the cache, which is disabled")

@@ -20,10 +20,14 @@ type Cache struct {
 	// TagTTL is how long a tag's digest is served without asking the
 	// upstream; after it, a HEAD revalidates it.
 	TagTTL time.Duration
+	// NegativeTTL is how long the upstream's 404 for a tag is answered
+	// without asking again, per identity (negative.go); 0 is never.
+	NegativeTTL time.Duration
 
 	memory    *memoryCache
 	accepts   acceptSets
 	tagFlight singleflight.Group
+	negatives negativeTags
 	// confirmationTTL is how long the upstream's confirmation of a
 	// client's own access is trusted without asking again: the
 	// confirmationTTL constant (tests set it to 0 to make every check ask).

@@ -72,6 +72,9 @@ func (c *pull) serveTag() {
 	if fresh && c.serveTagRecord(rec, hitResult) {
 		return
 	}
+	if c.serveRememberedMissing(key) {
+		return
+	}
 	round := c.detach()
 	flight := cache.tagFlight.DoChan(key+"\x00"+c.askedAs()+"\x00"+c.r.Method, func() (any, error) {
 		// Shared by every request of this identity for the tag: it must
@@ -107,6 +110,7 @@ func (c *pull) serveTag() {
 	}
 	switch {
 	case res.reply != nil:
+		c.rememberMissing(key, res.reply.status)
 		c.relay(res.reply.response(), res.reply.outcomeOr(resultMiss))
 	case res.err != nil || res.upstreamStatus != 0:
 		if known && !cache.Store.Contains(rec.Digest) {
