@@ -6,7 +6,9 @@ package registry
 // `skopeo inspect`, `crane ls` and signature checks work offline too. For
 // referrers, a 404 is a good answer too: a registry without the referrers
 // API (distribution 2.x and 3.0) says so with it, and clients (oras,
-// cosign, notation) then fall back to the sha256-<digest> tag.
+// cosign, notation) then fall back to the sha256-<digest> tag. A tag's 404
+// is kept the same way (tags.go), so that the fallback finds the same
+// answers offline.
 
 import (
 	"bytes"
@@ -151,6 +153,13 @@ func (c *pull) serveKeptList(upstreamStatus int) (answered bool) {
 	var kept keptList
 	if err := json.Unmarshal(raw, &kept); err != nil {
 		return false
+	}
+	if c.path.Kind == KindManifest {
+		// A tag's last answer was that it does not exist.
+		setOutcome(c.w, c.t, resultStale(upstreamStatus))
+		WriteError(c.w, &Error{Status: http.StatusNotFound, Code: CodeManifestUnknown, Message: c.path.Reference() + " is not in " + c.path.Name})
+		c.p.Logger.Info("served a stale 404 for a tag: upstream failed", zap.String("upstream", c.t.up.Name), zap.String("repository", c.path.Name), zap.String("tag", c.path.Tag))
+		return true
 	}
 	hdr := c.w.Header()
 	if kept.ContentType != "" {

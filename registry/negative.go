@@ -56,11 +56,11 @@ func (n *negativeTags) known(key string, now time.Time) bool {
 // depend) as c's identity asks for it.
 func (c *pull) negativeKey(tagKey string) string { return tagKey + "\x00" + c.askedAs() }
 
-// rememberMissing remembers the upstream's answer of status to c's tag if
-// it is a 404 and negative answers are on.
-func (c *pull) rememberMissing(tagKey string, status int) {
+// rememberMissing remembers the upstream's 404 for c's tag if negative
+// answers are on.
+func (c *pull) rememberMissing(tagKey string) {
 	cache := c.p.Cache
-	if status != http.StatusNotFound || cache.NegativeTTL <= 0 {
+	if cache.NegativeTTL <= 0 {
 		return
 	}
 	now := cache.now()

@@ -55,3 +55,36 @@ func TestReferrersKeptStale(t *testing.T) {
 		t.Errorf("referrers with the upstream down: %s %q %v, want %q, stale", status(resp), body, err, onlineBody)
 	}
 }
+
+// TestMissingTagServedStale: a tag the upstream said it does not have is
+// answered with that 404 when the upstream fails, not with a 503: clients
+// that look for a tag and fall back when it is missing (oras looking for
+// the sha256-<digest> tag of referrers) work offline as online.
+func TestMissingTagServedStale(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{})
+	up.PushRandomImage(t, "team/app", "v1", 1, 512)
+	_, srv := newTestProxy(t, up, time.Minute)
+	missing := manifestURL(srv.URL, "team/app", "sha256-0123")
+	for _, method := range []string{http.MethodHead, http.MethodGet} {
+		if resp, _ := requestManifest(t, method, missing, acceptImage); resp.StatusCode != http.StatusNotFound {
+			t.Fatalf("%s of a missing tag online: %s", method, status(resp))
+		}
+	}
+	if err := up.Faults.SetDown(true); err != nil {
+		t.Fatal(err)
+	}
+	defer up.Faults.Reset()
+	for _, method := range []string{http.MethodHead, http.MethodGet} {
+		resp, body := requestManifest(t, method, missing, acceptImage)
+		if resp.StatusCode != http.StatusNotFound || !strings.Contains(resp.Header.Get("Cache-Status"), "stale") {
+			t.Errorf("%s of the missing tag offline: %s, want its 404, stale", method, status(resp))
+		}
+		if method == http.MethodGet && registryErrorCode(t, body) != CodeManifestUnknown {
+			t.Errorf("GET of the missing tag offline: %s", body)
+		}
+	}
+	// A tag never asked for is not known to be missing.
+	if resp, _ := requestManifest(t, http.MethodGet, manifestURL(srv.URL, "team/app", "never-asked"), acceptImage); resp.StatusCode == http.StatusNotFound {
+		t.Errorf("a tag never asked for, offline: %s, want an upstream error", status(resp))
+	}
+}
