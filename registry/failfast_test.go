@@ -1,8 +1,11 @@
 package registry
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"net/url"
 	"path"
 	"strconv"
 	"strings"
@@ -385,5 +388,41 @@ func TestUpstream5xxIsNotDown(t *testing.T) {
 	}
 	if n := up.Counters.RegistryRequests() - before; n != 3 {
 		t.Errorf("%d upstream requests, want 3 (a 503 is an answer: each request asks)", n)
+	}
+}
+
+// TestUnreachable: which failures mark an upstream down. Only the
+// upstream's own host failing to answer does; a redirect target (a CDN)
+// that fails, a redirect the proxy refuses, or a client that left do not.
+func TestUnreachable(t *testing.T) {
+	up, err := ParseUpstream("https://registry.example.com", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := &url.Error{Op: "Get", URL: "https://registry.example.com/v2/a/manifests/1", Err: errors.New("dial tcp: connection refused")}
+	cdn, _ := url.Parse("https://cdn.example.net/blob?sig=1")
+	live := context.Background()
+	left, cancel := context.WithCancel(live)
+	cancel()
+	timedOut, stop := detached(live, time.Nanosecond)
+	defer stop()
+	<-timedOut.Done()
+	for _, c := range []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want bool
+	}{
+		{"the upstream refuses connections", live, refused, true},
+		{"the upstream's TLS handshake fails", live, &url.Error{Op: "Get", URL: "https://registry.example.com/v2/", Err: errors.New("tls: handshake failure")}, true},
+		{"a redirect target fails", live, withoutQuery(cdn, &url.Error{Op: "Get", URL: cdn.String(), Err: errors.New("connection reset")}), false},
+		{"another host (a token realm) fails", live, &url.Error{Op: "Get", URL: "https://auth.example.com/token", Err: errors.New("connection refused")}, false},
+		{"a redirect the proxy refuses", live, &redirectError{reason: "in a loop"}, false},
+		{"the client left", left, &url.Error{Op: "Get", URL: "https://registry.example.com/v2/", Err: context.Canceled}, false},
+		{"no answer in time", timedOut, &url.Error{Op: "Get", URL: "https://registry.example.com/v2/", Err: context.Canceled}, true},
+	} {
+		if got := unreachable(c.ctx, up, c.err); got != c.want {
+			t.Errorf("%s: unreachable = %v, want %v", c.name, got, c.want)
+		}
 	}
 }
