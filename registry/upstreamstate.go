@@ -50,6 +50,9 @@ const (
 	// interval, which doubles with each failed probe.
 	firstOutage = time.Second
 	maxOutage   = 30 * time.Second
+	// prunePausesAt is the number of pauses at which the ended ones are
+	// forgotten.
+	prunePausesAt = 1024
 )
 
 // upstreamState is what the proxy knows of its upstreams' availability:
@@ -183,6 +186,15 @@ func (s *upstreamState) learn(ctx context.Context, up Upstream, identity string,
 		pk := key + "\x00" + identity
 		if s.paused == nil {
 			s.paused = map[string]time.Time{}
+		}
+		if len(s.paused) >= prunePausesAt {
+			// Clients' own identities come and go: forget the pauses
+			// that ended.
+			for k, u := range s.paused {
+				if !now.Before(u) {
+					delete(s.paused, k)
+				}
+			}
 		}
 		if until.After(s.paused[pk]) {
 			if !s.paused[pk].After(now) {
