@@ -191,7 +191,8 @@ func (h *Handler) provisionCache(remote *sharedRemote) (*registry.Cache, *tokena
 	return cache, dc.accepted, nil
 }
 
-// clock is the registry caches' clock (tag_ttl, access confirmations):
+// clock is the registry caches' clock (tag_ttl, access confirmations) and
+// the upstream clients' (pauses, outages):
 // nil, which is time.Now, but in tests, where export_test.go sets one that
 // can be moved forward instead of waiting for time to pass.
 var clock func() time.Time
