@@ -184,11 +184,15 @@ func (h *Handler) provisionCache(remote *sharedRemote) (*registry.Cache, *tokena
 		}
 	}
 	cache := registry.NewCache(dc.store, ttl, dc.verdicts)
+	if h.Cache != nil {
+		cache.NegativeTTL = time.Duration(h.Cache.NegativeTTL)
+	}
 	cache.Now = clock
 	return cache, dc.accepted, nil
 }
 
-// clock is the registry caches' clock (tag_ttl, access confirmations):
+// clock is the registry caches' clock (tag_ttl, access confirmations) and
+// the upstream clients' (pauses, outages):
 // nil, which is time.Now, but in tests, where export_test.go sets one that
 // can be moved forward instead of waiting for time to pass.
 var clock func() time.Time

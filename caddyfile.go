@@ -56,6 +56,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		cache [<dir>] {
 //			max_size <size>
 //			tag_ttl <duration>
+//			negative_ttl <duration>
 //			s3 {
 //				endpoint <url>
 //				bucket <name>
@@ -114,7 +115,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //   - cache off proxies every request. Otherwise the cache is on; <dir> is
 //     its directory, max_size bounds it (50GiB, 500MB, 1073741824; 0 means
 //     unbounded) and tag_ttl (5m, 1h, 1d; must be positive) is how long a
-//     tag's digest is served without asking the upstream.
+//     tag's digest is served without asking the upstream. negative_ttl
+//     (0, the default, is off) is how long the upstream's 404 for a tag
+//     is answered without asking again.
 //   - s3 adds a shared tier behind the cache: an S3-compatible bucket that
 //     several instances behind one load balancer share. endpoint (an http
 //     or https URL: its scheme decides TLS) and bucket are required;
@@ -381,7 +384,7 @@ func parseCache(d *caddyfile.Dispenser) (*CacheConfig, error) {
 		cache.Dir = args[0]
 	}
 
-	var haveMaxSize, haveTagTTL bool
+	var haveMaxSize, haveTagTTL, haveNegativeTTL bool
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch sub := d.Val(); sub {
 		case "s3":
@@ -421,6 +424,20 @@ func parseCache(d *caddyfile.Dispenser) (*CacheConfig, error) {
 				return nil, d.Errf("invalid tag_ttl '%s': must be positive", d.Val())
 			}
 			cache.TagTTL = caddy.Duration(ttl)
+
+		case "negative_ttl":
+			if _, err := singleArg(d, haveNegativeTTL); err != nil {
+				return nil, err
+			}
+			haveNegativeTTL = true
+			ttl, err := caddy.ParseDuration(d.Val())
+			if err != nil {
+				return nil, d.Errf("invalid negative_ttl '%s': %v", d.Val(), err)
+			}
+			if ttl < 0 {
+				return nil, d.Errf("invalid negative_ttl '%s': must not be negative", d.Val())
+			}
+			cache.NegativeTTL = caddy.Duration(ttl)
 
 		case "{":
 			return nil, d.Errf("unexpected block: cache subdirectives take none")

@@ -382,6 +382,24 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want: Handler{Upstream: "docker.io", Cache: &CacheConfig{MaxSize: 1 << 30, TagTTL: caddy.Duration(90 * time.Second)}},
 		},
 		{
+			name: "cache negative_ttl",
+			input: `docker_proxy docker.io {
+				cache {
+					negative_ttl 10s
+				}
+			}`,
+			want: Handler{Upstream: "docker.io", Cache: &CacheConfig{NegativeTTL: caddy.Duration(10 * time.Second)}},
+		},
+		{
+			name: "cache negative_ttl 0 is off",
+			input: `docker_proxy docker.io {
+				cache {
+					negative_ttl 0
+				}
+			}`,
+			want: Handler{Upstream: "docker.io", Cache: &CacheConfig{}},
+		},
+		{
 			name: "cache max_size 0 is unbounded",
 			input: `docker_proxy docker.io {
 				cache /srv/cache {
@@ -598,6 +616,10 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"tag_ttl repeated", "docker_proxy docker.io {\n\tcache {\n\t\ttag_ttl 5m\n\t\ttag_ttl 1h\n\t}\n}", 4, []string{"tag_ttl already specified"}},
 		{"tag_ttl bad", "docker_proxy docker.io {\n\tcache {\n\t\ttag_ttl soon\n\t}\n}", 3, []string{"invalid tag_ttl 'soon'"}},
 		{"tag_ttl negative", "docker_proxy docker.io {\n\tcache {\n\t\ttag_ttl -5m\n\t}\n}", 3, []string{"invalid tag_ttl '-5m'", "must be positive"}},
+		{"negative_ttl without value", "docker_proxy docker.io {\n\tcache {\n\t\tnegative_ttl\n\t}\n}", 3, []string{"wrong argument count", "'negative_ttl'"}},
+		{"negative_ttl repeated", "docker_proxy docker.io {\n\tcache {\n\t\tnegative_ttl 5s\n\t\tnegative_ttl 1m\n\t}\n}", 4, []string{"negative_ttl already specified"}},
+		{"negative_ttl bad", "docker_proxy docker.io {\n\tcache {\n\t\tnegative_ttl never\n\t}\n}", 3, []string{"invalid negative_ttl 'never'"}},
+		{"negative_ttl negative", "docker_proxy docker.io {\n\tcache {\n\t\tnegative_ttl -5s\n\t}\n}", 3, []string{"invalid negative_ttl '-5s'", "must not be negative"}},
 		{"tag_ttl zero", "docker_proxy docker.io {\n\tcache {\n\t\ttag_ttl 0s\n\t}\n}", 3, []string{"invalid tag_ttl '0s'", "must be positive"}},
 
 		// cache s3
@@ -666,6 +688,7 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		"docker_proxy docker.io {\n\troute a.example.com ghcr.io\n\tupstream docker.io http://127.0.0.1:5000\n\tfallback quay.io\n}",
 		"docker_proxy docker.io {\n\tcredentials u {env.T}\n\tcredentials ghcr.io u p\n\tauth_key k\n}",
 		"docker_proxy docker.io {\n\tcache /c {\n\t\tmax_size 1GiB\n\t\ttag_ttl 5m\n\t}\n}",
+		"docker_proxy docker.io {\n\tcache {\n\t\tnegative_ttl 5s\n\t}\n}",
 		"docker_proxy docker.io {\n\tcache off {}\n}",
 		"docker_proxy docker.io {\n\tcache {\n\t\ts3 {\n\t\t\tendpoint http://127.0.0.1:9000\n\t\t\tbucket cache\n\t\t\taccess_key id\n\t\t\tsecret_key {env.K}\n\t\t}\n\t}\n}",
 		"docker_proxy docker.io {\n\ttransport http {\n\t\tdial_timeout 5s\n\t\tversions 1.1 2\n\t}\n}",

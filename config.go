@@ -32,6 +32,9 @@ type CacheConfig struct {
 	// TagTTL is how long a tag's digest is served without asking the
 	// upstream. Default 5m.
 	TagTTL caddy.Duration `json:"tag_ttl,omitempty"`
+	// NegativeTTL is how long the upstream's 404 for a tag is answered
+	// without asking it again, per identity. Default 0: never.
+	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
 	// S3 is a bucket that several instances behind one load balancer
 	// share as a second tier behind their local caches. It belongs to
 	// the cache directory: every handler naming the directory should

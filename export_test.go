@@ -14,7 +14,8 @@ func init() {
 }
 
 // AdvanceClock moves the clock of every registry cache (tag_ttl, access
-// confirmations) forward by d: a tag goes stale without the test waiting.
+// confirmations) and upstream client (pauses, outages) forward by d: a tag
+// goes stale, or a pause ends, without the test waiting.
 // The clock only ever moves forward, so tests that run later see it moved
 // too, as if they had run that much later.
 func AdvanceClock(d time.Duration) { skipped.Add(int64(d)) }

@@ -140,6 +140,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Tokens:      tokens,
 		Credentials: map[string]*tokenauth.Credentials{},
 		UserAgent:   userAgent,
+		Logger:      h.logger,
+		Now:         clock,
 	}
 	for _, c := range h.Credentials {
 		up, err := h.credentialsUpstream(c.Upstream)
@@ -300,6 +302,9 @@ func (h *Handler) Validate() error {
 		}
 		if c.TagTTL < 0 {
 			return fmt.Errorf("cache: tag_ttl %s is negative", time.Duration(c.TagTTL))
+		}
+		if c.NegativeTTL < 0 {
+			return fmt.Errorf("cache: negative_ttl %s is negative", time.Duration(c.NegativeTTL))
 		}
 		if c.S3 != nil {
 			if c.Disabled {

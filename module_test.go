@@ -107,6 +107,7 @@ func TestValidateGivesJSONTheCaddyfileChecks(t *testing.T) {
 			{Username: "a", Secret: "b"}, {Upstream: "registry-1.docker.io", Username: "c", Secret: "d"}}}, "credentials for upstream 'docker.io' already specified"},
 		{"negative max_size", Handler{Upstream: "docker.io", Cache: &CacheConfig{MaxSize: -1}}, "max_size"},
 		{"negative tag_ttl", Handler{Upstream: "docker.io", Cache: &CacheConfig{TagTTL: caddy.Duration(-time.Minute)}}, "tag_ttl"},
+		{"negative negative_ttl", Handler{Upstream: "docker.io", Cache: &CacheConfig{NegativeTTL: caddy.Duration(-time.Second)}}, "negative_ttl"},
 		{"s3 without endpoint", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Bucket: "cache", AccessKey: "id", SecretKey: "pw"}}}, "s3: endpoint is required"},
 		{"s3 without bucket", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Endpoint: "https://s3.example.com", AccessKey: "id", SecretKey: "pw"}}}, "s3: bucket is required"},
 		{"s3 without secret_key", Handler{Upstream: "docker.io", Cache: &CacheConfig{S3: &S3Config{Endpoint: "https://s3.example.com", Bucket: "cache", AccessKey: "id"}}}, "give both access_key and secret_key, or neither"},

@@ -391,9 +391,22 @@ func TestScheduledPrefetchStopsAt429(t *testing.T) {
 		t.Error("the log does not say that the run stopped at a 429")
 	}
 
+	// A run while the 429's Retry-After (a minute) lasts asks nothing.
 	up.Faults.RateLimit(false, 0)
+	up.Counters.Reset()
 	dockerproxy.PrefetchNow()
 	waitUntil(t, "the second scheduled run", func() bool { return e.runsFinished() == 2 })
+	if n := up.Counters.RegistryRequests(); n != 0 {
+		t.Errorf("a run during the upstream's Retry-After made %d upstream requests, want 0", n)
+	}
+	if got := e.prefetchCount("docker.io", "rate_limited"); got != "4" {
+		t.Errorf("during the pause: prefetch_images_total{rate_limited} = %s, want 4", got)
+	}
+
+	// The next run after it fetches both.
+	dockerproxy.AdvanceClock(time.Minute)
+	dockerproxy.PrefetchNow()
+	waitUntil(t, "the third scheduled run", func() bool { return e.runsFinished() == 3 })
 	if got := e.prefetchCount("docker.io", "fetched"); got != "2" {
 		t.Errorf("after the limit: prefetch_images_total{fetched} = %s, want 2", got)
 	}

@@ -139,14 +139,16 @@ func TestRedirectTargetErrorsAreRegistryErrors(t *testing.T) {
 			}
 
 			mirror := up.StartMirror(t, testupstream.MirrorOptions{Tokens: true})
+			// The 404 last: once the tag is known to be missing, the
+			// cache serves that answer while the upstream fails.
 			for _, c := range []struct {
 				mirrorStatus, status int
 				manifestCode         string
 				tagsCode             string
 			}{
-				{404, 404, "MANIFEST_UNKNOWN", "NAME_UNKNOWN"},
 				{403, 502, "UNAVAILABLE", "UNAVAILABLE"},
 				{500, 502, "UNAVAILABLE", "UNAVAILABLE"},
+				{404, 404, "MANIFEST_UNKNOWN", "NAME_UNKNOWN"},
 			} {
 				mirror.SetStatus(c.mirrorStatus)
 				what := "mirror " + http.StatusText(c.mirrorStatus)

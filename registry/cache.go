@@ -20,10 +20,14 @@ type Cache struct {
 	// TagTTL is how long a tag's digest is served without asking the
 	// upstream; after it, a HEAD revalidates it.
 	TagTTL time.Duration
+	// NegativeTTL is how long the upstream's 404 for a tag is answered
+	// without asking again, per identity (negative.go); 0 is never.
+	NegativeTTL time.Duration
 
 	memory    *memoryCache
 	accepts   acceptSets
 	tagFlight singleflight.Group
+	negatives negativeTags
 	// confirmationTTL is how long the upstream's confirmation of a
 	// client's own access is trusted without asking again: the
 	// confirmationTTL constant (tests set it to 0 to make every check ask).
@@ -137,9 +141,11 @@ const (
 // detached returns a context that carries ctx's values but not its
 // cancellation, canceled after timeout unless stop is called first. Once
 // stop is called the context lives on, so a response body read after it
-// is not cut.
+// is not cut. Its cause, once the timeout cancels it, is
+// context.DeadlineExceeded: the upstream did not answer in time, which
+// tells an unreachable upstream from a client that left.
 func detached(ctx context.Context, timeout time.Duration) (context.Context, func()) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	timer := time.AfterFunc(timeout, cancel)
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	timer := time.AfterFunc(timeout, func() { cancel(context.DeadlineExceeded) })
 	return ctx, func() { timer.Stop() }
 }

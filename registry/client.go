@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/caddy-dockerproxy/dockerproxy/netguard"
 	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
@@ -38,6 +40,16 @@ type Client struct {
 	// configured host is. Tests that serve everything on loopback set it
 	// to declare an upstream public.
 	Policy func(ctx context.Context, up Upstream) netguard.Policy
+	// Logger, if set, hears when an upstream goes down, comes back or
+	// asks to wait (upstreamstate.go).
+	Logger *zap.Logger
+	// Now is the clock of pauses and outages; nil is time.Now. Tests set
+	// it to move time forward without waiting.
+	Now func() time.Time
+
+	// state pauses an identity that the upstream rate-limits and fails
+	// fast while the upstream cannot be reached (upstreamstate.go).
+	state upstreamState
 
 	mu         sync.Mutex
 	challenges map[string]learntChallenge // by upstream base URL
@@ -159,7 +171,36 @@ type outbound struct {
 }
 
 // Do sends o to up as grant's identity and returns the final response.
+// While the upstream pauses that identity or cannot be reached, nothing is
+// sent and the error says so at once (upstreamstate.go).
 func (c *Client) Do(ctx context.Context, up Upstream, grant tokenauth.Grant, o outbound) (*http.Response, error) {
+	identity := requestIdentity(grant)
+	// Docker Hub's pull quota counts manifest GETs, nothing else.
+	counted := o.kind == KindManifest && o.method == http.MethodGet
+	probe, err := c.state.admit(up, identity, counted, c.now())
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.do(ctx, up, grant, o)
+	c.state.learn(ctx, up, identity, probe, c.now(), resp, err, c.logger())
+	return resp, err
+}
+
+func (c *Client) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+func (c *Client) logger() *zap.Logger {
+	if c.Logger == nil {
+		return zap.NewNop()
+	}
+	return c.Logger
+}
+
+func (c *Client) do(ctx context.Context, up Upstream, grant tokenauth.Grant, o outbound) (*http.Response, error) {
 	ctx = c.guard(ctx, up)
 	req, err := c.newRequest(ctx, up, o)
 	if err != nil {

@@ -3,7 +3,12 @@ package registry
 // Lists: tags/list and referrers change at any time, so they always go to
 // the upstream. Its last good answer is kept only to be served when the
 // upstream fails (stale-if-error), to identities that may read it, so that
-// `skopeo inspect`, `crane ls` and signature checks work offline too.
+// `skopeo inspect`, `crane ls` and signature checks work offline too. For
+// referrers, a 404 is a good answer too: a registry without the referrers
+// API (distribution 2.x and 3.0) says so with it, and clients (oras,
+// cosign, notation) then fall back to the sha256-<digest> tag. A tag's 404
+// is kept the same way (tags.go), so that the fallback finds the same
+// answers offline.
 
 import (
 	"bytes"
@@ -35,6 +40,9 @@ const listMediaType = "application/vnd.docker-proxy.list.v1+json"
 // keptList is a list answer as kept in the store: what the client needs to
 // see it again as the upstream sent it.
 type keptList struct {
+	// Status is the upstream's status: 0 for 200, or 404 for referrers
+	// of a registry that has no referrers API.
+	Status      int      `json:"status,omitempty"`
 	ContentType string   `json:"content_type"`
 	Links       []string `json:"links,omitempty"`
 	Body        []byte   `json:"body"`
@@ -64,7 +72,7 @@ func (c *pull) serveList() {
 				break
 			}
 			if len(head) <= maxListSize {
-				c.keepList(resp.Header, head)
+				c.keepList(0, resp.Header, head)
 			}
 			// A list too big to keep still reaches the client whole:
 			// what was read, then the rest as it comes. relay aborts the
@@ -75,6 +83,19 @@ func (c *pull) serveList() {
 		case failedStatus(resp.StatusCode):
 			upstreamStatus = resp.StatusCode
 			drain(resp.Body)
+		case resp.StatusCode == http.StatusNotFound && c.path.Kind == KindReferrers:
+			// "No referrers API" (or no such repository): what clients
+			// decide their fallback on, kept like a list.
+			body, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			if rerr != nil {
+				err = rerr
+				break
+			}
+			c.keepList(resp.StatusCode, resp.Header, body)
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+			c.relay(resp, resultMiss)
+			return
 		default:
 			c.relay(resp, resultMiss)
 			return
@@ -89,9 +110,10 @@ func (c *pull) serveList() {
 	c.writeUpstreamError(err)
 }
 
-// keepList stores a good list answer, with its header h, for stale-if-error.
-func (c *pull) keepList(h http.Header, body []byte) {
-	kept, _ := json.Marshal(keptList{ContentType: h.Get("Content-Type"), Links: h.Values("Link"), Body: body})
+// keepList stores a good list answer (status 0: 200), with its header h,
+// for stale-if-error.
+func (c *pull) keepList(status int, h http.Header, body []byte) {
+	kept, _ := json.Marshal(keptList{Status: status, ContentType: h.Get("Content-Type"), Links: h.Values("Link"), Body: body})
 	d := digest.FromBytes(kept)
 	// Kept for this instance's stale answers only: not for the shared tier.
 	if err := c.p.Cache.Store.PutLocal(d, listMediaType, kept); err != nil {
@@ -132,6 +154,13 @@ func (c *pull) serveKeptList(upstreamStatus int) (answered bool) {
 	if err := json.Unmarshal(raw, &kept); err != nil {
 		return false
 	}
+	if c.path.Kind == KindManifest {
+		// A tag's last answer was that it does not exist.
+		setOutcome(c.w, c.t, resultStale(upstreamStatus))
+		WriteError(c.w, &Error{Status: http.StatusNotFound, Code: CodeManifestUnknown, Message: c.path.Reference() + " is not in " + c.path.Name})
+		c.p.Logger.Info("served a stale 404 for a tag: upstream failed", zap.String("upstream", c.t.up.Name), zap.String("repository", c.path.Name), zap.String("tag", c.path.Tag))
+		return true
+	}
 	hdr := c.w.Header()
 	if kept.ContentType != "" {
 		hdr.Set("Content-Type", kept.ContentType)
@@ -141,7 +170,12 @@ func (c *pull) serveKeptList(upstreamStatus int) (answered bool) {
 	}
 	hdr.Set("Content-Length", strconv.Itoa(len(kept.Body)))
 	setOutcome(c.w, c.t, resultStale(upstreamStatus))
-	c.w.WriteHeader(http.StatusOK)
+	status := http.StatusOK
+	if kept.Status != 0 {
+		status = kept.Status
+		hdr.Set("Docker-Distribution-Api-Version", "registry/2.0")
+	}
+	c.w.WriteHeader(status)
 	_, _ = c.w.Write(kept.Body)
 	c.p.Logger.Info("served a stale list: upstream failed", zap.String("upstream", c.t.up.Name), zap.String("repository", c.path.Name))
 	return true

@@ -94,6 +94,9 @@ type Result struct {
 	// UpstreamStatus is the upstream's status code behind a refusal, a
 	// stale answer or an upstream error; 0 when it did not answer.
 	UpstreamStatus int
+	// Remembered: a refusal (a tag's 404) answered from what the upstream
+	// said within negative_ttl, without asking it again.
+	Remembered bool
 }
 
 // CacheStatus is the Cache-Status header (RFC 9211) of a response with
@@ -119,6 +122,9 @@ func (res Result) CacheStatus() string {
 	case OutcomeSchema1NotStored:
 		return "docker_proxy; fwd=miss; detail=schema1-not-stored"
 	case OutcomeRefused:
+		if res.Remembered {
+			return "docker_proxy; hit; detail=negative"
+		}
 		return "docker_proxy; fwd=miss" + res.fwdStatus()
 	case OutcomeUpstreamError:
 		if res.UpstreamStatus == 0 {

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"errors"
 	"net/http"
 
 	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
@@ -42,5 +43,14 @@ func (c *pull) do(o outbound) (*http.Response, error) {
 // askedAs names who the upstream answers for this pull's requests.
 func (c *pull) askedAs() string { return c.p.askedAs(c.grant, c.t.up) }
 
-// writeUpstreamError answers for an upstream that failed to answer.
-func (c *pull) writeUpstreamError(err error) { c.p.writeUpstreamError(c.w, c.t, err) }
+// writeUpstreamError answers for an upstream that failed to answer. A 429
+// that paused this identity tells the client when to come back.
+func (c *pull) writeUpstreamError(err error) {
+	var se *upstreamStatusError
+	if errors.As(err, &se) && se.status == http.StatusTooManyRequests {
+		if pe := c.p.Upstream.state.pausedFor(c.t.up, requestIdentity(c.grant), c.p.Upstream.now()); pe != nil {
+			c.w.Header().Set("Retry-After", retryAfter(pe.until, pe.now))
+		}
+	}
+	c.p.writeUpstreamError(c.w, c.t, err)
+}

@@ -161,6 +161,15 @@ func copyBody(w http.ResponseWriter, body io.Reader) {
 // client learns which upstream and what kind of failure; the details (with
 // internal addresses) go to the log only.
 func (p *Proxy) writeUpstreamError(w http.ResponseWriter, t target, err error) {
+	if e, retry, ok := failFast(t.up, err); ok {
+		// Not sent at all (the upstream is paused or down): logged when
+		// that began, not for every request.
+		p.Logger.Debug("upstream not asked", zap.String("upstream", t.up.Name), zap.Error(err))
+		setOutcome(w, t, p.upstreamErrorResult(0))
+		w.Header().Set("Retry-After", retry)
+		WriteError(w, e)
+		return
+	}
 	p.Logger.Warn("upstream request failed", zap.String("upstream", t.up.Name), zap.Error(err))
 	var mi *manifestInvalidError
 	if errors.As(err, &mi) {

@@ -72,6 +72,9 @@ func (c *pull) serveTag() {
 	if fresh && c.serveTagRecord(rec, hitResult) {
 		return
 	}
+	if c.serveRememberedMissing(key) {
+		return
+	}
 	round := c.detach()
 	flight := cache.tagFlight.DoChan(key+"\x00"+c.askedAs()+"\x00"+c.r.Method, func() (any, error) {
 		// Shared by every request of this identity for the tag: it must
@@ -107,6 +110,15 @@ func (c *pull) serveTag() {
 	}
 	switch {
 	case res.reply != nil:
+		if res.reply.status == http.StatusNotFound {
+			// The tag does not exist: remembered for negative_ttl, and
+			// kept as its last answer for when the upstream fails (a
+			// client that looks for a tag and falls back when it is
+			// missing, as oras does for sha256-<digest>, then works
+			// offline too).
+			c.rememberMissing(key)
+			c.keepList(http.StatusNotFound, http.Header{}, nil)
+		}
 		c.relay(res.reply.response(), res.reply.outcomeOr(resultMiss))
 	case res.err != nil || res.upstreamStatus != 0:
 		if known && !cache.Store.Contains(rec.Digest) {
@@ -119,6 +131,9 @@ func (c *pull) serveTag() {
 				zap.String("upstream", c.t.up.Name), zap.String("repository", c.path.Name), zap.String("tag", c.path.Tag),
 				zap.Int("upstream_status", res.upstreamStatus), zap.Error(res.err))
 			return
+		}
+		if !known && c.serveKeptList(res.upstreamStatus) {
+			return // the tag's last answer: 404
 		}
 		if res.err == nil {
 			res.err = &upstreamStatusError{status: res.upstreamStatus}

@@ -1,6 +1,7 @@
 package testupstream
 
 import (
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,7 @@ type Faults struct {
 	retryAfter   atomic.Int64 // seconds
 	slowBPS      atomic.Int64
 	hold         atomic.Pointer[Hold]
+	hang         atomic.Pointer[chan struct{}]
 	downMu       sync.Mutex
 	down         bool
 	liveHolds    sync.Map // *Hold -> struct{}, released on Close
@@ -129,6 +131,42 @@ func (f *Faults) SetDown(down bool) error {
 	return nil
 }
 
+// HangRegistry(true) makes the registry listener take every request and
+// never answer it, as a server whose process is stuck does: the request is
+// counted, then held until the client gives up (its connection is then
+// closed without an answer) or HangRegistry(false) releases it the same
+// way. Connections are accepted, so only a client's timeout ends the wait.
+func (f *Faults) HangRegistry(on bool) {
+	if on {
+		ch := make(chan struct{})
+		if old := f.hang.Swap(&ch); old != nil {
+			close(*old)
+		}
+		return
+	}
+	if old := f.hang.Swap(nil); old != nil {
+		close(*old)
+	}
+}
+
+// hung holds a registry request while HangRegistry is on, and reports
+// whether it did (the connection is then closed, unanswered).
+func (f *Faults) hung(w http.ResponseWriter, r *http.Request) bool {
+	ch := f.hang.Load()
+	if ch == nil {
+		return false
+	}
+	select {
+	case <-*ch:
+	case <-r.Context().Done():
+	}
+	if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+		_ = conn.Close()
+		return true
+	}
+	panic(http.ErrAbortHandler)
+}
+
 // Reset turns every fault off, brings listeners back up and releases any hold.
 func (f *Faults) Reset() error {
 	f.CutBlobsAfter(-1)
@@ -141,6 +179,7 @@ func (f *Faults) Reset() error {
 	f.RedirectBlobsTo("")
 	f.RateLimit(false, 60*time.Second)
 	f.SlowBlobs(0)
+	f.HangRegistry(false)
 	if h := f.hold.Load(); h != nil {
 		h.Release()
 	}
@@ -189,6 +228,7 @@ func (h *Hold) Release() {
 }
 
 func (f *Faults) releaseAll() {
+	f.HangRegistry(false)
 	f.liveHolds.Range(func(k, _ any) bool {
 		k.(*Hold).Release()
 		return true

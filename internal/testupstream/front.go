@@ -71,6 +71,9 @@ func bearerToken(r *http.Request) string {
 
 // serveRegistry is the Docker-Hub-like front of the registry listener.
 func (u *Upstream) serveRegistry(w http.ResponseWriter, r *http.Request) {
+	if u.Faults.hung(w, r) {
+		return
+	}
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	if code := int(u.Faults.regStatus.Load()); code != 0 {
 		writeRegError(w, code, statusCode(code), "injected fault")

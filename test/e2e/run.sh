@@ -86,6 +86,7 @@ go_tool() { # go_tool BINARY PACKAGE@VERSION
 }
 go_tool pebble github.com/letsencrypt/pebble/v2/cmd/pebble@latest
 go_tool crane github.com/google/go-containerregistry/cmd/crane@latest
+go_tool oras oras.land/oras/cmd/oras@v1.3.6 # failfast.sh
 go_tool xcaddy github.com/caddyserver/xcaddy/cmd/xcaddy@latest
 
 # pebble's own HTTPS listener certificate and the CA that signed it come

@@ -869,6 +869,9 @@ clear_clients() {
 	[ "$n" = 0 ] && [ "$(ctr_ content ls -q | wc -l)" = 0 ] && [ "$(podman_ images -q | wc -l)" = 0 ]
 }
 
+# shellcheck source=failfast.sh
+. "$E2E_DIR/failfast.sh"
+
 round() {
 	s1_docker
 	s2_containerd
@@ -881,6 +884,7 @@ round() {
 	s6_seeds
 	s7_access
 	s8_prefetch
+	s8_failfast
 }
 
 page_scenario_pull # dockerd, configured by the page, pulls through it
