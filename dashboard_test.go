@@ -90,7 +90,8 @@ func unknownMetrics(exprs []string, scraped map[string]bool) []string {
 
 // TestDashboardQueriesNameScrapedMetrics: every query of the Grafana
 // dashboard names metrics that a real scrape has after traffic (a pull
-// through a cache), and the check catches a made-up name.
+// through a cache), and the check catches a made-up name; the README
+// documents the scrape's metrics, all of them.
 func TestDashboardQueriesNameScrapedMetrics(t *testing.T) {
 	exprs := dashboardQueries(t, "deploy/grafana/docker_proxy.json")
 	if len(exprs) < 10 {
@@ -121,6 +122,33 @@ func TestDashboardQueriesNameScrapedMetrics(t *testing.T) {
 	if problems := unknownMetrics(exprs, scraped); len(problems) > 0 {
 		t.Errorf("dashboard queries name metrics the scrape lacks:\n%s", strings.Join(problems, "\n"))
 	}
+	// The README's section "Metrics" names each metric of the scrape, and
+	// no other.
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(readme), "\n## Metrics\n")
+	section, _, _ = strings.Cut(section, "\n## ")
+	documented := map[string]bool{}
+	for _, n := range metricName.FindAllString(section, -1) {
+		documented[n] = true
+		if !scraped[n] && !scraped[n+"_bucket"] {
+			t.Errorf("README's Metrics names %s, which the scrape lacks", n)
+		}
+	}
+	for n := range scraped {
+		base := n
+		for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+			if b, ok := strings.CutSuffix(n, suffix); ok && scraped[b+"_bucket"] {
+				base = b
+			}
+		}
+		if strings.HasPrefix(base, "caddy_docker_proxy_") && !documented[base] {
+			t.Errorf("the scrape has %s, which README's Metrics does not name", base)
+		}
+	}
+
 	// The check itself: a made-up name and a query without one are caught.
 	madeUp := []string{`rate(caddy_docker_proxy_responses_totl[5m])`, `up`}
 	if got := unknownMetrics(madeUp, scraped); len(got) != 2 || !slices.ContainsFunc(got, func(p string) bool { return strings.HasPrefix(p, "caddy_docker_proxy_responses_totl ") }) {
