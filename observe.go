@@ -80,19 +80,30 @@ const (
 	placeholderAccount    = "http.docker_proxy.account"
 )
 
-// setPlaceholders sets the request's placeholders from its result: the
+// setPlaceholders gives the request's placeholders from its result: the
 // upstream's name, the repository as the client named it, the outcome as
 // the metrics label it, the request kind. A request routed nowhere has no
-// upstream; one whose path named no repository, none.
+// upstream; one whose path named no repository, none. One provider for
+// all of them, asked only when a placeholder is used (the access log's
+// log_append): a request costs one small allocation, not one per field.
 func setPlaceholders(r *http.Request, res registry.Result) {
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
 		return
 	}
-	repl.Set(placeholderUpstream, res.Upstream)
-	repl.Set(placeholderRepository, res.Repository)
-	repl.Set(placeholderCache, res.Outcome.Label())
-	repl.Set(placeholderKind, kindLabel(res.Kind))
+	repl.Map(func(key string) (any, bool) {
+		switch key {
+		case placeholderUpstream:
+			return res.Upstream, true
+		case placeholderRepository:
+			return res.Repository, true
+		case placeholderCache:
+			return res.Outcome.Label(), true
+		case placeholderKind:
+			return kindLabel(res.Kind), true
+		}
+		return nil, false
+	})
 }
 
 // upstreamObserver counts the upstream requests a handler's client makes

@@ -190,6 +190,9 @@ func TestMetricsScriptedTraffic(t *testing.T) {
 		{remaining, []string{u, "identity=bob"}, limit - 2},
 		{remaining, []string{u, "identity=client"}, limit - 3},
 		{"caddy_docker_proxy_upstream_quota_limit", []string{u}, 3 * limit},
+		// Tokens from the realm: the cold pull's, bob's (the proxy's
+		// credentials), alice's login at the proxy's token endpoint.
+		{requests, []string{u, "kind=token", "status=2xx"}, 3},
 	})
 	before := s
 
