@@ -179,18 +179,20 @@ func (m *metrics) series(name string) *upstreamSeries {
 	return s
 }
 
-// observe counts one response: its outcome, and the body bytes it sent.
+// observe counts one response: the body bytes it sent, then its outcome.
+// In that order: a scrape that sees the response counted and the next one
+// see its bytes (a scrape reads the collectors concurrently).
 func (m *metrics) observe(res registry.Result, sent int64) {
 	s := m.series(res.Upstream)
+	if sent > 0 {
+		s.bytes[sourceOf(res)].Add(float64(sent))
+	}
 	k := kindIndex(res.Kind)
 	lc := &s.responses[k][res.Outcome]
 	lc.once.Do(func() {
 		lc.c = m.c.responses.WithLabelValues(upstreamLabel(s.name), kindLabel(res.Kind), res.Outcome.Label())
 	})
 	lc.c.Inc()
-	if sent > 0 {
-		s.bytes[sourceOf(res)].Add(float64(sent))
-	}
 }
 
 // fillFailed counts one failed fill; an unknown reason (none today) counts
@@ -206,7 +208,8 @@ func (m *metrics) fillFailed(upstream, reason string) {
 	m.c.fillFailures.WithLabelValues(upstreamLabel(upstream), reason).Inc()
 }
 
-// filled records one completed fill from upstream.
+// filled records one completed fill from upstream: its duration, then its
+// size (a scrape that sees the size and the next one see the duration).
 func (m *metrics) filled(upstream string, size int64, took float64) {
 	m.c.fillDuration.WithLabelValues(upstreamLabel(upstream)).Observe(took)
 	m.c.fillSize.WithLabelValues(upstreamLabel(upstream)).Observe(float64(size))

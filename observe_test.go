@@ -104,16 +104,9 @@ func TestMetricsScriptedTraffic(t *testing.T) {
 		requests  = "caddy_docker_proxy_upstream_requests_total"
 		remaining = "caddy_docker_proxy_upstream_quota_remaining"
 	)
-	// scrapeWhen scrapes until ready holds: a response is counted just
-	// after the client has it.
 	scrapeWhen := func(step string, ready func([]sample) bool) []sample {
 		t.Helper()
-		var s []sample
-		waitUntil(t, step, func() bool {
-			s = e.scrape("docker.example.test")
-			return ready(s)
-		})
-		return s
+		return e.scrapeWhen(step, ready)
 	}
 
 	// 1. A cold pull: everything from the upstream, once.
@@ -231,6 +224,18 @@ func TestMetricsScriptedTraffic(t *testing.T) {
 	}
 }
 
+// scrapeWhen scrapes until ready holds, then once more, and returns that
+// last scrape. A response is counted just after the client has it, and
+// a fill just after its last byte went: ready waits for the last count
+// of a step. A scrape reads the collectors concurrently, so it may see a
+// count but not what was recorded just before it (the response's bytes,
+// the fill's duration); the next scrape sees both.
+func (e *proxyEnv) scrapeWhen(step string, ready func([]sample) bool) []sample {
+	e.t.Helper()
+	waitUntil(e.t, step, func() bool { return ready(e.scrape("docker.example.test")) })
+	return e.scrape("docker.example.test")
+}
+
 // dumpSamples prints the series whose name contains substr.
 func dumpSamples(samples []sample, substr string) string {
 	var b strings.Builder
@@ -270,10 +275,8 @@ func TestMetricsKeptAcrossReload(t *testing.T) {
 	if err := e.pullImage(e.ref("docker.example.test", "team/app:1"), nil, img); err != nil {
 		t.Fatal(err)
 	}
-	var before []sample
-	waitUntil(t, "the pull counted", func() bool {
-		before = e.scrape("docker.example.test")
-		return sum(before, responses, u, "kind=blob") == 2
+	before := e.scrapeWhen("the pull counted", func(s []sample) bool {
+		return sum(s, responses, u, "kind=blob") == 2 && sum(s, "caddy_docker_proxy_fill_size_bytes_count", u) == 2
 	})
 
 	// Another config (another port, another tag_ttl): Caddy loads it in
