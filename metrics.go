@@ -69,7 +69,7 @@ func newCollectors() *collectors {
 			"The quota's window as the upstream reported last (w=), by upstream and identity; 0 when it gave none.",
 			"upstream", "identity"),
 		fillDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "fill_duration_seconds",
-			Help:    "Time from a blob fill's first byte to its verdict, for fills from an upstream that completed, by upstream.",
+			Help:    "Time a blob fill took, from the upstream's answer to the fill's end (every byte read, verified and stored), for fills from an upstream whose bytes proved right, by upstream.",
 			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}}, []string{"upstream"}),
 		fillSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "fill_size_bytes",
 			Help:    "Size of the blob fills from an upstream that completed, by upstream.",

@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
+	"github.com/caddy-dockerproxy/dockerproxy/registry"
 )
 
 // BenchmarkObservedManifestHit measures what observing costs a request
@@ -61,4 +62,23 @@ func BenchmarkObservedManifestHit(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkObserveResponse: counting one response (its outcome and its
+// bytes), the part of observing that every request pays whether or not
+// the access log uses the placeholders.
+func BenchmarkObserveResponse(b *testing.B) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	m, err := registerMetrics(ctx.GetMetricsRegistry(), []string{"docker.io", "ghcr.io"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	res := registry.Result{Outcome: registry.OutcomeHit, Upstream: "docker.io", Kind: registry.KindBlob, Repository: "library/alpine"}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			m.observe(res, 4096)
+		}
+	})
 }

@@ -41,7 +41,7 @@ type Source struct {
 	OnFailure func(error)
 	// OnFilled, if set, is called once, from the fill's own goroutine,
 	// when the fill got every byte and they proved right: with their
-	// count and the time from Start to the verdict (stats.go).
+	// count and the time from Start to the fill's end (stats.go).
 	OnFilled func(size int64, took time.Duration)
 }
 
