@@ -3,6 +3,8 @@ package dockerproxy
 import (
 	"sync/atomic"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 )
 
 // skipped is how far AdvanceClock has moved the caches' clock past the
@@ -19,3 +21,14 @@ func init() {
 // The clock only ever moves forward, so tests that run later see it moved
 // too, as if they had run that much later.
 func AdvanceClock(d time.Duration) { skipped.Add(int64(d)) }
+
+// PrefetchImagesCount reads the process's count of prefetched images of
+// upstream with result, as /metrics reports it: tests take it before
+// their proxy starts, since the counts live as long as the process.
+func PrefetchImagesCount(upstream, result string) float64 {
+	var m dto.Metric
+	if err := procMetrics.prefetchImages.WithLabelValues(upstream, result).Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetCounter().GetValue()
+}

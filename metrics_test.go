@@ -7,32 +7,86 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
 )
 
-// responseCounts reads caddy_docker_proxy_responses_total from Caddy's
-// /metrics, by label.
-func (e *proxyEnv) responseCounts() map[string]float64 {
+// sample is one series of a /metrics scrape.
+type sample struct {
+	name   string
+	labels map[string]string
+	value  float64
+}
+
+// scrape reads Caddy's /metrics (a metrics handler at /metrics on host)
+// in the Prometheus text format.
+func (e *proxyEnv) scrape(host string) []sample {
 	e.t.Helper()
-	_, body := e.do("GET", "docker.example.test", "/metrics", nil)
-	counts := map[string]float64{}
-	const prefix = `caddy_docker_proxy_responses_total{cache="`
+	resp, body := e.do("GET", host, "/metrics", nil)
+	if resp.StatusCode != http.StatusOK {
+		e.t.Fatalf("GET /metrics: %d", resp.StatusCode)
+	}
+	var out []sample
 	for _, l := range strings.Split(body, "\n") {
-		rest, ok := strings.CutPrefix(l, prefix)
-		if !ok {
+		if l == "" || strings.HasPrefix(l, "#") {
 			continue
 		}
-		label, value, ok := strings.Cut(rest, `"} `)
+		series, value, ok := strings.Cut(l, " ")
 		if !ok {
 			e.t.Fatalf("metric line %q", l)
 		}
-		n, err := strconv.ParseFloat(value, 64)
+		v, err := strconv.ParseFloat(value, 64)
 		if err != nil {
 			e.t.Fatalf("metric line %q: %v", l, err)
 		}
-		counts[label] = n
+		s := sample{name: series, labels: map[string]string{}, value: v}
+		if name, rest, ok := strings.Cut(series, "{"); ok {
+			s.name = name
+			for _, pair := range strings.Split(strings.TrimSuffix(rest, "}"), ",") {
+				k, v, ok := strings.Cut(pair, "=")
+				if !ok {
+					e.t.Fatalf("metric line %q", l)
+				}
+				s.labels[k] = strings.Trim(v, `"`)
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// sum adds the values of the series called name whose labels include
+// every one of want ("k=v" pairs).
+func sum(samples []sample, name string, want ...string) float64 {
+	total := 0.0
+	for _, s := range samples {
+		if s.name != name || !hasLabels(s, want) {
+			continue
+		}
+		total += s.value
+	}
+	return total
+}
+
+func hasLabels(s sample, want []string) bool {
+	for _, kv := range want {
+		k, v, _ := strings.Cut(kv, "=")
+		if got, ok := s.labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// responseCounts reads caddy_docker_proxy_responses_total from Caddy's
+// /metrics, summed by the cache label.
+func (e *proxyEnv) responseCounts() map[string]float64 {
+	e.t.Helper()
+	counts := map[string]float64{}
+	for _, s := range e.scrape("docker.example.test") {
+		if s.name == "caddy_docker_proxy_responses_total" {
+			counts[s.labels["cache"]] += s.value
+		}
 	}
 	return counts
 }
@@ -142,6 +196,9 @@ http://quay.example.test:{PORT} {
 	}
 }
 
+// TestMetricsCountCacheOutcomes: two pulls of an image, the first from
+// the upstream, the second from the cache, counted by kind under the
+// upstream's name.
 func TestMetricsCountCacheOutcomes(t *testing.T) {
 	up := testupstream.Start(t, testupstream.Options{})
 	img := up.PushRandomImage(t, "team/app", "1", 1, 4096)
@@ -160,19 +217,27 @@ func TestMetricsCountCacheOutcomes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// A response is counted just after the client has it: poll a little.
-	wants := []string{`caddy_docker_proxy_responses_total{cache="hit"} 3`, `caddy_docker_proxy_responses_total{cache="miss"} 3`}
-	var body string
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
-		_, body = e.do("GET", "docker.example.test", "/metrics", nil)
-		if strings.Contains(body, wants[0]) && strings.Contains(body, wants[1]) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+	const name = "caddy_docker_proxy_responses_total"
+	upstream := "upstream=" + up.Host
+	wants := []struct {
+		labels []string
+		want   float64
+	}{
+		{[]string{upstream, "kind=manifest", "cache=miss"}, 1},
+		{[]string{upstream, "kind=blob", "cache=miss"}, 2},
+		{[]string{upstream, "kind=manifest", "cache=hit"}, 1},
+		{[]string{upstream, "kind=blob", "cache=hit"}, 2},
 	}
-	for _, want := range wants {
-		if !strings.Contains(body, want) {
-			t.Errorf("metrics lack %s:\n%s", want, grepLines(body, "docker_proxy"))
+	// A response is counted just after the client has it: wait for the
+	// last one (a state, not a time).
+	var samples []sample
+	waitUntil(t, "the second pull counted", func() bool {
+		samples = e.scrape("docker.example.test")
+		return sum(samples, name, upstream, "cache=hit") >= 3
+	})
+	for _, w := range wants {
+		if got := sum(samples, name, w.labels...); got != w.want {
+			t.Errorf("%s%v = %v, want %v", name, w.labels, got, w.want)
 		}
 	}
 }

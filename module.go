@@ -86,8 +86,7 @@ type Handler struct {
 	metrics  *metrics
 	inFlight *inFlight
 
-	prefetch        *prefetchSchedule // nil without a prefetch block
-	prefetchMetrics *prefetchMetrics
+	prefetch *prefetchSchedule // nil without a prefetch block
 }
 
 // CaddyModule returns the Caddy module information.
@@ -115,26 +114,27 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.events = configEvents(ctx)
 	h.inFlight = new(inFlight)
 	repl := caddy.NewReplacer()
-	m, err := registerMetrics(ctx.GetMetricsRegistry())
-	if err != nil {
-		return fmt.Errorf("registering metrics: %v", err)
-	}
-	h.metrics = m
 
 	router, err := registry.NewRouter(h.routerConfig())
 	if err != nil {
 		return err
 	}
+	m, err := registerMetrics(ctx.GetMetricsRegistry(), router.Names())
+	if err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
+	h.metrics = m
 
 	transport, err := h.loadTransport(ctx)
 	if err != nil {
 		return err
 	}
 	const userAgent = "docker_proxy"
-	tokens := &tokenauth.Fetcher{Client: &http.Client{Transport: transport}, UserAgent: userAgent}
+	observer := upstreamObserver{c: h.metrics.c}
+	tokens := &tokenauth.Fetcher{Client: &http.Client{Transport: registry.ObserveTransport(transport, observer, true)}, UserAgent: userAgent}
 	upstreamClient := &registry.Client{
 		HTTP: &http.Client{
-			Transport:     transport,
+			Transport:     registry.ObserveTransport(transport, observer, false),
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 		Tokens:      tokens,
@@ -214,6 +214,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Scheme:   clientScheme,
 
 		OnFillFailure: h.metrics.fillFailed,
+		OnFilled:      h.metrics.fillObserver(),
 		Page:          page,
 
 		Accounts:   accountChecker,
@@ -340,8 +341,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if h.serveHealth(w, r) {
 		return nil // a probe: not a registry response, not counted
 	}
-	res := h.proxy.Serve(w, r)
-	h.metrics.observe(res.Outcome)
+	h.serveObserved(w, r)
 	return nil
 }
 

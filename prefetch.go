@@ -155,7 +155,7 @@ func runPrefetch(ctx context.Context, jobs []prefetchJob, platforms []registry.P
 			j.h.logger.Warn("prefetch: the upstream "+limitReason(res.RateLimited)+"; its images wait for the next run",
 				zap.String("upstream", res.Upstream), zap.String("image", res.Image))
 		}
-		j.h.prefetchMetrics.count(res)
+		countPrefetch(res)
 		done(res)
 	}
 }
@@ -185,15 +185,10 @@ type prefetchSchedule struct {
 	started atomic.Bool
 }
 
-// provisionPrefetch sets up the prefetch metrics and, for a prefetch
-// block, the schedule, which starts when Caddy reports the config started:
-// never in caddy validate or adapt, never for a config that Caddy rejects.
+// provisionPrefetch sets up the schedule of a prefetch block, which starts
+// when Caddy reports the config started: never in caddy validate or adapt,
+// never for a config that Caddy rejects.
 func (h *Handler) provisionPrefetch(ctx caddy.Context) error {
-	m, err := registerPrefetchMetrics(ctx.GetMetricsRegistry())
-	if err != nil {
-		return fmt.Errorf("registering prefetch metrics: %v", err)
-	}
-	h.prefetchMetrics = m
 	if h.Prefetch == nil {
 		return nil
 	}

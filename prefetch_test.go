@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -303,15 +304,33 @@ func TestPrefetchBadRequests(t *testing.T) {
 	}
 }
 
-// prefetchCount reads caddy_docker_proxy_prefetch_images_total from
-// Caddy's /metrics for an upstream and result.
-func (e *proxyEnv) prefetchCount(upstream, result string) string {
+// prefetchBaseline holds the counts of prefetched images before the test's
+// proxy started (the counts live as long as the process, across tests):
+// prefetchCount reports what the test added.
+var prefetchBaseline = map[string]float64{}
+
+// countPrefetchesFromHere records the counts so far as the baseline; a test
+// that reads prefetchCount calls it before its proxy starts (a schedule
+// runs as soon as it has).
+func countPrefetchesFromHere() {
+	for _, r := range []string{"fetched", "cached", "failed", "rate_limited"} {
+		prefetchBaseline[r] = dockerproxy.PrefetchImagesCount("docker.io", r)
+	}
+}
+
+// prefetchCount reads caddy_docker_proxy_prefetch_images_total of
+// docker.io for a result from Caddy's /metrics, less the baseline.
+func (e *proxyEnv) prefetchCount(result string) string {
 	e.t.Helper()
 	_, body := e.do("GET", "docker.example.test", "/metrics", nil)
-	prefix := `caddy_docker_proxy_prefetch_images_total{result="` + result + `",upstream="` + upstream + `"} `
+	prefix := `caddy_docker_proxy_prefetch_images_total{result="` + result + `",upstream="docker.io"} `
 	for _, l := range strings.Split(body, "\n") {
 		if v, ok := strings.CutPrefix(l, prefix); ok {
-			return v
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				e.t.Fatalf("%s%s: %v", prefix, v, err)
+			}
+			return strconv.FormatFloat(n-prefetchBaseline[result], 'f', -1, 64)
 		}
 	}
 	return "0"
@@ -349,11 +368,12 @@ func (e *proxyEnv) runsFinished() int {
 // TestScheduledPrefetch: the prefetch block runs once the config has
 // started; its image then pulls with the upstream down.
 func TestScheduledPrefetch(t *testing.T) {
+	countPrefetchesFromHere()
 	up := testupstream.Start(t, testupstream.Options{})
 	img := up.PushRandomImage(t, "team/app", "1", 2, 8<<10)
 	e := startProxy(t, up, scheduledBlock("interval 1h\n\t\t\t\timages docker.io/team/app:1"))
 	waitUntil(t, "the first scheduled run", func() bool { return e.runsFinished() == 1 })
-	if got := e.prefetchCount("docker.io", "fetched"); got != "1" {
+	if got := e.prefetchCount("fetched"); got != "1" {
 		t.Errorf("prefetch_images_total{fetched} = %s, want 1", got)
 	}
 	if err := up.Faults.SetDown(true); err != nil {
@@ -372,6 +392,7 @@ func TestScheduledPrefetch(t *testing.T) {
 // other images are not asked), says so in the log and the metric, and the
 // next run tries again.
 func TestScheduledPrefetchStopsAt429(t *testing.T) {
+	countPrefetchesFromHere()
 	up := testupstream.Start(t, testupstream.Options{})
 	up.PushRandomImage(t, "team/a", "1", 1, 1024)
 	b := up.PushRandomImage(t, "team/b", "1", 1, 1024)
@@ -384,7 +405,7 @@ func TestScheduledPrefetchStopsAt429(t *testing.T) {
 	if n := up.Counters.ManifestGETsFor("team/b") + up.Counters.ManifestHEADsFor("team/b"); n != 0 {
 		t.Errorf("team/b: %d manifest requests after the 429, want 0", n)
 	}
-	if got := e.prefetchCount("docker.io", "rate_limited"); got != "2" {
+	if got := e.prefetchCount("rate_limited"); got != "2" {
 		t.Errorf("prefetch_images_total{rate_limited} = %s, want 2", got)
 	}
 	if !e.logContains("answered 429 Too Many Requests; its images wait for the next run") {
@@ -399,7 +420,7 @@ func TestScheduledPrefetchStopsAt429(t *testing.T) {
 	if n := up.Counters.RegistryRequests(); n != 0 {
 		t.Errorf("a run during the upstream's Retry-After made %d upstream requests, want 0", n)
 	}
-	if got := e.prefetchCount("docker.io", "rate_limited"); got != "4" {
+	if got := e.prefetchCount("rate_limited"); got != "4" {
 		t.Errorf("during the pause: prefetch_images_total{rate_limited} = %s, want 4", got)
 	}
 
@@ -407,7 +428,7 @@ func TestScheduledPrefetchStopsAt429(t *testing.T) {
 	dockerproxy.AdvanceClock(time.Minute)
 	dockerproxy.PrefetchNow()
 	waitUntil(t, "the third scheduled run", func() bool { return e.runsFinished() == 3 })
-	if got := e.prefetchCount("docker.io", "fetched"); got != "2" {
+	if got := e.prefetchCount("fetched"); got != "2" {
 		t.Errorf("after the limit: prefetch_images_total{fetched} = %s, want 2", got)
 	}
 	if err := up.Faults.SetDown(true); err != nil {
@@ -461,6 +482,7 @@ func TestPrefetchedTagOfflinePastTagTTL(t *testing.T) {
 // another site (same cache, no credentials), online or offline; and that
 // other site's own prefetch of it fails, cached or not.
 func TestPrefetchDoesNotWidenAccess(t *testing.T) {
+	countPrefetchesFromHere()
 	up := testupstream.Start(t, testupstream.Options{})
 	up.SetPrivate("team/secret", "alice", "alice-pw")
 	img := up.PushRandomImage(t, "team/secret", "1", 2, 8<<10)
@@ -485,13 +507,13 @@ func TestPrefetchDoesNotWidenAccess(t *testing.T) {
 	}
 	e := startProxy(t, up, site("docker.example.test", "credentials alice alice-pw")+site("ghcr.example.test", ""))
 	waitUntil(t, "both sites' first runs", func() bool { return e.runsFinished() == 2 })
-	if f, failed := e.prefetchCount("docker.io", "fetched"), e.prefetchCount("docker.io", "failed"); f != "1" || failed != "1" {
+	if f, failed := e.prefetchCount("fetched"), e.prefetchCount("failed"); f != "1" || failed != "1" {
 		t.Fatalf("first runs: %s fetched, %s failed; want 1 and 1 (the site without credentials)", f, failed)
 	}
 	// Cached now: the site without credentials still may not read it.
 	dockerproxy.PrefetchNow()
 	waitUntil(t, "both sites' second runs", func() bool { return e.runsFinished() == 4 })
-	if c, failed := e.prefetchCount("docker.io", "cached"), e.prefetchCount("docker.io", "failed"); c != "1" || failed != "2" {
+	if c, failed := e.prefetchCount("cached"), e.prefetchCount("failed"); c != "1" || failed != "2" {
 		t.Errorf("second runs: %s cached, %s failed; want 1 and 2", c, failed)
 	}
 	if !e.logContains(`401 UNAUTHORIZED`) {

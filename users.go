@@ -150,10 +150,12 @@ func clientIP(r *http.Request) string {
 }
 
 // setUserID names the account of a request where Caddy's access log
-// takes it (user_id), as Caddy's basic_auth does.
+// takes it (user_id), as Caddy's basic_auth does, and in the placeholder
+// {http.docker_proxy.account} (observe.go).
 func setUserID(r *http.Request, account string) {
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.auth.user.id", account)
+		repl.Set(placeholderAccount, account)
 	}
 }
 

@@ -33,6 +33,13 @@ type Stats struct {
 	IndexLoading bool
 	Disk         HealthState
 	Remote       RemoteState
+	// Evictions counts the entries and tag records evicted to stay under
+	// MaxSize since the store was opened.
+	Evictions uint64
+	// SharedTierErrors counts the operations of the shared tier that
+	// failed since the store was opened (a call canceled by its caller
+	// is none).
+	SharedTierErrors uint64
 }
 
 // HealthState is what the store knows of its disk or its shared tier.
@@ -77,6 +84,9 @@ func (s *Store) Stats() Stats {
 		Fills:        len(s.fills),
 		IndexLoading: s.load.running,
 		Disk:         s.disk.state(),
+
+		Evictions:        s.counters.evictions.Load(),
+		SharedTierErrors: s.counters.sharedTierErrors.Load(),
 	}
 	s.mu.Unlock()
 	s.remote.mu.Lock()

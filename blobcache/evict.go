@@ -78,6 +78,7 @@ func (s *Store) evictLocked() {
 		default:
 			return // all pinned
 		}
+		s.counters.evictions.Add(1)
 	}
 }
 

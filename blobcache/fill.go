@@ -39,6 +39,10 @@ type Source struct {
 	// about the upstream. Every reader sees the failure; this reports it
 	// once, for the caller's log and metrics.
 	OnFailure func(error)
+	// OnFilled, if set, is called once, from the fill's own goroutine,
+	// when the fill got every byte and they proved right: with their
+	// count and the time from Start to the fill's end (stats.go).
+	OnFilled func(size int64, took time.Duration)
 }
 
 type fillState int
@@ -65,6 +69,7 @@ type Fill struct {
 	fromRemote bool
 	// onFailure is Source.OnFailure; set with fromRemote.
 	onFailure func(error)
+	onFilled  func(size int64, took time.Duration) // Source.OnFilled; set with fromRemote
 
 	mu        sync.Mutex // lock order: s.mu before mu
 	cond      sync.Cond  // on mu; broadcast on every write and state change
@@ -193,6 +198,7 @@ func (f *Fill) start(src Source, fromRemote bool, leader context.Context) (*Read
 	f.leader.Stop()
 	f.fromRemote = fromRemote
 	f.onFailure = src.OnFailure
+	f.onFilled = src.OnFilled
 	size := src.Size
 	if size < 0 {
 		size = -1

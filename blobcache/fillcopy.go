@@ -35,6 +35,7 @@ func (f *Fill) run(body io.ReadCloser, file *os.File, size int64) {
 	s := f.s
 	defer s.wg.Done()
 	defer f.releaseFile()
+	defer f.reportFilled(time.Now())
 	v, err := f.copy(body, file, size)
 	body.Close()
 	if err != nil {

@@ -122,6 +122,7 @@ func (s *Store) remoteFailed(op string, err error) {
 	if errors.Is(err, context.Canceled) {
 		return
 	}
+	s.counters.sharedTierErrors.Add(1)
 	s.remote.mu.Lock()
 	defer s.remote.mu.Unlock()
 	s.remote.health.backOff(s.opts.RetryAfter)

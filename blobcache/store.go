@@ -122,6 +122,9 @@ type Store struct {
 	wg     sync.WaitGroup // fill goroutines
 	loadWG sync.WaitGroup // the background loader
 
+	// counters are what Stats reports beside the state (stats.go).
+	counters counters
+
 	remote  remoteState // the shared tier, its health and what it holds wrong
 	uploads *uploads    // entries and tag records on their way to the remote
 

@@ -142,5 +142,5 @@ func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request, t target) {
 	}
 	// The realm gets a client's credentials: it is held to the
 	// upstream's netguard policy like any host the upstream names.
-	p.Auth.Serve(w, r.WithContext(p.Upstream.guard(r.Context(), t.up)), treq, endpointUp)
+	p.Auth.Serve(w, r.WithContext(p.Upstream.guard(p.Upstream.observing(r.Context(), t.up, tokenauth.Grant{}, KindAuth), t.up)), treq, endpointUp)
 }

@@ -89,7 +89,7 @@ func (c *pull) fillBlob(trySharedTier bool) {
 	c.confirmRead(d)
 	up := c.t.up
 	src := blobcache.Source{Body: resp.Body, Size: resp.ContentLength, MediaType: blobMediaType(resp),
-		OnFailure: func(err error) { p.fillFailed(up, d, err) }}
+		OnFailure: func(err error) { p.fillFailed(up, d, err) }, OnFilled: p.filled(up)}
 	rd, err := fill.StartReading(c.r.Context(), src)
 	if err != nil {
 		// The cache cannot take it (disk full, unwritable): pass the

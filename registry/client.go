@@ -80,7 +80,7 @@ const maxRedirects = 5
 // its answer to GET /v2/ (nil if it needs no authentication). The realm
 // comes from the upstream only, never from a client's request.
 func (c *Client) Challenge(ctx context.Context, up Upstream) (*tokenauth.Challenge, error) {
-	ctx = c.guard(ctx, up)
+	ctx = c.guard(c.observing(ctx, up, tokenauth.Grant{}, KindBase), up)
 	key := up.String()
 	c.mu.Lock()
 	lc, ok := c.challenges[key]
@@ -201,7 +201,7 @@ func (c *Client) logger() *zap.Logger {
 }
 
 func (c *Client) do(ctx context.Context, up Upstream, grant tokenauth.Grant, o outbound) (*http.Response, error) {
-	ctx = c.guard(ctx, up)
+	ctx = c.guard(c.observing(ctx, up, grant, o.kind), up)
 	req, err := c.newRequest(ctx, up, o)
 	if err != nil {
 		return nil, err
@@ -588,7 +588,7 @@ func drain(body io.ReadCloser) {
 // CheckBasic asks the upstream whether it accepts a Basic Authorization
 // value (for registries that challenge with Basic rather than tokens).
 func (c *Client) CheckBasic(ctx context.Context, up Upstream, authorization string) error {
-	ctx = c.guard(ctx, up)
+	ctx = c.guard(c.observing(ctx, up, tokenauth.Grant{Authorization: authorization}, KindBase), up)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, up.URL.JoinPath("/v2/").String(), nil)
 	if err != nil {
 		return err

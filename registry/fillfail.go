@@ -41,6 +41,6 @@ func (p *Proxy) fillFailed(up Upstream, d digest.Digest, err error) {
 		zap.String("reason", reason),
 		zap.Error(err))
 	if p.OnFillFailure != nil {
-		p.OnFillFailure(reason)
+		p.OnFillFailure(up.Name, reason)
 	}
 }

@@ -47,7 +47,7 @@ func TestFillFailureLogsOnceAndCounts(t *testing.T) {
 			// The proxy calls OnFillFailure just after it logged the
 			// failure, from the fill's own goroutine.
 			failed := make(chan struct{}, 1)
-			p.OnFillFailure = func(reason string) {
+			p.OnFillFailure = func(_, reason string) {
 				mu.Lock()
 				counts[reason]++
 				mu.Unlock()

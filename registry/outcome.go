@@ -88,7 +88,9 @@ func (o Outcome) Label() string {
 }
 
 // Result is a response's outcome with the upstream's status code where
-// Cache-Status reports it (fwd-status).
+// Cache-Status reports it (fwd-status), and what the request was for, as
+// far as it was understood: the handler's metrics and access log fields
+// are derived from it.
 type Result struct {
 	Outcome Outcome
 	// UpstreamStatus is the upstream's status code behind a refusal, a
@@ -97,6 +99,15 @@ type Result struct {
 	// Remembered: a refusal (a tag's 404) answered from what the upstream
 	// said within negative_ttl, without asking it again.
 	Remembered bool
+	// Upstream is the name of the upstream the request was routed to
+	// (docker.io, ghcr.io, host:port); "" when it was routed nowhere.
+	Upstream string
+	// Kind is what the request asked for; 0 when its path was not
+	// understood.
+	Kind Kind
+	// Repository is the repository named in the path, as the client
+	// named it; "" when the path names none.
+	Repository string
 }
 
 // CacheStatus is the Cache-Status header (RFC 9211) of a response with
@@ -165,7 +176,7 @@ func resultStale(upstreamStatus int) Result {
 // response goes out is the one that holds.
 func setOutcome(w http.ResponseWriter, t target, res Result) {
 	if t.outcome != nil {
-		*t.outcome = res
+		t.outcome.Outcome, t.outcome.UpstreamStatus = res.Outcome, res.UpstreamStatus
 	}
 	if s := res.CacheStatus(); s != "" {
 		w.Header().Set("Cache-Status", s)

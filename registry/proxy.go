@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -27,7 +28,10 @@ type Proxy struct {
 	Scheme func(*http.Request) string
 	// OnFillFailure, if set, counts a blob fill that the upstream's body
 	// failed, by FillFailureReasons (for the handler's metrics).
-	OnFillFailure func(reason string)
+	OnFillFailure func(upstream, reason string)
+	// OnFilled, if set, hears of each blob fill from an upstream that
+	// completed: its size and how long its bytes took (observe.go).
+	OnFilled func(upstream string, size int64, took time.Duration)
 	// Page, if set, may answer a GET or HEAD of / on a routed host in
 	// place of the redirect to /v2/ (a page for browsers); it reports
 	// whether it did.
@@ -113,6 +117,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, res *Result) {
 		return
 	}
 	t.outcome = res
+	res.Upstream = t.up.Name
 
 	// 2. Validate before anything goes upstream.
 	apiPath := r.URL.Path
@@ -124,6 +129,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, res *Result) {
 		WriteError(w, perr)
 		return
 	}
+	res.Kind, res.Repository = path.Kind, path.Name
 
 	// 3. Docker Hub has official images under library/.
 	if t.up.IsDockerHub() && path.Name != "" && !strings.Contains(path.Name, "/") {

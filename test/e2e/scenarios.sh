@@ -889,9 +889,13 @@ round() {
 
 page_scenario_pull # dockerd, configured by the page, pulls through it
 
+# The metrics after each round (metrics.sh).
+. "$E2E_DIR/metrics.sh"
+
 ROUND=1
 section "ROUND 1: upstreams up"
 round
+metrics_scenario
 
 # deploy/compose/compose.yaml, while the upstreams are up (deploy.sh).
 . "$E2E_DIR/deploy.sh"
@@ -911,6 +915,7 @@ check "the upstreams are down" bash -c '! curl -s -m 3 "http://$0/v2/" && ! curl
 check "every client's cache is empty" clear_clients
 section "ROUND 2: upstreams down, everything from the proxy's cache"
 round
+metrics_scenario
 
 section "proxy logs (errors and warnings)"
 jq -c 'select(.level == "error" or .level == "warn") | {ts, logger, msg, error, uri: .request.uri}' "$T/caddy/caddy.log" 2>/dev/null | tail -40 >&2
