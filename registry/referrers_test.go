@@ -6,6 +6,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testdistribution"
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
 )
@@ -86,5 +93,79 @@ func TestMissingTagServedStale(t *testing.T) {
 	// A tag never asked for is not known to be missing.
 	if resp, _ := requestManifest(t, http.MethodGet, manifestURL(srv.URL, "team/app", "never-asked"), acceptImage); resp.StatusCode == http.StatusNotFound {
 		t.Errorf("a tag never asked for, offline: %s, want an upstream error", status(resp))
+	}
+}
+
+// TestSignaturesFoundOffline: a signature attached to an image on
+// distribution (2.8, and v3: neither has the referrers API) is pushed by
+// go-containerregistry as a registry client does, under the fallback tag
+// sha256-<digest>. Discovery through the proxy, as oras, cosign and
+// notation do it (the referrers API's 404, then the tag), finds it online
+// and again with the upstream stopped.
+func TestSignaturesFoundOffline(t *testing.T) {
+	for _, reg := range []struct {
+		name  string
+		start func(testing.TB) *testdistribution.Server
+	}{
+		{"distribution 2.8", testdistribution.Start},
+		{"distribution v3", testdistribution.StartV3},
+	} {
+		t.Run(reg.name, func(t *testing.T) {
+			up := reg.start(t)
+			subject, err := random.Image(512, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			subjectRef, err := name.ParseReference(up.Host+"/team/signed:v1", name.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := remote.Write(subjectRef, subject); err != nil {
+				t.Fatal(err)
+			}
+			sd, _ := subject.Digest()
+			raw, _ := subject.RawManifest()
+			mt, _ := subject.MediaType()
+			sig, err := random.Image(64, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sig = mutate.MediaType(sig, types.OCIManifestSchema1)
+			sig = mutate.ConfigMediaType(sig, "application/vnd.example.signature")
+			sig = mutate.Subject(sig, v1.Descriptor{MediaType: mt, Digest: sd, Size: int64(len(raw))}).(v1.Image)
+			sigDigest, _ := sig.Digest()
+			sigRef, err := name.ParseReference(up.Host+"/team/signed@"+sigDigest.String(), name.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Without the referrers API, the client keeps the
+			// sha256-<digest> tag's index of referrers itself.
+			if err := remote.Write(sigRef, sig); err != nil {
+				t.Fatal(err)
+			}
+
+			_, srv := newTestProxyAt(t, up.URL)
+			through, err := name.NewDigest(strings.TrimPrefix(srv.URL, "http://")+"/team/signed@"+sd.String(), name.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			discover := func(when string) {
+				t.Helper()
+				idx, err := remote.Referrers(through)
+				if err != nil {
+					t.Fatalf("%s: %v", when, err)
+				}
+				im, err := idx.IndexManifest()
+				if err != nil {
+					t.Fatalf("%s: %v", when, err)
+				}
+				if len(im.Manifests) != 1 || im.Manifests[0].Digest != sigDigest {
+					t.Fatalf("%s: referrers %+v, want the signature %s", when, im.Manifests, sigDigest)
+				}
+			}
+			discover("online")
+			up.Stop()
+			discover("with the upstream stopped")
+		})
 	}
 }

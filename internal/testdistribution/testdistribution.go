@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,7 +21,8 @@ type Server struct {
 	proc *testproc.Process
 }
 
-// Binary returns the registry's path, or "" if it is not installed.
+// Binary returns the path of distribution 2.8's registry (Debian's
+// docker-registry), or "" if it is not installed.
 func Binary() string {
 	p, err := exec.LookPath("docker-registry")
 	if err != nil {
@@ -29,11 +31,39 @@ func Binary() string {
 	return p
 }
 
-// Start runs a registry for the test and stops it with t.Cleanup.
+// BinaryV3 returns the path of distribution v3's registry (go install
+// github.com/distribution/distribution/v3/cmd/registry), or "" if it is
+// not installed: a "registry" in PATH or GOPATH/bin that says it is v3.
+func BinaryV3() string {
+	candidates := []string{}
+	if p, err := exec.LookPath("registry"); err == nil {
+		candidates = append(candidates, p)
+	}
+	if gopath, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
+		candidates = append(candidates, filepath.Join(strings.TrimSpace(string(gopath)), "bin", "registry"))
+	}
+	for _, p := range candidates {
+		out, err := exec.Command(p, "--version").Output()
+		if err == nil && strings.Contains(string(out), "distribution/distribution/v3") {
+			return p
+		}
+	}
+	return ""
+}
+
+// Start runs distribution 2.8 for the test and stops it with t.Cleanup.
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := testproc.Require(t, Binary(), "DOCKER_PROXY_REQUIRE_REGISTRY", "docker-registry (apt-get install docker-registry)")
 	return testproc.Retry(t, "testdistribution", func() (*Server, error) { return start(t, bin) })
+}
+
+// StartV3 runs distribution v3 for the test and stops it with t.Cleanup.
+func StartV3(t testing.TB) *Server {
+	t.Helper()
+	bin := testproc.Require(t, BinaryV3(), "DOCKER_PROXY_REQUIRE_REGISTRY",
+		"distribution v3 (go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2)")
+	return testproc.Retry(t, "testdistribution v3", func() (*Server, error) { return start(t, bin) })
 }
 
 func start(t testing.TB, bin string) (*Server, error) {
