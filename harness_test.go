@@ -66,6 +66,21 @@ var testHosts = []string{
 // Caddy's port and {UPSTREAM} the test upstream's URL.
 func startProxy(t *testing.T, up *testupstream.Upstream, siteBody string) *proxyEnv {
 	t.Helper()
+	return startCaddy(t, up, siteBody, "off")
+}
+
+// startProxyAdmin is startProxy with Caddy's admin endpoint on, at the
+// address it returns (http://127.0.0.1:PORT).
+func startProxyAdmin(t *testing.T, up *testupstream.Upstream, siteBody string) (*proxyEnv, string) {
+	t.Helper()
+	admin := "127.0.0.1:" + freePort(t)
+	return startCaddy(t, up, siteBody, admin), "http://" + admin
+}
+
+// startCaddy runs Caddy with the site block body and the global admin
+// option given ("off", or an address).
+func startCaddy(t *testing.T, up *testupstream.Upstream, siteBody, admin string) *proxyEnv {
+	t.Helper()
 	dir := t.TempDir()
 	t.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
 	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
@@ -76,7 +91,7 @@ func startProxy(t *testing.T, up *testupstream.Upstream, siteBody string) *proxy
 	}
 	body := strings.NewReplacer("{PORT}", e.port, "{UPSTREAM}", upstreamURL, "{DIR}", dir).Replace(siteBody)
 	caddyfile := fmt.Sprintf(`{
-	admin off
+	admin %s
 	skip_install_trust
 	auto_https off
 	persist_config off
@@ -89,7 +104,7 @@ func startProxy(t *testing.T, up *testupstream.Upstream, siteBody string) *proxy
 	}
 }
 %s
-`, e.logPath, body)
+`, admin, e.logPath, body)
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	cfg, warnings, err := adapter.Adapt([]byte(caddyfile), nil)
 	if err != nil {

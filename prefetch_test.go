@@ -12,53 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/caddy-dockerproxy/dockerproxy"
 	"github.com/caddy-dockerproxy/dockerproxy/internal/testupstream"
 )
-
-// startProxyAdmin is startProxy with Caddy's admin endpoint on, at the
-// address it returns (http://127.0.0.1:PORT).
-func startProxyAdmin(t *testing.T, up *testupstream.Upstream, siteBody string) (*proxyEnv, string) {
-	t.Helper()
-	dir := t.TempDir()
-	t.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
-	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
-	e := &proxyEnv{t: t, up: up, port: freePort(t), logPath: filepath.Join(dir, "caddy.log"), dataDir: filepath.Join(dir, "data")}
-	admin := "127.0.0.1:" + freePort(t)
-	body := strings.NewReplacer("{PORT}", e.port, "{UPSTREAM}", up.URL, "{DIR}", dir).Replace(siteBody)
-	caddyfile := fmt.Sprintf(`{
-	admin %s
-	skip_install_trust
-	auto_https off
-	persist_config off
-	log {
-		output file %s
-		level DEBUG
-	}
-}
-%s
-`, admin, e.logPath, body)
-	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
-	if err != nil {
-		t.Fatalf("adapting Caddyfile: %v\n%s", err, caddyfile)
-	}
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatalf("loading config: %v\n%s", err, cfg)
-	}
-	t.Cleanup(func() { _ = caddy.Stop() })
-	hosts := map[string]string{}
-	for _, h := range testHosts {
-		hosts[h] = "127.0.0.1:" + e.port
-	}
-	e.transport = testupstream.HostMapTransport(hosts)
-	e.transport.DisableKeepAlives = true
-	return e, "http://" + admin
-}
 
 // prefetchAnswer is what POST /docker_proxy/prefetch streamed back.
 type prefetchAnswer struct {
