@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddy-dockerproxy/dockerproxy/registry"
@@ -138,19 +136,7 @@ func TestValidateGates(t *testing.T) {
 // and passes Caddy's validation, every module provisioned (its client CA
 // file made here), and its sites have the gates it describes.
 func TestReadmeGatesCaddyfileValidates(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(readme), "\n## Who may use the proxy\n")
-	if !ok {
-		t.Fatal("README has no section \"Who may use the proxy\"")
-	}
-	_, block, ok := strings.Cut(section, "```caddyfile\n")
-	block, _, ok2 := strings.Cut(block, "```")
-	if !ok || !ok2 {
-		t.Fatal("no caddyfile block in the section")
-	}
+	block := readmeCaddyfile(t, "Who may use the proxy")
 	dir := t.TempDir()
 	t.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
 	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
@@ -165,20 +151,7 @@ func TestReadmeGatesCaddyfileValidates(t *testing.T) {
 	block = strings.ReplaceAll(block, "/etc/caddy/client-ca.pem", caPath)
 	block = strings.Replace(block, "{\n\temail ops@example.com\n}", "{\n\temail ops@example.com\n\tskip_install_trust\n\tadmin off\n}", 1)
 
-	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(block), nil)
-	if err != nil {
-		t.Fatalf("adapt: %v", err)
-	}
-	for _, w := range warnings {
-		t.Errorf("warning: %s", w.Message)
-	}
-	var full caddy.Config
-	if err := json.Unmarshal(cfg, &full); err != nil {
-		t.Fatal(err)
-	}
-	if err := caddy.Validate(&full); err != nil {
-		t.Fatalf("validate: %v", err)
-	}
+	cfg := adaptAndValidate(t, block)
 	var v any
 	_ = json.Unmarshal(cfg, &v)
 	handlers := findHandlers(v, "docker_proxy")

@@ -2,15 +2,12 @@ package dockerproxy
 
 import (
 	"context"
-	"encoding/json"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
@@ -102,37 +99,12 @@ func TestValidatePrefetch(t *testing.T) {
 // provisions the handler without starting the config, so its schedule
 // does not start.
 func TestReadmePrefetchCaddyfileValidates(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(readme), "\n## Prefetch\n")
-	if !ok {
-		t.Fatal("README has no section \"Prefetch\"")
-	}
-	_, block, ok := strings.Cut(section, "```caddyfile\n")
-	block, _, ok2 := strings.Cut(block, "```")
-	if !ok || !ok2 {
-		t.Fatal("no caddyfile block in the section")
-	}
+	block := readmeCaddyfile(t, "Prefetch")
 	dir := t.TempDir()
 	t.Setenv("XDG_DATA_HOME", filepath.Join(dir, "data"))
 	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
-	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte("{\n\tskip_install_trust\n\tadmin off\n}\n"+block), nil)
-	if err != nil {
-		t.Fatalf("adapt: %v", err)
-	}
-	for _, w := range warnings {
-		t.Errorf("warning: %s", w.Message)
-	}
-	var full caddy.Config
-	if err := json.Unmarshal(cfg, &full); err != nil {
-		t.Fatal(err)
-	}
 	before := len(live.all())
-	if err := caddy.Validate(&full); err != nil {
-		t.Fatalf("validate: %v", err)
-	}
+	cfg := adaptAndValidate(t, "{\n\tskip_install_trust\n\tadmin off\n}\n"+block)
 	if !strings.Contains(string(cfg), `"prefetch":{"images":["docker.io/library/alpine:3.20","nginx:1.27","docker.io/bitnami/redis:7.4"],"interval":21600000000000,"platforms":["linux/amd64","linux/arm64"]}`) {
 		t.Errorf("adapted config: %s", cfg)
 	}
