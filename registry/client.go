@@ -488,9 +488,6 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 	if err != nil && strings.Contains(err.Error(), "failed to parse Location header") {
 		return nil, &redirectError{reason: "without a usable Location"}
 	}
-	if err == nil {
-		noteQuota(req.Context(), resp.Header) // a prefetch stops at a quota of 0
-	}
 	return resp, err
 }
 

@@ -20,8 +20,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 
+	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -108,8 +108,7 @@ func (p *Proxy) Prefetch(ctx context.Context, img PullRef, platforms []Platform,
 	if rerr := p.Rules.Refuse(up, name); rerr != nil {
 		return res.fail(errors.New(rerr.Message))
 	}
-	f := &prefetcher{p: p, up: up, name: name, platforms: platforms, progress: progress, res: &res, quota: new(quotaWatch)}
-	f.ctx = context.WithValue(ctx, quotaKey{}, f.quota)
+	f := &prefetcher{ctx: ctx, p: p, up: up, name: name, platforms: platforms, progress: progress, res: &res}
 	f.run(img)
 	switch {
 	case res.Error != "" && res.RateLimited != "":
@@ -121,7 +120,7 @@ func (p *Proxy) Prefetch(ctx context.Context, img PullRef, platforms []Platform,
 	default:
 		res.Status = PrefetchCached
 	}
-	if res.RateLimited == "" && f.quota.exhausted.Load() {
+	if res.RateLimited == "" && f.quotaUsedUp() {
 		res.RateLimited = LimitedByQuota
 	}
 	return res
@@ -141,7 +140,15 @@ type prefetcher struct {
 	platforms []Platform
 	progress  func(PrefetchProgress)
 	res       *PrefetchResult
-	quota     *quotaWatch
+}
+
+// quotaUsedUp reports whether the upstream's last answers to the proxy's
+// own identity (a prefetch's, and an anonymous client's or one the
+// configured credentials serve) said its pull quota is used up: manifest
+// GETs are paused (upstreamstate.go).
+func (f *prefetcher) quotaUsedUp() bool {
+	c := f.p.Upstream
+	return c.state.quotaSpentFor(f.up, requestIdentity(tokenauth.Grant{}), c.now())
 }
 
 // stop is why the prefetch stopped: an error, with the upstream's rate
@@ -184,7 +191,7 @@ func (f *prefetcher) fetch(img PullRef) error {
 
 // manifest fetches a manifest by tag or digest and parses it.
 func (f *prefetcher) manifest(path APIPath) (manifestDoc, digest.Digest, error) {
-	if f.quota.exhausted.Load() {
+	if f.quotaUsedUp() {
 		// Docker Hub counts every manifest GET: one more would be
 		// refused, and would count against the next window.
 		return manifestDoc{}, "", &stop{err: fmt.Errorf("the upstream reported its pull quota used up before manifest %s", refIn(path)), limited: LimitedByQuota}
@@ -495,22 +502,4 @@ func (w *answerWriter) Write(p []byte) (int, error) {
 	}
 	w.written += int64(len(p))
 	return len(p), nil
-}
-
-// quotaWatch learns, from the upstream responses to a prefetch's
-// requests, whether the upstream reported its pull quota used up.
-type quotaWatch struct{ exhausted atomic.Bool }
-
-type quotaKey struct{}
-
-// noteQuota records a response's quota headers in the quotaWatch that
-// ctx carries, if any (a prefetch's requests carry one).
-func noteQuota(ctx context.Context, h http.Header) {
-	w, ok := ctx.Value(quotaKey{}).(*quotaWatch)
-	if !ok {
-		return
-	}
-	if rl, ok := ParseRateLimit(h); ok && rl.Remaining == 0 {
-		w.exhausted.Store(true)
-	}
 }

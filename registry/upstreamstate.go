@@ -246,6 +246,14 @@ func (s *upstreamState) pausedFor(up Upstream, identity string, now time.Time) *
 	return pausedIn(s.paused, up, identity, now)
 }
 
+// quotaSpentFor reports whether identity's quota at up was used up at
+// now: its manifest GETs are paused.
+func (s *upstreamState) quotaSpentFor(up Upstream, identity string, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return pausedIn(s.quotaSpent, up, identity, now) != nil
+}
+
 // pauseUntil says whether an upstream answer asks its identity to wait,
 // until when, and whether for every request (all) or only those its quota
 // counts: a 429, every request until its Retry-After (defaultPause without
