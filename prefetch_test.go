@@ -417,6 +417,26 @@ func TestPrefetchStopsAtQuotaZero(t *testing.T) {
 	}
 }
 
+// TestPrefetchStopsAtAQuotaAClientSaw: the quota is the identity's, not the
+// prefetch's: an anonymous client's pull that left it at 0 stops a
+// prefetch before its first manifest GET.
+func TestPrefetchStopsAtAQuotaAClientSaw(t *testing.T) {
+	up := testupstream.Start(t, testupstream.Options{RateLimit: 1})
+	img := up.PushRandomImage(t, "team/app", "1", 1, 1024)
+	up.PushRandomImage(t, "team/other", "1", 1, 1024)
+	e, admin := startProxyAdmin(t, up, cachedBlock(""))
+	if err := e.pullImage(e.ref("docker.example.test", "team/app:1"), nil, img); err != nil {
+		t.Fatal(err)
+	}
+	res := postPrefetch(t, admin, `{"images": ["docker.io/team/other:1"]}`).image(t, 0)
+	if res["status"] != "rate_limited" || res["rate_limited"] != "quota" {
+		t.Errorf("prefetch after a client used the quota up: %v, want rate_limited by the quota", res)
+	}
+	if n := up.Counters.ManifestGETsFor("team/other"); n != 0 {
+		t.Errorf("team/other: %d manifest GETs, want 0", n)
+	}
+}
+
 // TestPrefetchedTagOfflinePastTagTTL: a tag prefetched long before (past
 // tag_ttl) is served, stale, to a client whose Accept differs from the
 // prefetch's, while the upstream is down.
