@@ -21,9 +21,10 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/caddy-dockerproxy/dockerproxy/tokenauth"
 )
 
 // Prefetch statuses of an image.
