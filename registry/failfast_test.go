@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"path"
 	"strconv"
@@ -28,6 +29,17 @@ type testClock struct{ offset atomic.Int64 }
 
 func (c *testClock) now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
 func (c *testClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+// newClockedProxy is newTestProxy (tag_ttl a minute) with one test clock
+// for its cache (tag_ttl) and its upstream client (pauses, outages).
+func newClockedProxy(t *testing.T, up *testupstream.Upstream) (*Proxy, *httptest.Server, *testClock) {
+	t.Helper()
+	p, srv := newTestProxy(t, up, time.Minute)
+	clock := &testClock{}
+	p.Cache.Now = clock.now
+	p.Upstream.Now = clock.now
+	return p, srv, clock
+}
 
 // manifestURL is the proxy's URL of a manifest.
 func manifestURL(srvURL, repo, ref string) string {
@@ -71,10 +83,7 @@ func TestRateLimitPausesTheIdentity(t *testing.T) {
 	up.AddUser("carol", "carol-pw")
 	up.PushRandomImage(t, "team/app", "v1", 1, 1024)
 	other := up.PushRandomImage(t, "team/app", "v2", 1, 1024)
-	p, srv := newTestProxy(t, up, time.Minute)
-	clock := &testClock{}
-	p.Cache.Now = clock.now
-	p.Upstream.Now = clock.now
+	_, srv, clock := newClockedProxy(t, up)
 
 	if resp, _ := requestManifest(t, http.MethodGet, manifestURL(srv.URL, "team/app", "v1"), acceptImage); resp.StatusCode != http.StatusOK {
 		t.Fatalf("first pull: %s", status(resp))
@@ -230,12 +239,9 @@ func TestUnreachableUpstreamServesStaleAtOnce(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			up := testupstream.Start(t, testupstream.Options{})
 			up.PushRandomImage(t, "team/app", "v1", 1, 1024)
-			p, srv := newTestProxy(t, up, time.Minute)
+			p, srv, clock := newClockedProxy(t, up)
 			// As with "transport http { response_header_timeout 500ms }".
 			p.Upstream.HTTP.Transport = &http.Transport{ResponseHeaderTimeout: 500 * time.Millisecond}
-			clock := &testClock{}
-			p.Cache.Now = clock.now
-			p.Upstream.Now = clock.now
 			if resp, _ := requestManifest(t, http.MethodGet, manifestURL(srv.URL, "team/app", "v1"), acceptImage); resp.StatusCode != http.StatusOK {
 				t.Fatalf("first pull: %s", status(resp))
 			}
@@ -283,10 +289,7 @@ func TestUnreachableUpstreamServesStaleAtOnce(t *testing.T) {
 func TestOneProbeAtATime(t *testing.T) {
 	up := testupstream.Start(t, testupstream.Options{})
 	up.PushRandomImage(t, "team/app", "v1", 1, 1024)
-	p, srv := newTestProxy(t, up, time.Minute)
-	clock := &testClock{}
-	p.Cache.Now = clock.now
-	p.Upstream.Now = clock.now
+	_, srv, clock := newClockedProxy(t, up)
 
 	up.Faults.HangRegistry(true)
 	defer up.Faults.Reset()
@@ -391,10 +394,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestUpstream5xxIsNotDown(t *testing.T) {
 	up := testupstream.Start(t, testupstream.Options{})
 	up.PushRandomImage(t, "team/app", "v1", 1, 1024)
-	p, srv := newTestProxy(t, up, time.Minute)
-	clock := &testClock{}
-	p.Cache.Now = clock.now
-	p.Upstream.Now = clock.now
+	_, srv, clock := newClockedProxy(t, up)
 	if resp, _ := requestManifest(t, http.MethodGet, manifestURL(srv.URL, "team/app", "v1"), acceptImage); resp.StatusCode != http.StatusOK {
 		t.Fatalf("first pull: %s", status(resp))
 	}
